@@ -1,0 +1,4 @@
+"""etrm: reference TRM/ETRM models, ARC-AGI data and evaluation, and the
+investigation suite that checks them (see ../shared/investigation.md)."""
+
+__version__ = "0.1.0"

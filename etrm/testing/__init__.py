@@ -1,0 +1,1 @@
+"""The pytest side of etrm: plugin (options, markers, verdict table) and helpers."""
