@@ -96,7 +96,9 @@ class ModelConfig:
     @property
     def swiglu_width(self) -> int:
         """SwiGLU inner width: round(expansion * hidden * 2/3) up to a multiple of 256."""
-        return -(round(self.expansion * self.hidden_size * 2 / 3) // -256) * 256
+        from etrm.layers import swiglu_width
+
+        return swiglu_width(self.hidden_size, self.expansion)
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
