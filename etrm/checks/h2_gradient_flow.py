@@ -1,0 +1,110 @@
+"""Hypothesis 2: do encoder gradients flow?
+
+Evidence comes from per-parameter gradients and pre-clip norms, never from a clipped
+total: the investigation's "grad/encoder_norm = 1.0" was the clip threshold.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from etrm.checks.probes import act_step_losses, encoder_of, eval_mode
+from etrm.checks.result import CheckResult
+
+H = "hypothesis2"
+
+
+def check_encoder_requires_grad(head: nn.Module) -> CheckResult:
+    """Every encoder parameter is trainable (not frozen by accident)."""
+    params = list(encoder_of(head).named_parameters())
+    frozen = [n for n, p in params if not p.requires_grad]
+    return CheckResult.from_condition(
+        H, "encoder_requires_grad", not frozen,
+        f"{len(params) - len(frozen)} of {len(params)} encoder parameters require grad"
+        + (f"; frozen: {', '.join(frozen[:5])}{' ...' if len(frozen) > 5 else ''}" if frozen else ""),
+        {"encoder_params": len(params), "frozen": len(frozen)})
+
+
+def check_encoder_gradient_every_step(head: nn.Module, batch: dict[str, torch.Tensor], steps: int = 3) -> CheckResult:
+    """Each ACT step's loss gives every encoder parameter a non-zero, finite gradient,
+    including steps on which no sample was reset (where a carried or cached context
+    would starve the encoder)."""
+    encoder = encoder_of(head)
+    steps = min(steps, head.config.halt_max_steps)
+    named = [(n, p) for n, p in encoder.named_parameters() if p.requires_grad]
+    starved: dict[int, list[str]] = {}
+    min_norm = math.inf
+    for step, (loss, _) in enumerate(act_step_losses(head, batch, steps), start=1):
+        grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+        bad = [n for (n, _), g in zip(named, grads) if g is None or not torch.isfinite(g).all() or not g.abs().sum() > 0]
+        if bad:
+            starved[step] = bad
+        norms = [g.norm().item() for g in grads if g is not None]
+        min_norm = min([min_norm, *norms]) if norms else 0.0
+    if not named:
+        return CheckResult.fail(H, "encoder_gradient_every_step", "the encoder has no trainable parameters", {"steps": steps})
+    message = (f"all {len(named)} encoder parameters got a non-zero gradient on each of {steps} ACT steps "
+               f"(steps 2+ had no resets); smallest per-parameter norm {min_norm:.3g}")
+    if starved:
+        first = min(starved)
+        message = (f"no (or non-finite) gradient on step(s) {sorted(starved)} for {len(starved[first])} of {len(named)} "
+                   f"encoder parameters, e.g. {', '.join(starved[first][:4])}: look for .detach() or no_grad on the encoder path")
+    return CheckResult.from_condition(H, "encoder_gradient_every_step", not starved, message,
+                                      {"steps": steps, "params": len(named), "starved_steps": len(starved),
+                                       "min_param_grad_norm": min_norm if not starved else 0.0})
+
+
+def check_loss_responds_to_encoder(head: nn.Module, batch: dict[str, torch.Tensor], scale: float = 0.05,
+                                   seed: int = 0) -> CheckResult:
+    """Perturbing the encoder's weights changes the loss: the decoder reads the context."""
+    encoder = encoder_of(head)
+    gen = torch.Generator().manual_seed(seed)
+    with eval_mode(head), torch.no_grad():
+        before = _episode_loss(head, batch)
+        saved = {n: p.detach().clone() for n, p in encoder.named_parameters()}
+        try:
+            for p in encoder.parameters():
+                rms = p.float().square().mean().sqrt().item() or 1.0
+                p.add_(torch.randn(p.shape, generator=gen).to(p) * scale * rms)
+            after = _episode_loss(head, batch)
+        finally:
+            for n, p in encoder.named_parameters():
+                p.copy_(saved[n])
+    change = abs(after - before) / max(abs(before), 1e-12)
+    return CheckResult.from_condition(
+        H, "loss_responds_to_encoder", change > 1e-6,
+        f"perturbing encoder weights by {scale:.0%} of their RMS changed the loss by {change:.2e} (relative)",
+        {"loss_before": before, "loss_after": after, "relative_change": change})
+
+
+def _episode_loss(head: nn.Module, batch: dict[str, torch.Tensor]) -> float:
+    carry = head.initial_carry(batch)
+    total = 0.0
+    for _ in range(head.config.halt_max_steps):
+        carry, loss, *_ = head(carry, batch)
+        total += loss.item()
+    return total
+
+
+def check_preclip_norms_logged(metrics: list[dict]) -> CheckResult:
+    """A training log shows a healthy encoder gradient only if it logged norms before
+    clipping: post-clip norms sit at the clip threshold whenever clipping is active."""
+    name = "encoder_norm_preclip_in_log"
+    pre = [m["grad/encoder_norm_preclip"] for m in metrics if "grad/encoder_norm_preclip" in m]
+    if not pre:
+        legacy = any("grad/encoder_norm" in m for m in metrics)
+        return CheckResult.inconclusive(
+            H, name, "the metrics log has no grad/encoder_norm_preclip" +
+            (" (only grad/encoder_norm, which the origin logged after clipping: a value of 1.0 is the clip threshold)" if legacy else ""),
+            {"lines": len(metrics)})
+    bad = [v for v in pre if not math.isfinite(v) or v <= 0]
+    post = [m.get("grad/encoder_norm_postclip") for m in metrics if "grad/encoder_norm_postclip" in m]
+    clipped = sum(1 for a, b in zip(pre, post) if b is not None and b < a * (1 - 1e-6))
+    median = sorted(pre)[len(pre) // 2]
+    return CheckResult.from_condition(
+        H, name, not bad,
+        f"pre-clip encoder gradient norm logged on {len(pre)} steps, median {median:.3g}, "
+        f"{len(bad)} zero or non-finite; clipping was active on {clipped} steps",
+        {"steps": len(pre), "median_preclip": median, "zero_or_nonfinite": len(bad), "clipped_steps": clipped})

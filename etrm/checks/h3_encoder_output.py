@@ -1,0 +1,115 @@
+"""Hypothesis 3: is the encoder output well formed?
+
+The decoder was trained with the puzzle-embedding prefix; the encoder's context takes
+its place, so it must have the prefix's shape and dtype, be finite (also for a sample
+without any valid demo), sit on a comparable scale, and depend only on the set of
+valid demos (not their order, not what fills padded slots).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from etrm.checks.probes import context_of, eval_mode
+from etrm.checks.result import CheckResult
+
+H = "hypothesis3"
+# The context may differ from the prefix the decoder was trained with by this factor in
+# RMS before we call the scale wrong: beyond it the decoder's input statistics change a lot.
+SCALE_TOLERANCE = 4.0
+
+
+def check_context_shape_and_dtype(head: nn.Module, batch: dict[str, torch.Tensor]) -> CheckResult:
+    cfg = head.config
+    ctx = context_of(head, batch)
+    expected = (batch["inputs"].shape[0], cfg.puzzle_emb_len, cfg.hidden_size)
+    ok = tuple(ctx.shape) == expected and ctx.dtype == getattr(torch, cfg.forward_dtype)
+    return CheckResult.from_condition(
+        H, "context_shape_dtype", ok,
+        f"context {tuple(ctx.shape)} {str(ctx.dtype).removeprefix('torch.')}, decoder prefix expects "
+        f"{expected} {cfg.forward_dtype}", {"tokens": ctx.shape[1], "width": ctx.shape[-1]})
+
+
+def check_context_finite(head: nn.Module, batch: dict[str, torch.Tensor]) -> CheckResult:
+    """Finite for every sample, including one whose demo slots are all padding."""
+    probe = dict(batch)
+    probe["demo_mask"] = batch["demo_mask"].clone()
+    probe["demo_mask"][0] = False  # the origin encoder returned NaN here
+    ctx = context_of(head, probe).float()
+    bad = (~torch.isfinite(ctx)).flatten(1).any(1)
+    return CheckResult.from_condition(
+        H, "context_finite", not bad.any(),
+        f"{int(bad.sum())} of {len(bad)} samples have NaN/Inf in the context (sample 0 has no valid demo)",
+        {"nonfinite_samples": int(bad.sum()), "samples": len(bad)})
+
+
+def prefix_rms(puzzle_emb_weights: torch.Tensor, hidden_size: int, ids: torch.Tensor | None = None) -> float:
+    """RMS of the non-zero prefix tokens of trained puzzle embeddings (blank row 0 excluded)."""
+    rows = puzzle_emb_weights[ids] if ids is not None else puzzle_emb_weights[1:]
+    tokens = rows.float().reshape(rows.shape[0], -1, hidden_size)
+    rms = tokens.square().mean(-1).sqrt()
+    used = rms[rms > 0]
+    return float(used.mean()) if used.numel() else 0.0
+
+
+def check_context_scale(head: nn.Module, batch: dict[str, torch.Tensor], reference_rms: float | None) -> CheckResult:
+    """Per-token RMS of the context vs the RMS of the puzzle-embedding prefix the decoder
+    was trained with (from the TRM checkpoint). Without a reference: inconclusive."""
+    ctx = context_of(head, batch).float()
+    rms = float(ctx.square().mean(-1).sqrt().mean())
+    if reference_rms is None or reference_rms <= 0:
+        return CheckResult.inconclusive(H, "context_scale",
+                                        f"context token RMS {rms:.3g}; no trained puzzle embedding to compare with "
+                                        "(pass --trm-checkpoint)", {"context_rms": rms})
+    ratio = rms / reference_rms
+    return CheckResult.from_condition(
+        H, "context_scale", 1 / SCALE_TOLERANCE <= ratio <= SCALE_TOLERANCE,
+        f"context token RMS {rms:.3g} vs trained puzzle-embedding RMS {reference_rms:.3g}: ratio {ratio:.2f} "
+        f"(allowed {1 / SCALE_TOLERANCE:.2f}-{SCALE_TOLERANCE:.0f})",
+        {"context_rms": rms, "prefix_rms": reference_rms, "ratio": ratio})
+
+
+def _encode(encoder: nn.Module, inputs, labels, mask) -> torch.Tensor:
+    with eval_mode(encoder), torch.no_grad():
+        return encoder(inputs, labels, mask).context.float()
+
+
+def check_demo_order_invariance(encoder: nn.Module, batch: dict[str, torch.Tensor], trials: int = 6,
+                                seed: int = 0, atol: float = 1e-4) -> CheckResult:
+    """Shuffling the demo slots (valid and padded together) leaves the context unchanged,
+    over `trials` random permutations; reports the worst one."""
+    d = batch["demo_mask"].shape[1]
+    gen = torch.Generator().manual_seed(seed)
+    base = _encode(encoder, batch["demo_inputs"], batch["demo_labels"], batch["demo_mask"])
+    worst, worst_perm = 0.0, list(range(d))
+    for _ in range(trials):
+        perm = torch.randperm(d, generator=gen).to(batch["demo_mask"].device)
+        other = _encode(encoder, batch["demo_inputs"][:, perm], batch["demo_labels"][:, perm], batch["demo_mask"][:, perm])
+        diff = float((base - other).abs().max())
+        if diff >= worst:
+            worst, worst_perm = diff, perm.tolist()
+    return CheckResult.from_condition(
+        H, "demo_order_invariance", worst <= atol,
+        f"largest context change over {trials} demo permutations: {worst:.2e} (tolerance {atol:g}, "
+        f"worst permutation {worst_perm})", {"max_abs_diff": worst, "trials": trials})
+
+
+def check_padding_invariance(encoder: nn.Module, batch: dict[str, torch.Tensor], trials: int = 3,
+                             seed: int = 0) -> CheckResult:
+    """Random tokens written into padded demo slots leave the context bit-identical."""
+    gen = torch.Generator().manual_seed(seed)
+    pad = ~batch["demo_mask"].bool()
+    base = _encode(encoder, batch["demo_inputs"], batch["demo_labels"], batch["demo_mask"])
+    worst = 0.0
+    for _ in range(trials):
+        noise_in = torch.randint(0, 12, batch["demo_inputs"].shape, generator=gen).to(batch["demo_inputs"])
+        noise_out = torch.randint(0, 12, batch["demo_labels"].shape, generator=gen).to(batch["demo_labels"])
+        other = _encode(encoder, torch.where(pad[..., None], noise_in, batch["demo_inputs"]),
+                        torch.where(pad[..., None], noise_out, batch["demo_labels"]), batch["demo_mask"])
+        worst = max(worst, float((base - other).abs().max()))
+    padded = int(pad.sum())
+    return CheckResult.from_condition(
+        H, "padding_invariance", worst == 0.0 and padded > 0,
+        f"{padded} padded demo slots filled with random tokens {trials} times; largest context change {worst:.2e}"
+        + ("" if padded else " (the batch has no padded slot to test: use a batch with fewer demos than slots)"),
+        {"padded_slots": padded, "max_abs_diff": worst})

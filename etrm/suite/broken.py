@@ -1,0 +1,90 @@
+"""Deliberately broken variants for the negative controls: each reproduces one bug the
+investigation suspected, so the check that guards against it can be shown to fail."""
+from __future__ import annotations
+
+import torch
+
+from etrm.models import ETRM, LossHead
+from etrm.models.encoders import EncoderOutput
+
+
+class DetachedEncoderETRM(ETRM):
+    """The encoder output is detached before the decoder reads it (H2)."""
+
+    def prefix(self, data, carry, reset):
+        context, extras = super().prefix(data, carry, reset)
+        return context.detach(), extras
+
+
+class PrefixIgnoringETRM(ETRM):
+    """The decoder is fed zeros instead of the context, so the encoder cannot matter (H2, H7)."""
+
+    def prefix(self, data, carry, reset):
+        context, extras = super().prefix(data, carry, reset)
+        return torch.zeros_like(context), extras
+
+
+class DemoBlindEncoder(torch.nn.Module):
+    """Wraps an encoder so it sees blank demos: same output for every task (H7)."""
+
+    def __init__(self, encoder: torch.nn.Module):
+        super().__init__()
+        self.inner = encoder
+        self.config = encoder.config
+
+    def forward(self, demo_inputs, demo_labels, demo_mask, query=None) -> EncoderOutput:
+        return self.inner(torch.zeros_like(demo_inputs), torch.zeros_like(demo_labels), demo_mask, query)
+
+
+class OrderSensitiveEncoder(DemoBlindEncoder):
+    """Adds a position-dependent signal per demo slot, as a positional encoding over demos would (H3)."""
+
+    def forward(self, demo_inputs, demo_labels, demo_mask, query=None) -> EncoderOutput:
+        out = self.inner(demo_inputs, demo_labels, demo_mask, query)
+        first = demo_inputs[:, 0, :1].float().unsqueeze(-1) * 1e-2  # depends on which demo is first
+        return EncoderOutput(context=out.context + first.to(out.context.dtype), kl=out.kl)
+
+
+class PaddingReadingEncoder(DemoBlindEncoder):
+    """Reads every demo slot, padded or not, as if the mask were all ones (H3)."""
+
+    def forward(self, demo_inputs, demo_labels, demo_mask, query=None) -> EncoderOutput:
+        return self.inner(demo_inputs, demo_labels, torch.ones_like(demo_mask), query)
+
+
+class NaNOnEmptyEncoder(DemoBlindEncoder):
+    """Returns NaN for samples without a valid demo, as the origin encoder did (H3)."""
+
+    def forward(self, demo_inputs, demo_labels, demo_mask, query=None) -> EncoderOutput:
+        out = self.inner(demo_inputs, demo_labels, demo_mask, query)
+        empty = ~demo_mask.bool().any(1)
+        return EncoderOutput(context=torch.where(empty[:, None, None], torch.nan, out.context), kl=out.kl)
+
+
+def with_encoder(head: LossHead, wrapper: type[DemoBlindEncoder]) -> LossHead:
+    """The same model with its encoder wrapped by a broken variant (weights shared)."""
+    head.model.encoder = wrapper(head.model.encoder)
+    return head
+
+
+def rebuild_as(head: LossHead, cls: type[ETRM]) -> LossHead:
+    """A copy of `head` whose ACT model is of a broken class, with identical weights."""
+    broken = LossHead(cls(head.config))
+    broken.load_state_dict(head.state_dict())
+    return broken
+
+
+class TokenDroppingEncoder(DemoBlindEncoder):
+    """Returns one context token too few, as a wrong puzzle_emb_len would (H3)."""
+
+    def forward(self, demo_inputs, demo_labels, demo_mask, query=None) -> EncoderOutput:
+        out = self.inner(demo_inputs, demo_labels, demo_mask, query)
+        return EncoderOutput(context=out.context[:, 1:], kl=out.kl)
+
+
+class LoudEncoder(DemoBlindEncoder):
+    """Context scaled up 100x: the decoder sees inputs far off its training scale (H3)."""
+
+    def forward(self, demo_inputs, demo_labels, demo_mask, query=None) -> EncoderOutput:
+        out = self.inner(demo_inputs, demo_labels, demo_mask, query)
+        return EncoderOutput(context=out.context * 100, kl=out.kl)

@@ -1,0 +1,59 @@
+"""Helpers shared by the shipped suite modules: tiny models of every class and encoder
+type, and real batches from the artifacts under investigation."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from etrm.config import ModelConfig, tiny_config
+from etrm.models import LossHead, build_model
+
+# Every encoder model class and encoder type, at the tiny size of DESIGN.md section 9.
+TINY_ENCODER_MODELS: dict[str, dict] = {
+    "etrm-standard": dict(model_type="etrm"),
+    "etrm-attention-pool": dict(model_type="etrm", encoder_pooling_method="attention"),
+    "etrm-weighted-pool": dict(model_type="etrm", encoder_pooling_method="weighted"),
+    "etrm-prenorm": dict(model_type="etrm", encoder_norm_style="pre"),
+    "etrm-variational": dict(model_type="etrm", encoder_type="variational", kl_weight=1e-3),
+    "etrmtrm-standard": dict(model_type="etrmtrm"),
+}
+
+
+def tiny_model(name: str, seed: int = 0, **overrides) -> LossHead:
+    settings = dict(TINY_ENCODER_MODELS[name])
+    model_type = settings.pop("model_type")
+    torch.manual_seed(seed)
+    return build_model(tiny_config(model_type, **settings, **overrides))
+
+
+def fewshot_batch(data_dir: Path, config: ModelConfig, batch_size: int = 4, split: str = "test",
+                  device: str = "cpu") -> dict[str, torch.Tensor]:
+    """The first few-shot batch of a built dataset, checked against the model's canvas."""
+    from etrm.data.datasets import FewShotPuzzleDataset
+
+    dataset = FewShotPuzzleDataset(data_dir, split, batch_size, max_demos=config.max_demos, test_mode=True)
+    batch = dataset.first_batch()
+    if batch["inputs"].shape[-1] != config.seq_len:
+        raise ValueError(f"{data_dir}: sequences of {batch['inputs'].shape[-1]} tokens, but the model expects "
+                         f"seq_len {config.seq_len}: pass a dataset built for this model's canvas")
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def bundled_data_dir(mode: str = "fewshot") -> Path:
+    """The bundled fixture dataset the tiny models are sized for (10x10 canvas)."""
+    from etrm.testing.artifacts import BUNDLED, fixtures_root
+
+    path = fixtures_root() / BUNDLED["data_dir" if mode == "fewshot" else "trm_data_dir"]
+    if not path.is_dir():
+        import pytest
+
+        pytest.skip(f"bundled {mode} dataset missing at {path}: run `python fixtures/make_data.py`")
+    return path
+
+
+def load_checkpoint_model(path: Path, device: str = "cpu") -> LossHead:
+    """A model rebuilt from a checkpoint of ours or of the official/origin trainers."""
+    from etrm.checkpoints import load_model
+
+    return load_model(path).to(device)

@@ -1,0 +1,83 @@
+"""H2: do encoder gradients flow? (investigation Test 2.1, 2.2; DESIGN.md section 8)"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from etrm.checks import h2_gradient_flow as h2
+from etrm.suite import broken
+from etrm.suite.support import TINY_ENCODER_MODELS, bundled_data_dir, fewshot_batch, load_checkpoint_model, tiny_model
+
+pytestmark = pytest.mark.hypothesis2
+
+
+@pytest.fixture(scope="module")
+def tiny_batch():
+    return fewshot_batch(bundled_data_dir(), tiny_model("etrm-standard").config, batch_size=3)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_model_and_batch(artifacts):
+    data_dir, ckpt = artifacts.require_matching("data_dir", "etrm_checkpoint")
+    head = load_checkpoint_model(ckpt, artifacts.device)
+    return head, fewshot_batch(data_dir, head.config, batch_size=2, device=artifacts.device)
+
+
+@pytest.mark.parametrize("name", TINY_ENCODER_MODELS)
+def test_every_encoder_parameter_gets_gradient_every_act_step(name, tiny_batch, record_check):
+    record_check(h2.check_encoder_gradient_every_step(tiny_model(name), tiny_batch, steps=3))
+
+
+@pytest.mark.parametrize("name", TINY_ENCODER_MODELS)
+def test_loss_responds_to_encoder_weights(name, tiny_batch, record_check):
+    record_check(h2.check_loss_responds_to_encoder(tiny_model(name), tiny_batch))
+
+
+def test_checkpoint_encoder_requires_grad(checkpoint_model_and_batch, record_check):
+    record_check(h2.check_encoder_requires_grad(checkpoint_model_and_batch[0]))
+
+
+def test_checkpoint_encoder_gets_gradient_every_act_step(checkpoint_model_and_batch, record_check):
+    head, batch = checkpoint_model_and_batch
+    record_check(h2.check_encoder_gradient_every_step(head, batch, steps=3))
+
+
+def test_checkpoint_loss_responds_to_encoder(checkpoint_model_and_batch, record_check):
+    head, batch = checkpoint_model_and_batch
+    record_check(h2.check_loss_responds_to_encoder(head, batch))
+
+
+def test_training_log_has_healthy_preclip_encoder_norms(artifacts, record_check):
+    log = artifacts.require("metrics_log")
+    from etrm.training import read_metrics_log
+
+    record_check(h2.check_preclip_norms_logged(read_metrics_log(log)))
+
+
+# --- negative controls ---------------------------------------------------------------------
+
+def test_control_detached_encoder_output_is_caught(tiny_batch, expect_check_fails):
+    head = broken.rebuild_as(tiny_model("etrm-standard"), broken.DetachedEncoderETRM)
+    expect_check_fails(h2.check_encoder_gradient_every_step(head, tiny_batch))
+
+
+def test_control_frozen_encoder_is_caught(expect_check_fails):
+    head = tiny_model("etrm-standard")
+    head.model.freeze_encoder()
+    expect_check_fails(h2.check_encoder_requires_grad(head))
+
+
+def test_control_decoder_ignoring_the_context_is_caught(tiny_batch, expect_check_fails):
+    head = broken.rebuild_as(tiny_model("etrm-standard"), broken.PrefixIgnoringETRM)
+    expect_check_fails(h2.check_loss_responds_to_encoder(head, tiny_batch))
+
+
+def test_control_log_with_only_postclip_norms_is_inconclusive(expect_check_fails):
+    origin_style = [{"step": i, "grad/encoder_norm": 1.0, "train/lm_loss": 0.7} for i in range(5)]
+    expect_check_fails(h2.check_preclip_norms_logged(origin_style), expected="inconclusive")
+
+
+def test_control_log_with_zero_preclip_norms_is_caught(expect_check_fails):
+    stuck = [{"step": i, "grad/encoder_norm_preclip": 0.0, "grad/encoder_norm_postclip": 0.0} for i in range(5)]
+    expect_check_fails(h2.check_preclip_norms_logged(json.loads(json.dumps(stuck))))

@@ -1,0 +1,92 @@
+"""H3: is the encoder output well formed? (investigation Test 3.1; DESIGN.md section 8)"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from etrm.checks import h3_encoder_output as h3
+from etrm.suite import broken
+from etrm.suite.support import TINY_ENCODER_MODELS, bundled_data_dir, fewshot_batch, load_checkpoint_model, tiny_model
+
+pytestmark = pytest.mark.hypothesis3
+
+
+@pytest.fixture(scope="module")
+def tiny_batch():
+    """Real ARC queries whose tasks have fewer demos than slots, so padding is exercised."""
+    return fewshot_batch(bundled_data_dir(), tiny_model("etrm-standard").config, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_case(artifacts):
+    data_dir, ckpt, trm_ckpt = artifacts.require_matching("data_dir", "etrm_checkpoint", "trm_checkpoint")
+    from etrm.checkpoints import read_state_dict, normalize_key
+
+    head = load_checkpoint_model(ckpt, artifacts.device)
+    trm_state = {normalize_key(k): v for k, v in read_state_dict(trm_ckpt).items()}
+    weights = trm_state.get("model.inner.puzzle_emb.weights")
+    reference = None if weights is None else h3.prefix_rms(weights, head.config.hidden_size)
+    return head, fewshot_batch(data_dir, head.config, batch_size=2, device=artifacts.device), reference
+
+
+@pytest.mark.parametrize("name", TINY_ENCODER_MODELS)
+def test_context_shape_and_dtype(name, tiny_batch, record_check):
+    record_check(h3.check_context_shape_and_dtype(tiny_model(name), tiny_batch))
+
+
+@pytest.mark.parametrize("name", TINY_ENCODER_MODELS)
+def test_context_finite_even_without_demos(name, tiny_batch, record_check):
+    record_check(h3.check_context_finite(tiny_model(name), tiny_batch))
+
+
+@pytest.mark.parametrize("name", TINY_ENCODER_MODELS)
+def test_context_ignores_demo_order(name, tiny_batch, record_check):
+    record_check(h3.check_demo_order_invariance(tiny_model(name).model.encoder, tiny_batch))
+
+
+@pytest.mark.parametrize("name", TINY_ENCODER_MODELS)
+def test_context_ignores_padded_demo_slots(name, tiny_batch, record_check):
+    record_check(h3.check_padding_invariance(tiny_model(name).model.encoder, tiny_batch))
+
+
+def test_checkpoint_context_well_formed(checkpoint_case, record_check):
+    head, batch, _ = checkpoint_case
+    record_check(h3.check_context_shape_and_dtype(head, batch))
+    record_check(h3.check_context_finite(head, batch))
+
+
+def test_checkpoint_context_scale_matches_the_trained_prefix(checkpoint_case, record_check):
+    head, batch, reference = checkpoint_case
+    record_check(h3.check_context_scale(head, batch, reference))
+
+
+# --- negative controls ---------------------------------------------------------------------
+
+def test_control_wrong_context_length_is_caught(tiny_batch, expect_check_fails):
+    head = broken.with_encoder(tiny_model("etrm-standard"), broken.TokenDroppingEncoder)
+    expect_check_fails(h3.check_context_shape_and_dtype(head, tiny_batch))
+
+
+def test_control_nan_for_a_sample_without_demos_is_caught(tiny_batch, expect_check_fails):
+    head = broken.with_encoder(tiny_model("etrm-standard"), broken.NaNOnEmptyEncoder)
+    expect_check_fails(h3.check_context_finite(head, tiny_batch))
+
+
+def test_control_order_sensitive_encoder_is_caught(tiny_batch, expect_check_fails):
+    encoder = broken.OrderSensitiveEncoder(tiny_model("etrm-standard").model.encoder)
+    expect_check_fails(h3.check_demo_order_invariance(encoder, tiny_batch))
+
+
+def test_control_encoder_reading_padded_slots_is_caught(tiny_batch, expect_check_fails):
+    encoder = broken.PaddingReadingEncoder(tiny_model("etrm-standard").model.encoder)
+    expect_check_fails(h3.check_padding_invariance(encoder, tiny_batch))
+
+
+def test_control_context_far_off_the_prefix_scale_is_caught(tiny_batch, expect_check_fails):
+    head = broken.with_encoder(tiny_model("etrm-standard"), broken.LoudEncoder)
+    expect_check_fails(h3.check_context_scale(head, tiny_batch, reference_rms=1.0))
+
+
+def test_control_scale_without_a_reference_is_inconclusive(tiny_batch, expect_check_fails):
+    expect_check_fails(h3.check_context_scale(tiny_model("etrm-standard"), tiny_batch, None), expected="inconclusive")
+
