@@ -9,6 +9,7 @@ import sys
 # Modules providing subcommands, in the order `etrm --help` lists them.
 COMMAND_MODULES = [
     "etrm.demo",
+    "etrm.evaluation",
 ]
 
 
