@@ -1,0 +1,77 @@
+"""H7: is the encoder architecture too weak? (investigation Test 7.1, 7.2; DESIGN.md section 8)"""
+from __future__ import annotations
+
+import pytest
+
+from etrm.checks import h7_encoder_capacity as h7
+from etrm.config import tiny_config
+from etrm.models import build_encoder
+from etrm.suite import broken
+from etrm.suite.support import TINY_ENCODER_MODELS, bundled_data_dir, fewshot_batch, load_checkpoint_model, tiny_model
+
+pytestmark = pytest.mark.hypothesis7
+
+
+@pytest.fixture(scope="module")
+def tiny_case():
+    """Four evaluation tasks, each as its original and three augmentations."""
+    from etrm.data.datasets import load_identifiers
+
+    data_dir = bundled_data_dir()
+    batch = fewshot_batch(data_dir, tiny_model("etrm-standard").config, batch_size=16)
+    return batch, h7.task_ids_of(batch, load_identifiers(data_dir))
+
+
+@pytest.fixture(scope="module")
+def checkpoint_case(artifacts):
+    from etrm.data.datasets import load_identifiers
+
+    data_dir, ckpt = artifacts.require_matching("data_dir", "etrm_checkpoint")
+    head = load_checkpoint_model(ckpt, artifacts.device)
+    batch = fewshot_batch(data_dir, head.config, batch_size=16, device=artifacts.device)
+    return head, batch, h7.task_ids_of(batch, load_identifiers(data_dir))
+
+
+@pytest.mark.parametrize("name", TINY_ENCODER_MODELS)
+def test_context_varies_across_tasks(name, tiny_case, record_check):
+    record_check(h7.check_context_varies_across_tasks(tiny_model(name), *tiny_case))
+
+
+@pytest.mark.parametrize("name", TINY_ENCODER_MODELS)
+def test_context_agrees_within_task(name, tiny_case, record_check):
+    record_check(h7.check_context_agrees_within_task(tiny_model(name), *tiny_case))
+
+
+def test_checkpoint_context_varies_across_tasks(checkpoint_case, record_check):
+    record_check(h7.check_context_varies_across_tasks(*checkpoint_case))
+
+
+def test_checkpoint_context_agrees_within_task(checkpoint_case, record_check):
+    record_check(h7.check_context_agrees_within_task(*checkpoint_case))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("encoder_type", ["standard", "variational"])
+def test_encoder_can_separate_two_rules(encoder_type, record_check):
+    encoder = build_encoder(tiny_config("etrm", seq_len=36, max_demos=3, encoder_type=encoder_type))
+    record_check(h7.check_separates_two_rules(encoder))
+
+
+# --- negative controls ---------------------------------------------------------------------
+
+def test_control_demo_blind_encoder_gives_identical_contexts(tiny_case, expect_check_fails):
+    head = broken.with_encoder(tiny_model("etrm-standard"), broken.DemoBlindEncoder)
+    expect_check_fails(h7.check_context_varies_across_tasks(head, *tiny_case))
+
+
+def test_control_shuffled_task_labels_break_within_task_agreement(tiny_case, expect_check_fails):
+    batch, tasks = tiny_case
+    # Labels that group each sample with other tasks' samples: "within" is no closer than "across".
+    scrambled = [f"group{i % 4}" for i in range(len(tasks))]
+    expect_check_fails(h7.check_context_agrees_within_task(tiny_model("etrm-standard"), batch, scrambled))
+
+
+@pytest.mark.slow
+def test_control_demo_blind_encoder_cannot_separate_rules(expect_check_fails):
+    encoder = broken.DemoBlindEncoder(build_encoder(tiny_config("etrm", seq_len=36, max_demos=3)))
+    expect_check_fails(h7.check_separates_two_rules(encoder))
