@@ -10,6 +10,7 @@ import sys
 COMMAND_MODULES = [
     "etrm.demo",
     "etrm.evaluation",
+    "etrm.data.build",
 ]
 
 
