@@ -268,3 +268,11 @@ def test_round_trip_check_catches_an_inverse_wrong_for_one_transform():
     assert failures and all(f.startswith("t7 ") for f in failures)
     # 3 mappings x 3 grids for the one broken transform
     assert len(failures) == 9
+
+
+@given(grids(max_side=6))
+def test_transforms_equal_the_numpy_compositions_they_are_named_after(grid):
+    named = [grid, np.rot90(grid, 1), np.rot90(grid, 2), np.rot90(grid, 3), np.fliplr(grid), np.flipud(grid),
+             grid.T, np.fliplr(np.rot90(grid, 1))]
+    for t, expected in enumerate(named):
+        np.testing.assert_array_equal(dihedral_transform(grid, t), expected)

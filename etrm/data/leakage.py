@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from etrm.data.datasets import load_identifiers, load_split
 from etrm.data.grids import COLOR_OFFSET, NUM_COLORS, decode_grid, parse_augmentation_name
+from etrm.data.layout import load_identifiers, load_split
 from etrm.data.sources import ArcTask
 
 _SHOWN = 20  # lines per section in summary()
