@@ -242,6 +242,7 @@ class Trainer:
             raise ConfigError(f"freeze_encoder_steps {config.freeze_encoder_steps}: {type(act).__name__} has no encoder")
         self._trainable = {id(p): p.requires_grad for _, p in head.named_parameters()}  # restored on unfreeze
         self._freeze_encoder = getattr(act, "freeze_encoder", None)  # ETRM: also skips autograd in the encoder
+        self._encoder_frozen_by_user = bool(getattr(act, "encoder_frozen", False))
 
         torch.manual_seed(config.seed)
         self.optimizers = self._build_optimizers(act)
@@ -289,7 +290,7 @@ class Trainer:
 
     def _set_trainable(self, frozen: frozenset[str]) -> None:
         if self._freeze_encoder is not None:  # first: it sets every encoder parameter's requires_grad
-            self._freeze_encoder("encoder" in frozen)
+            self._freeze_encoder(self._encoder_frozen_by_user or "encoder" in frozen)
         for part in PARTS:
             for _, p in self.named_params[part]:
                 p.requires_grad_(self._trainable[id(p)] and part not in frozen)

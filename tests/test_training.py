@@ -214,6 +214,17 @@ def test_frozen_encoder_gets_no_update_and_no_decay_while_the_decoder_trains(lay
     assert all(p.requires_grad for p in head.parameters())  # unfreezing restored every flag
 
 
+def test_parameters_frozen_before_the_trainer_stay_frozen():
+    head = make_head()
+    head.model.freeze_encoder()
+    encoder = snapshot(head, "encoder")
+    trainer = Trainer(head, make_config(freeze_decoder_steps=1))
+    for s in range(2):  # through a decoder freeze and unfreeze
+        record = trainer.step(batch_for(head, seed=s))
+    assert changed(encoder, head) == [] and head.model.encoder_frozen
+    assert record["grad/encoder_norm_preclip"] == 0.0 and record["grad/decoder_norm_preclip"] > 0
+
+
 @pytest.mark.parametrize("layout", ["single", "split"])
 def test_negative_control_a_frozen_decoder_that_still_decays_is_caught(layout):
     head = make_head()
