@@ -264,3 +264,15 @@ def test_cli_builds_and_reports_leakage(source, tmp_path, capsys):
     assert code == 0 and "no leaks" in printed and "train: 2 groups, 4 puzzles" in printed
     info = json.loads((out / "build_info.json").read_text())
     assert (info["mode"], info["num_aug"], info["canvas"], info["max_tasks"]) == ("fewshot", 1, CANVAS, 2)
+
+
+def test_an_interrupted_build_leaves_nothing_behind(source, tmp_path, monkeypatch):
+    import etrm.data.build as build_module
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_module, "_write_split", crash)
+    with pytest.raises(KeyboardInterrupt):
+        build_dataset(tmp_path / "out", source=source, canvas=CANVAS, progress=False)
+    assert list(tmp_path.iterdir()) == []

@@ -97,3 +97,17 @@ def test_same_content_under_another_task_is_a_coincidence_not_a_leak(fewshot_cop
     assert len(pairs) == 1 and not pairs[0].is_leak
     assert pairs[0].train_tasks == ("017c7c7b",) and "03560426" in pairs[0].test_tasks
     assert "1 pair(s)" in report.summary() and "017c7c7b" in report.summary()
+
+
+@pytest.mark.slow
+def test_full_arc1_build_shows_exactly_the_source_overlaps(tmp_path):
+    """Undoing augmentations makes a built dataset's overlaps those of the raw source."""
+    from etrm.data.build import build_dataset
+    from etrm.data.leakage import source_overlap_report
+    from etrm.data.sources import load_tasks
+
+    built = leakage_report(build_dataset(tmp_path / "full", num_aug=2, progress=False))
+    raw = source_overlap_report(load_tasks())
+    assert built.is_clean
+    assert [(o.kind, o.digest, o.train_tasks, o.test_tasks) for o in built.overlaps] == \
+        [(o.kind, o.digest, o.train_tasks, o.test_tasks) for o in raw.overlaps]

