@@ -88,3 +88,52 @@ class LoudEncoder(DemoBlindEncoder):
     def forward(self, demo_inputs, demo_labels, demo_mask, query=None) -> EncoderOutput:
         out = self.inner(demo_inputs, demo_labels, demo_mask, query)
         return EncoderOutput(context=out.context * 100, kl=out.kl)
+
+
+# --- evaluators (H6) --------------------------------------------------------------------------
+from etrm.evaluation import ArcEvaluator  # noqa: E402  (kept beside the evaluator variants)
+
+
+class LastBatchOnlyEvaluator(ArcEvaluator):
+    """Forgets earlier batches' votes: results depend on how predictions are batched."""
+
+    def update(self, batch, outputs):
+        self._votes.clear()
+        super().update(batch, outputs)
+
+
+class NoGatherEvaluator(ArcEvaluator):
+    """Scores each rank's own predictions without gathering them to rank 0."""
+
+    def result(self, save_dir=None, group=None):
+        self._round_closed = True
+        return self._score(self._votes, self._grids, self._num_predictions)
+
+
+class NoInverseEvaluator(ArcEvaluator):
+    """Treats every puzzle as the original: augmented predictions are never undone."""
+
+    def _identifier(self, identifier):
+        task, _ = super()._identifier(identifier)
+        return task, type(_)()
+
+
+class ConfidenceOnlyEvaluator(ArcEvaluator):
+    """Counts each distinct answer once, so confidence beats the majority."""
+
+    def update(self, batch, outputs):
+        super().update(batch, outputs)
+        for candidates in self._votes.values():
+            for answer, qs in candidates.items():
+                candidates[answer] = [max(qs)]
+
+
+class SilentEmptyEvaluator(ArcEvaluator):
+    """Reports pass@1 = 0 for an evaluation without predictions instead of raising."""
+
+    def result(self, save_dir=None, group=None):
+        if not self._votes:
+            from types import SimpleNamespace
+
+            return SimpleNamespace(metrics={"ARC/pass@1": 0.0})
+        return super().result(save_dir, group)
