@@ -1,0 +1,21 @@
+"""Suite-wide rules for the shipped check modules (fixtures come from the etrm plugin)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from etrm.checks.result import HYPOTHESES
+
+_SUITE = Path(__file__).resolve().parent
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects the very tests this guards against
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # `etrm investigate` selects by hypothesis marker: an unmarked test would never run there.
+    unmarked = [item.nodeid for item in items
+                if _SUITE in Path(item.path).resolve().parents
+                and not any(item.get_closest_marker(h) for h in HYPOTHESES)]
+    if unmarked:
+        raise pytest.UsageError(f"{len(unmarked)} test(s) in {_SUITE} carry no hypothesis marker "
+                                f"({', '.join(HYPOTHESES)}): {', '.join(unmarked[:5])}")
