@@ -137,3 +137,88 @@ class SilentEmptyEvaluator(ArcEvaluator):
 
             return SimpleNamespace(metrics={"ARC/pass@1": 0.0})
         return super().result(save_dir, group)
+
+
+# --- datasets (H5) ----------------------------------------------------------------------------
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from etrm.data.datasets import FewShotPuzzleDataset  # noqa: E402
+
+
+def plant_evaluation_example(data_dir: Path, out_dir: Path, task: str | None = None) -> Path:
+    """A copy of a few-shot build with one evaluation test pair appended to the train split,
+    under its task's name (its own puzzle and group): the leak strict few-shot must not have."""
+    out = Path(shutil.copytree(data_dir, out_dir))
+    puzzles = json.loads((out / "test_puzzles.json").read_text())
+    task = task or sorted(puzzles)[0]
+    pair = puzzles[task]["test"][0]
+    split = out / "train"
+    meta = json.loads((split / "dataset.json").read_text())
+    canvas = int(round(meta["seq_len"] ** 0.5))
+    from etrm.data.grids import encode_grid
+
+    names = json.loads((out / "identifiers.json").read_text())
+    if task not in names:
+        names.append(task)
+        (out / "identifiers.json").write_text(json.dumps(names))
+    arrays = {p.name.split("__")[1][:-4]: np.load(p) for p in split.glob("all__*.npy")}
+    rows = len(arrays["inputs"])
+    arrays["inputs"] = np.concatenate([arrays["inputs"], encode_grid(pair["input"], canvas)[None]])
+    arrays["labels"] = np.concatenate([arrays["labels"], encode_grid(pair["output"], canvas)[None]])
+    arrays["puzzle_identifiers"] = np.append(arrays["puzzle_identifiers"], names.index(task)).astype(np.int32)
+    arrays["puzzle_indices"] = np.append(arrays["puzzle_indices"], rows + 1).astype(np.int32)
+    arrays["group_indices"] = np.append(arrays["group_indices"], len(arrays["puzzle_identifiers"])).astype(np.int32)
+    if "num_demos" in arrays:
+        arrays["num_demos"] = np.append(arrays["num_demos"], 0).astype(np.int32)
+    for key, value in arrays.items():
+        np.save(split / f"all__{key}.npy", value)
+    meta.update(num_puzzle_identifiers=len(names), total_groups=meta["total_groups"] + 1,
+                total_puzzles=meta["total_puzzles"] + 1)
+    (split / "dataset.json").write_text(json.dumps(meta))
+    return out
+
+
+class DemoAsQueryDataset(FewShotPuzzleDataset):
+    """Iterates every row of a puzzle, demos included, as a query: a query then sits among its demos."""
+
+    def _ranges(self, arrays):
+        return arrays.all_ranges()
+
+
+class FullMaskDataset(FewShotPuzzleDataset):
+    """Marks every demo slot valid, padded or not."""
+
+    def _collate(self, arrays, rows, puzzles):
+        batch = super()._collate(arrays, rows, puzzles)
+        batch["demo_mask"] = torch.ones_like(batch["demo_mask"])
+        return batch
+
+
+class PuzzleLimitedDataset(FewShotPuzzleDataset):
+    """`max_groups` counts individual augmentations instead of whole tasks."""
+
+    def __init__(self, *args, max_groups=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sets = [dataclasses.replace(s, group_indices=np.arange(len(s.puzzle_identifiers) + 1)).limit_groups(max_groups)
+                     for s in self.sets]
+
+
+class UnshardedDataset(FewShotPuzzleDataset):
+    """Every rank reads rank 0's rows: batches are duplicated across ranks."""
+
+    def __init__(self, *args, rank=0, **kwargs):
+        super().__init__(*args, rank=0, **kwargs)
+
+
+class LabelledPaddingDataset(FewShotPuzzleDataset):
+    """Padding rows get supervised labels (colour 0) instead of ignored ones."""
+
+    def _collate(self, arrays, rows, puzzles):
+        batch = super()._collate(arrays, rows, puzzles)
+        batch["labels"][torch.from_numpy(rows < 0)] = 2
+        return batch
