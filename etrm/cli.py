@@ -11,6 +11,7 @@ COMMAND_MODULES = [
     "etrm.demo",
     "etrm.evaluation",
     "etrm.data.build",
+    "etrm.investigate",
 ]
 
 

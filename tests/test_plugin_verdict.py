@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy  # noqa: F401  kept loaded: pytester's module snapshot cannot re-import numpy
+import numpy  # noqa: F401
 import pytest
+import torch  # noqa: F401  numpy and torch stay loaded: pytester restores sys.modules after each
+              # test, and neither can be imported a second time in one process
 
 pytest_plugins = ["pytester"]
 
@@ -37,6 +39,11 @@ def test_grad_norm_assert():
 @pytest.mark.hypothesis3
 def test_needs_config(artifacts):
     artifacts.require("model_config")
+
+@pytest.mark.hypothesis3
+@pytest.mark.slow
+def test_slow_separation():
+    pass
 
 @pytest.mark.hypothesis3
 def test_shape(record_check):
@@ -92,7 +99,7 @@ def _rows(path: Path) -> dict[str, dict]:
 
 def test_verdict_rows_follow_the_rules(checks):
     result = checks.runpytest_inprocess("-p", "no:cacheprovider", "--verdict-json", "out/verdict.json")
-    result.assert_outcomes(passed=9, failed=3, skipped=2, errors=1)
+    result.assert_outcomes(passed=9, failed=3, skipped=3, errors=1)
     rows = _rows(checks.path / "out" / "verdict.json")
     assert list(rows) == ["hypothesis1", "hypothesis2", "hypothesis3", "hypothesis4", "hypothesis5",
                           "hypothesis6", "hypothesis7", "experiment1"]
@@ -102,8 +109,9 @@ def test_verdict_rows_follow_the_rules(checks):
     assert (h2["verdict"], h2["failed"]) == ("evidence found", 2)
     assert h2["first_failure"] == {"test": "test_checks.py::test_grad_flow", "check": "grad_flow",
                                    "message": "3 of 10 encoder params got no gradient"}
-    assert (h3["verdict"], h3["passed"], h3["skipped"]) == ("inconclusive", 1, 1)
-    assert h3["reason"] == "1 skipped: no model config: pass --model-config PATH"
+    assert (h3["verdict"], h3["passed"], h3["skipped"]) == ("inconclusive", 1, 2)
+    assert h3["reason"] == ("2 skipped: no model config: pass --model-config PATH (1); "
+                            "slow test: pass --runslow to run it (1)")
     assert h4["reason"] == "1 skipped: config_audit: L_cycles unverified: no all_config.yaml"
     # A control whose check did not fail makes a passing check worthless, but is no evidence.
     assert (h5["verdict"], h5["failed"], h5["controls_passed"], h5["controls_total"]) == ("inconclusive", 0, 0, 1)
@@ -127,7 +135,7 @@ def test_verdict_rows_follow_the_rules(checks):
         "hypothesis2 * evidence found * 0 * 2 * 0 * 0 * 0/0  H2: do encoder gradients flow?",
         "    first failing check: grad_flow (test_checks.py::test_grad_flow): 3 of 10 encoder params got no gradient",
         "hypothesis3 * inconclusive *",
-        "    why: 1 skipped: no model config: pass --model-config PATH",
+        "    why: 2 skipped: no model config: pass --model-config PATH (1); slow test: *",
         "experiment1 * C: encoder trains but useless * 1 * 0 * 0 * 0 * 0/0  Experiment 1*",
     ])
 
@@ -136,7 +144,7 @@ def test_verdict_is_the_same_under_xdist(checks):
     """The only subprocess run: results must reach the controller through the reports."""
     checks.runpytest_inprocess("-p", "no:cacheprovider", "--verdict-json", "serial.json")
     result = checks.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--verdict-json", "xdist.json")
-    result.assert_outcomes(passed=9, failed=3, skipped=2, errors=1)
+    result.assert_outcomes(passed=9, failed=3, skipped=3, errors=1)
     assert "2 workers" in result.stdout.str()
     serial, xdist = (json.loads((checks.path / name).read_text()) for name in ("serial.json", "xdist.json"))
     assert xdist["rows"] == serial["rows"]
@@ -183,8 +191,6 @@ def test_artifact_options_resolve_against_the_invocation_dir(pytester):
 
 
 def test_device_cuda_without_cuda_is_a_usage_error(pytester):
-    import torch  # imported here, outside pytester's module snapshot
-
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     pytester.makepyfile("def test_x():\n    pass\n")

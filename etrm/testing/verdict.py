@@ -20,6 +20,7 @@ are counted in their own column and never as evidence.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
@@ -175,7 +176,7 @@ def _row(hyp: str, question: str, records: list[TestRecord]) -> HypothesisRow:
     reasons = []
     skipped = [r for r in evidence if r.outcome == "skipped"]
     if skipped:
-        reasons.append(f"{len(skipped)} skipped: {skipped[0].reason}")
+        reasons.append(f"{len(skipped)} skipped: {_grouped([r.reason for r in skipped])}")
     bad_controls = [r for r in controls if r.outcome != "passed"]
     if bad_controls:
         first = bad_controls[0]
@@ -204,6 +205,17 @@ def _row(hyp: str, question: str, records: list[TestRecord]) -> HypothesisRow:
         reasons.insert(0, f"{row.errors} errored")
     row.reason = "; ".join(reasons)
     return row
+
+
+def _grouped(reasons: list[str], shown: int = 3) -> str:
+    """Distinct reasons in first-seen order, with counts when they differ."""
+    counts = Counter(reasons)
+    if len(counts) == 1:
+        return reasons[0]
+    parts = [f"{reason} ({n})" for reason, n in list(counts.items())[:shown]]
+    if len(counts) > shown:
+        parts.append(f"{len(counts) - shown} other reasons")
+    return "; ".join(parts)
 
 
 def _failure(record: TestRecord) -> dict[str, str]:

@@ -1,0 +1,114 @@
+"""`etrm investigate`: run the shipped hypothesis suite on the bundled fixtures or on a
+user's artifacts, print the verdict table and optionally write a report.
+
+It runs `pytest --pyargs etrm.suite` in isolation from any checkout's configuration
+(`-c` an empty config, the rootdir set to the installed package's parent), so it
+behaves the same from a wheel as from the repository. Exit status: pytest's, i.e. 0
+when no check failed and 1 when some did; "no tests selected" is an error (5).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import etrm
+from etrm.checks.result import HYPOTHESES
+from etrm.testing.artifacts import OPTIONS
+
+DEFAULT_SELECTION = " or ".join(HYPOTHESES)
+SUITE = "etrm.suite"
+# argparse dest -> artifact field (etrm.testing.artifacts); forwarded to pytest when given.
+ARTIFACT_ARGS = {"trm_checkpoint": "trm_checkpoint", "etrm_checkpoint": "etrm_checkpoint",
+                 "data": "data_dir", "metrics_log": "metrics_log", "model_config": "model_config"}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("investigate", help="run the hypothesis checks and print a verdict per hypothesis",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--trm-checkpoint", metavar="PATH", help="TRM checkpoint (official layout)")
+    p.add_argument("--etrm-checkpoint", metavar="PATH", help="ETRM checkpoint (ours or the origin's)")
+    p.add_argument("--data", metavar="DIR", help="a built dataset")
+    p.add_argument("--metrics-log", metavar="PATH", help="JSON-lines training metrics")
+    p.add_argument("--model-config", metavar="PATH", help="model config file (.json/.yaml)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("-m", dest="markexpr", metavar="EXPR", default=DEFAULT_SELECTION,
+                   help="pytest marker expression (default: every hypothesis and experiment1)")
+    p.add_argument("--verdict-json", metavar="PATH", help="write the verdict as JSON")
+    p.add_argument("--report", metavar="DIR", help="write DIR/report.md with the verdict and metric plots")
+    p.add_argument("-n", dest="workers", metavar="N", help="pytest-xdist workers (needs the 'test' extra)")
+    p.add_argument("--runslow", action="store_true", help="also run slow checks (e.g. the live experiment1 run)")
+    p.add_argument("--suite", default=SUITE, metavar="PACKAGE",
+                   help=f"Python package of check modules to run (default: {SUITE})")
+    p.set_defaults(func=run)
+
+
+def pytest_args(args: argparse.Namespace, verdict_json: str | None) -> list[str]:
+    """The pytest command line for `args`."""
+    root = Path(etrm.__file__).resolve().parent.parent
+    argv = ["--pyargs", args.suite, "-m", args.markexpr, "-p", "no:cacheprovider", "--strict-markers",
+            # An empty config and a fixed rootdir: a checkout's pyproject (addopts, testpaths)
+            # must not change what an installed `etrm investigate` does.
+            "-c", os.devnull, "--rootdir", str(root), "-o", "xfail_strict=true",
+            "--device", args.device,
+            # The CLI has imported etrm before pytest could mark the plugin's package for
+            # assertion rewriting; the checks return results rather than assert, so that is fine.
+            "-W", "ignore:Module already imported so cannot be rewritten:pytest.PytestAssertRewriteWarning"]
+    for dest, value in _given(args).items():
+        argv += [OPTIONS[ARTIFACT_ARGS[dest]][0], str(Path(value).expanduser().resolve())]
+    if verdict_json:
+        argv += ["--verdict-json", verdict_json]
+    if args.runslow:
+        argv.append("--runslow")
+    autoload_off = bool(os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"))
+    if autoload_off:  # else the pytest11 entry point loads it; loading it twice is an error
+        argv += ["-p", "etrm.testing.plugin"]
+    if args.workers is not None:
+        argv += (["-p", "xdist.plugin"] if autoload_off else []) + ["-n", str(args.workers)]
+    return argv
+
+
+def _given(args: argparse.Namespace) -> dict[str, str]:
+    return {dest: getattr(args, dest) for dest in ARTIFACT_ARGS if getattr(args, dest) is not None}
+
+
+def run(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="etrm-investigate-") as tmp:
+        # The report needs the verdict: ask pytest for the JSON even when the user did not.
+        verdict_json = args.verdict_json or (str(Path(tmp) / "verdict.json") if args.report else None)
+        if verdict_json:
+            verdict_json = str(Path(verdict_json).expanduser().resolve())
+        status = int(pytest.main(pytest_args(args, verdict_json)))
+        if status == pytest.ExitCode.NO_TESTS_COLLECTED:
+            print(f"etrm investigate: no checks selected by -m {args.markexpr!r} in {args.suite}",
+                  file=sys.stderr)
+            return status
+        if args.report and status in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+            return _write_report(args, Path(verdict_json)) or status
+    return status
+
+
+def _write_report(args: argparse.Namespace, verdict_json: Path) -> int:
+    from etrm.report import PLOTS_MISSING, ReportError, write_report
+    from etrm.testing.artifacts import Artifacts
+    from etrm.testing.verdict import VerdictTable
+
+    verdict = VerdictTable.from_dict(json.loads(verdict_json.read_text()))
+    artifacts = Artifacts.resolve({ARTIFACT_ARGS[d]: v for d, v in _given(args).items()}, device=args.device)
+    used = {name: f"{getattr(artifacts, name)} ({artifacts.source(name)})"
+            for name in ARTIFACT_ARGS.values() if getattr(artifacts, name) is not None}
+    used["device"] = args.device
+    try:
+        target = write_report(Path(args.report).expanduser().resolve(), verdict, artifacts.metrics_log, used)
+    except ReportError as err:
+        print(f"etrm investigate: report not written: {err}", file=sys.stderr)
+        return 1
+    if PLOTS_MISSING in target.read_text():
+        print(f"etrm investigate: {PLOTS_MISSING}", file=sys.stderr)
+    print(f"etrm investigate: report written to {target}")
+    return 0

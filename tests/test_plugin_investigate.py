@@ -1,0 +1,109 @@
+"""`etrm investigate`: the pytest command line it builds, an in-process run of a check
+package from a foreign working directory, the report, and "no checks selected"."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import etrm
+from etrm import investigate
+
+SUITE_MODULE = '''
+import pytest
+from etrm.checks import CheckResult
+
+@pytest.mark.hypothesis1
+def test_loads(record_check, artifacts):
+    record_check(CheckResult.ok("hypothesis1", "decoder_match", "12 of 12 equal",
+                                {"metrics_log_given": artifacts.source("metrics_log") == "user"}))
+
+@pytest.mark.hypothesis2
+def test_grads(record_check):
+    record_check(CheckResult.fail("hypothesis2", "grad_flow", "encoder gradient is zero"))
+
+@pytest.mark.experiment1
+def test_decide(record_check):
+    record_check(CheckResult.ok("experiment1", "scenario", "decided", {"scenario": "A: encoder learns"}))
+'''
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="etrm")
+    investigate.add_parser(parser.add_subparsers())
+    return parser.parse_args(["investigate", *argv])
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    """A working directory outside the checkout and no pytest settings from the environment."""
+    for var in ("PYTEST_ADDOPTS", "PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
+        monkeypatch.delenv(var, raising=False)
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    return cwd
+
+
+def test_is_an_etrm_subcommand():
+    from etrm.cli import COMMAND_MODULES
+
+    assert "etrm.investigate" in COMMAND_MODULES
+
+
+def test_pytest_args_isolate_the_run_and_forward_options(clean_env, monkeypatch):
+    (clean_env / "step_5").write_bytes(b"")
+    args = _parse("--trm-checkpoint", "step_5", "--device", "cpu", "-m", "hypothesis1", "-n", "2", "--runslow")
+    argv = investigate.pytest_args(args, verdict_json="/tmp/v.json")
+    assert argv[:4] == ["--pyargs", "etrm.suite", "-m", "hypothesis1"]
+    joined = " ".join(argv)
+    assert f"-c {os.devnull} --rootdir {Path(etrm.__file__).resolve().parent.parent}" in joined
+    assert f"--trm-checkpoint {clean_env / 'step_5'}" in joined  # absolute: pytest may run elsewhere
+    assert "--verdict-json /tmp/v.json" in joined and "--runslow" in joined and argv[-2:] == ["-n", "2"]
+    assert "-p etrm.testing.plugin" not in joined  # the entry point loads it; twice would be an error
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    argv = " ".join(investigate.pytest_args(args, None))
+    assert "-p etrm.testing.plugin" in argv and "-p xdist.plugin -n 2" in argv
+    default = investigate.pytest_args(_parse(), None)
+    assert default[3] == " or ".join(f"hypothesis{i}" for i in range(1, 8)) + " or experiment1"
+
+
+def test_runs_a_check_package_and_writes_verdict_and_report(clean_env, tmp_path, monkeypatch, capsys):
+    package = tmp_path / "pkgs" / "etrm_fake_suite"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "test_fake.py").write_text(SUITE_MODULE)
+    monkeypatch.syspath_prepend(str(package.parent))
+    (clean_env / "m.jsonl").write_text('{"step": 1, "train/lm_loss": 2.0}\n{"step": 2, "train/lm_loss": 1.0}\n')
+
+    status = investigate.run(_parse("--suite", "etrm_fake_suite", "--metrics-log", "m.jsonl",
+                                    "--verdict-json", "v.json", "--report", "rep"))
+    out = capsys.readouterr().out
+    assert status == pytest.ExitCode.TESTS_FAILED  # a check failed: evidence for H2
+    assert f"rootdir: {Path(etrm.__file__).resolve().parent.parent}" in out and "pyproject.toml" not in out
+    rows = {r["hypothesis"]: r for r in json.loads((clean_env / "v.json").read_text())["rows"]}
+    assert (rows["hypothesis1"]["verdict"], rows["hypothesis2"]["verdict"]) == ("no evidence", "evidence found")
+    assert rows["experiment1"]["verdict"] == "A: encoder learns"
+    tests = json.loads((clean_env / "v.json").read_text())["tests"]
+    assert [t["checks"][0]["numbers"] for t in tests if t["hypotheses"] == ["hypothesis1"]] == [
+        {"metrics_log_given": True}]
+    md = (clean_env / "rep" / "report.md").read_text()
+    assert "| hypothesis2 | H2: do encoder gradients flow? | **evidence found** |" in md
+    assert f"- metrics_log: `{clean_env / 'm.jsonl'} (user)`" in md and "![Training losses](losses.png)" in md
+    assert (clean_env / "rep" / "losses.png").is_file()
+    assert f"report written to {clean_env / 'rep' / 'report.md'}" in out
+
+
+def test_no_selected_checks_is_an_error_with_a_message(clean_env, capsys):
+    status = investigate.run(_parse("-m", "hypothesis1 and not hypothesis1"))
+    assert status == pytest.ExitCode.NO_TESTS_COLLECTED
+    assert "etrm investigate: no checks selected by -m 'hypothesis1 and not hypothesis1' in etrm.suite" \
+        in capsys.readouterr().err
+
+
+def test_a_missing_artifact_is_a_usage_error(clean_env, capsys):
+    assert investigate.run(_parse("--data", "no_such_dir")) == pytest.ExitCode.USAGE_ERROR
+    assert "--data" in capsys.readouterr().err
