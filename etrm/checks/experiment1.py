@@ -82,3 +82,46 @@ def decide_scenario(metrics: list[dict]) -> CheckResult:
                f"{max(evals[1:]):.3f} (gain needs {MIN_ACCURACY_GAIN:g}), encoder cross-sample std "
                f"{numbers['encoder_cross_sample_std']:.3g}")
     return CheckResult.ok(H, "scenario", message, numbers)
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+def experiment_model_config(trm_checkpoint, max_demos: int = 4, **overrides):
+    """The ETRM config matching a TRM checkpoint's saved decoder settings."""
+    from etrm.checkpoints import find_saved_config
+
+    saved = find_saved_config(trm_checkpoint)
+    if saved is None:
+        raise ValueError(f"{trm_checkpoint}: no all_config.yaml or etrm metadata beside it, so the decoder's "
+                         "recursion settings are unknown; pass a model config")
+    base = saved.model_config.to_dict() | dict(model_type="etrm", puzzle_emb_ndim=0, num_puzzle_identifiers=1,
+                                                max_demos=max_demos)
+    return type(saved.model_config).from_dict(base | overrides)
+
+
+def run_frozen_decoder_experiment(trm_checkpoint, data_dir, metrics_log, *, steps: int = 150, eval_every: int = 30,
+                                  batch_size: int = 8, freeze_decoder: bool = True, lr: float = 3e-4,
+                                  model_config=None, seed: int = 0, progress: bool = True):
+    """The investigation's Experiment 1 at any size: ETRM with the TRM checkpoint's decoder,
+    frozen for the whole run (or not, for comparison), the encoder trained with its own
+    optimizer group, evaluated every `eval_every` steps; metrics go to `metrics_log`.
+    Returns the trainer (its `head` is the trained model)."""
+    import torch
+
+    from etrm.checkpoints import load_pretrained_decoder
+    from etrm.data.datasets import FewShotPuzzleDataset
+    from etrm.evaluation import ArcEvaluator
+    from etrm.models import build_model
+    from etrm.training import TrainingConfig, train
+
+    config = model_config or experiment_model_config(trm_checkpoint)
+    torch.manual_seed(seed)
+    head = build_model(config)
+    load_pretrained_decoder(head, trm_checkpoint)
+    train_set = FewShotPuzzleDataset(data_dir, "train", batch_size, max_demos=config.max_demos, seed=seed, epochs=10**6)
+    eval_set = FewShotPuzzleDataset(data_dir, "test", batch_size, max_demos=config.max_demos, test_mode=True)
+    recipe = TrainingConfig(lr=lr, encoder_lr_scale=1.0, warmup_steps=min(10, steps), global_batch_size=batch_size,
+                            freeze_decoder_steps=steps + 1 if freeze_decoder else 0, grad_clip_norm=1.0,
+                            total_steps=steps, seed=seed)
+    return train(head, train_set, recipe, steps=steps, metrics_log=metrics_log, eval_every=eval_every,
+                 eval_dataset=eval_set, evaluator=ArcEvaluator.from_data_dir(data_dir), progress=progress)

@@ -222,3 +222,41 @@ class LabelledPaddingDataset(FewShotPuzzleDataset):
         batch = super()._collate(arrays, rows, puzzles)
         batch["labels"][torch.from_numpy(rows < 0)] = 2
         return batch
+
+
+# --- checkpoints and training (H1) ------------------------------------------------------------
+from etrm.training import Trainer  # noqa: E402
+
+
+def plain_prefix_loader(model, path):
+    """Strips only the plain `model.inner.` prefix and loads non-strictly: with any other
+    key layout nothing loads and the only sign is an ignored list of missing keys."""
+    state = torch.load(path, weights_only=True, map_location="cpu")
+    inner = {k.removeprefix("model.inner."): v for k, v in state.items() if k.startswith("model.inner.")}
+    model = getattr(model, "_orig_mod", model)
+    return model.model.inner.load_state_dict(inner, strict=False)
+
+
+class ZeroGradFreezeTrainer(Trainer):
+    """"Freezes" the decoder by zeroing its gradients: AdamATan2 still applies weight decay."""
+
+    def _discard_frozen_grads(self, frozen):
+        for part in frozen:
+            for _, p in self.named_params[part]:
+                if p.grad is not None:
+                    p.grad.zero_()
+                else:
+                    p.grad = torch.zeros_like(p)
+
+
+def mislabelled_frozen_checkpoint(trained: Path, frozen_run: Path, out_dir: Path) -> Path:
+    """Weights of a run whose decoder trained, saved with the config of a frozen-decoder run."""
+    from etrm.checkpoints import sidecar_path
+    from etrm.config_import import CONFIG_FILE
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dst = out_dir / frozen_run.name
+    shutil.copy(trained, dst)
+    shutil.copy(sidecar_path(frozen_run), sidecar_path(dst))
+    shutil.copy(frozen_run.parent / CONFIG_FILE, out_dir / CONFIG_FILE)
+    return dst

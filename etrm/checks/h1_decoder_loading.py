@@ -1,0 +1,161 @@
+"""Hypothesis 1: does the pretrained TRM decoder load correctly into ETRM?
+
+Lessons from the investigation built in: weight-match counts report parameters and the
+never-trained buffers (H_init, L_init) apart; EMA provenance comes from saved metadata or
+config, never from weight statistics; an unverifiable recursion setting (L_cycles 4 vs 6
+changes no tensor shape) is inconclusive, not fine; a decoder that drifted is only
+evidence when the run was supposed to keep it frozen.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from etrm.checks.result import CheckResult
+
+H = "hypothesis1"
+# Official wrapper prefixes in every combination the official and origin trainers produce.
+KEY_LAYOUTS = {"plain": "", "compiled": "_orig_mod.", "ddp": "module.", "ddp+compiled": "module._orig_mod."}
+
+
+def relayout_checkpoint(src: Path, dst: Path, prefix: str) -> Path:
+    """A copy of a checkpoint whose keys carry `prefix` in front of the loss-head level
+    (and its saved config beside it), to exercise every key layout."""
+    import shutil
+
+    from etrm.checkpoints import normalize_key, read_state_dict
+    from etrm.config_import import CONFIG_FILE
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    state = {prefix + normalize_key(k): v for k, v in read_state_dict(src).items()}
+    torch.save(state, dst)
+    if (src.parent / CONFIG_FILE).is_file():
+        shutil.copy(src.parent / CONFIG_FILE, dst.parent / CONFIG_FILE)
+    return dst
+
+
+def check_decoder_loads_bitwise(model: nn.Module, path: Path,
+                                loader: Callable[[nn.Module, Path], object] | None = None) -> CheckResult:
+    """Load the decoder with `loader` (default `load_pretrained_decoder`), then compare every
+    decoder tensor of the model with the checkpoint's, bitwise, parameters and buffers apart."""
+    from etrm.checkpoints import CheckpointError, act_model_of, decoder_tensors, load_pretrained_decoder, read_state_dict
+
+    loader = loader or load_pretrained_decoder
+    try:
+        report = loader(model, path)
+    except CheckpointError as err:
+        return CheckResult.fail(H, "decoder_loads_bitwise", f"loading failed: {err}")
+    saved = decoder_tensors(read_state_dict(path))
+    inner = act_model_of(model).inner
+    params = dict(inner.named_parameters())
+    buffers = {k: v for k, v in inner.state_dict().items() if k not in params}
+    def equal(name: str, tensor: torch.Tensor) -> bool:
+        source = saved.get(name)
+        return source is not None and source.shape == tensor.shape and torch.equal(source.to(tensor), tensor.detach())
+    bad_params = [n for n, t in params.items() if not equal(n, t)]
+    bad_buffers = [n for n, t in buffers.items() if not equal(n, t)]
+    skipped = len(getattr(report, "skipped", {}))
+    message = (f"{len(params) - len(bad_params)} of {len(params)} decoder parameters equal the checkpoint bitwise; "
+               f"buffers {', '.join(buffers)} compared separately: {len(buffers) - len(bad_buffers)} of {len(buffers)} "
+               f"equal; {skipped} checkpoint tensors skipped (puzzle embedding, encoder)")
+    if bad_params or bad_buffers:
+        message += f"; differing: {(bad_params + bad_buffers)[:5]}"
+    return CheckResult.from_condition(
+        H, "decoder_loads_bitwise", not bad_params and not bad_buffers, message,
+        {"params": len(params), "params_equal": len(params) - len(bad_params), "buffers": len(buffers),
+         "buffers_equal": len(buffers) - len(bad_buffers), "skipped": skipped})
+
+
+def check_recursion_config(model: nn.Module, path: Path) -> CheckResult:
+    """The model's recursion settings vs the checkpoint's saved config: verified (pass),
+    differing (fail), or nothing saved to compare with (inconclusive)."""
+    from etrm.checkpoints import act_model_of, find_saved_config
+    from etrm.config_import import RECURSION_SETTINGS
+
+    cfg = act_model_of(model).config
+    saved = find_saved_config(path)
+    values = {n: getattr(cfg, n) for n in RECURSION_SETTINGS}
+    if saved is None:
+        return CheckResult.inconclusive(
+            H, "recursion_config", f"no all_config.yaml or etrm metadata beside {path}: {', '.join(RECURSION_SETTINGS)} "
+            f"cannot be verified from the weights (L_cycles 4 vs 6 changes no tensor shape); model has {values}",
+            {n: v for n, v in values.items()})
+    differ = {n: (values[n], getattr(saved.model_config, n)) for n in RECURSION_SETTINGS
+              if values[n] != getattr(saved.model_config, n)}
+    return CheckResult.from_condition(
+        H, "recursion_config", not differ,
+        f"recursion settings vs {saved.source}: " + ("all equal " + str(values) if not differ else
+                                                     "; ".join(f"{n}: model {m}, checkpoint {s}" for n, (m, s) in differ.items())),
+        {"differing": len(differ)})
+
+
+def check_ema_provenance(path: Path) -> CheckResult:
+    """Whether the checkpoint holds EMA weights, from saved metadata or config only."""
+    from etrm.checkpoints import find_saved_config
+
+    saved = find_saved_config(path)
+    if saved is None or saved.ema == "unknown":
+        return CheckResult.inconclusive(
+            H, "ema_provenance", f"{path}: nothing saved beside the checkpoint says whether its weights are the EMA "
+            "copy (weight statistics cannot tell); pass a checkpoint with its all_config.yaml")
+    return CheckResult.ok(H, "ema_provenance", f"{path.name} holds {'EMA' if saved.ema == 'ema' else 'raw (non-EMA)'} "
+                          f"weights according to {saved.source.name}", {"ema": saved.ema == "ema"})
+
+
+def check_decoder_drift_matches_freezing(trm_path: Path, etrm_path: Path) -> CheckResult:
+    """Compare the decoder of an ETRM checkpoint with the TRM it started from: if the run
+    kept the decoder frozen, every parameter must still be equal; if the decoder trained,
+    drift is expected and reported (the investigation's "2/14 match" was such a run)."""
+    from etrm.checkpoints import compare_decoders, find_saved_config, read_metadata
+
+    comparison = compare_decoders(trm_path, etrm_path)
+    saved = find_saved_config(etrm_path)
+    meta = read_metadata(etrm_path)
+    freeze = None if saved is None else saved.training.get("freeze_decoder_steps")
+    steps = meta.step if meta is not None else (saved.training.get("total_steps") if saved else None)
+    equal, total = comparison.num_params_equal, len(comparison.params)
+    drift = max((d.max_abs_diff or 0.0) for d in comparison.params) if comparison.params else 0.0
+    numbers = {"params_equal": equal, "params": total, "max_abs_diff": drift,
+               "buffers_equal": sum(d.equal for d in comparison.buffers), "buffers": len(comparison.buffers)}
+    counts = (f"{equal}/{total} decoder parameters equal the TRM checkpoint (max |diff| {drift:.3g}); buffers "
+              f"{numbers['buffers_equal']}/{numbers['buffers']} equal, counted apart")
+    if freeze is None or steps is None:
+        return CheckResult.inconclusive(H, "decoder_drift_matches_freezing",
+                                        f"{counts}; the ETRM run's freeze_decoder_steps/step are not saved, so drift "
+                                        "cannot be told from a loading bug", numbers)
+    frozen = freeze >= steps
+    if frozen:
+        return CheckResult.from_condition(H, "decoder_drift_matches_freezing", comparison.all_params_equal,
+                                          f"{counts}; the run froze the decoder for all {steps} steps, so all must be equal",
+                                          numbers)
+    return CheckResult.ok(H, "decoder_drift_matches_freezing",
+                          f"{counts}; expected: the decoder trained from step {freeze + 1} of {steps} "
+                          "(freeze_decoder_steps in its config)", numbers)
+
+
+def check_frozen_decoder_unchanged(head: nn.Module, batches: Iterable[dict], steps: int = 3,
+                                   trainer_class: type | None = None) -> CheckResult:
+    """Train `steps` steps with the decoder frozen (weight decay on): every decoder tensor
+    must stay bitwise equal while the encoder changes."""
+    from etrm.checkpoints import act_model_of
+    from etrm.training import Trainer, TrainingConfig
+
+    act = act_model_of(head)
+    before = {n: t.detach().clone() for n, t in act.inner.state_dict().items()}
+    enc_before = {n: t.detach().clone() for n, t in act.encoder.state_dict().items()}
+    batches = list(batches)[:steps]
+    config = TrainingConfig(lr=1e-3, weight_decay=0.1, warmup_steps=0, global_batch_size=len(batches[0]["inputs"]),
+                            freeze_decoder_steps=steps, total_steps=steps)
+    trainer = (trainer_class or Trainer)(head, config)
+    for batch in batches:
+        trainer.step(batch)
+    moved = [n for n, t in act.inner.state_dict().items() if not torch.equal(t, before[n])]
+    enc_moved = sum(not torch.equal(t, enc_before[n]) for n, t in act.encoder.state_dict().items())
+    return CheckResult.from_condition(
+        H, "frozen_decoder_unchanged", not moved and enc_moved > 0,
+        f"after {len(batches)} steps with the decoder frozen (weight decay 0.1): {len(moved)} of {len(before)} decoder "
+        f"tensors changed{' ' + str(moved[:4]) if moved else ''}; {enc_moved} encoder tensors changed",
+        {"decoder_changed": len(moved), "decoder_tensors": len(before), "encoder_changed": enc_moved})
