@@ -19,7 +19,7 @@ import pytest
 
 import etrm
 from etrm.checks.result import HYPOTHESES
-from etrm.testing.artifacts import OPTIONS
+from etrm.testing.artifacts import DEVICES, OPTIONS
 
 DEFAULT_SELECTION = " or ".join(HYPOTHESES)
 SUITE = "etrm.suite"
@@ -36,7 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", metavar="DIR", help="a built dataset")
     p.add_argument("--metrics-log", metavar="PATH", help="JSON-lines training metrics")
     p.add_argument("--model-config", metavar="PATH", help="model config file (.json/.yaml)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--device", choices=DEVICES, default="cpu")
     p.add_argument("-m", dest="markexpr", metavar="EXPR", default=DEFAULT_SELECTION,
                    help="pytest marker expression (default: every hypothesis and experiment1)")
     p.add_argument("--verdict-json", metavar="PATH", help="write the verdict as JSON")
@@ -100,9 +100,9 @@ def _write_report(args: argparse.Namespace, verdict_json: Path) -> int:
 
     verdict = VerdictTable.from_dict(json.loads(verdict_json.read_text()))
     artifacts = Artifacts.resolve({ARTIFACT_ARGS[d]: v for d, v in _given(args).items()}, device=args.device)
-    used = {name: f"{getattr(artifacts, name)} ({artifacts.source(name)})"
+    used = {name: f"`{getattr(artifacts, name)}` ({artifacts.source(name)})"
             for name in ARTIFACT_ARGS.values() if getattr(artifacts, name) is not None}
-    used["device"] = args.device
+    used["device"] = f"`{args.device}`"
     try:
         target = write_report(Path(args.report).expanduser().resolve(), verdict, artifacts.metrics_log, used)
     except ReportError as err:

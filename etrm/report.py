@@ -121,8 +121,11 @@ def plot_metrics(log: MetricsLog, out_dir: str | Path) -> list[tuple[str, str]]:
             values_seen = []
             for key in found:
                 steps, values = log.series(key)
-                ax.plot(steps, values, marker="." if steps.size < 50 else None, label=key)
-                values_seen.append(values)
+                # NaN marks an undefined value (e.g. no two samples of one task): skip the
+                # point, keep the line through its neighbours.
+                keep = np.isfinite(values)
+                ax.plot(steps[keep], values[keep], marker=".", markersize=3 if steps.size > 50 else 6, label=key)
+                values_seen.append(values[keep])
             if log_scale:
                 _log_axis(ax, np.concatenate(values_seen))
             ax.set_title(name)
@@ -137,12 +140,13 @@ def plot_metrics(log: MetricsLog, out_dir: str | Path) -> list[tuple[str, str]]:
 
 def write_report(out_dir: str | Path, verdict: VerdictTable | None, metrics_log: str | Path | None,
                  artifacts: Mapping[str, str] | None = None) -> Path:
-    """Write `<out_dir>/report.md` (+ PNG plots when a metrics log and matplotlib are there)."""
+    """Write `<out_dir>/report.md` (+ PNG plots when a metrics log and matplotlib are there).
+    `artifacts` maps names to markdown descriptions of what the checks ran on."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     md = ["# etrm investigation report", ""]
     if artifacts:
-        md += ["## Artifacts", ""] + [f"- {name}: `{value}`" for name, value in artifacts.items()] + [""]
+        md += ["## Artifacts", ""] + [f"- {name}: {value}" for name, value in artifacts.items()] + [""]
     md += ["## Verdict", ""]
     if verdict is None or not verdict.rows:
         md += ["No hypothesis or experiment checks ran.", ""]

@@ -59,7 +59,7 @@ def test_no_leak(record_check):
 
 @pytest.mark.hypothesis5
 def test_no_leak_control(expect_check_fails):
-    expect_check_fails(CheckResult.ok("hypothesis5", "no_leak", "0 eval examples in train"))
+    expect_check_fails(CheckResult.ok("hypothesis5", "no_leak", "0 eval examples in train\\nper-split counts: ..."))
 
 @pytest.fixture
 def broken():
@@ -117,6 +117,7 @@ def test_verdict_rows_follow_the_rules(checks):
     assert (h5["verdict"], h5["failed"], h5["controls_passed"], h5["controls_total"]) == ("inconclusive", 0, 0, 1)
     assert "negative control test_checks.py::test_no_leak_control failed: negative control: no_leak " \
            "returned 'pass' on a deliberately broken variant" in h5["reason"]
+    assert "per-split counts" not in h5["reason"]  # the first line of a failure is its message
     assert (h6["verdict"], h6["errors"]) == ("inconclusive", 1)
     assert h6["reason"] == "1 errored" and "fixture exploded" in h6["first_failure"]["message"]
     assert (h7["verdict"], h7["reason"], h7["controls_passed"]) == ("inconclusive", "only negative controls ran", 1)

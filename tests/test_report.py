@@ -75,7 +75,7 @@ def full_report(tmp_path_factory) -> tuple[Path, Path]:
     """One report over a log with every key (plotting is the slow part: ~0.4 s a figure)."""
     tmp = tmp_path_factory.mktemp("report")
     log = _write_log(tmp / "m.jsonl")
-    return write_report(tmp / "out", _verdict(), log, {"metrics_log": f"{log} (user)"}), log
+    return write_report(tmp / "out", _verdict(), log, {"metrics_log": f"`{log}` (user)"}), log
 
 
 def test_report_has_verdict_artifacts_and_summary(full_report):
@@ -83,7 +83,7 @@ def test_report_has_verdict_artifacts_and_summary(full_report):
     md = target.read_text()
     assert target.name == "report.md"
     assert "| hypothesis2 | H2: do encoder gradients flow? | **no evidence** | 3 | 0 | 0 | 0 | 1/1 |" in md
-    assert f"- metrics_log: `{log} (user)`" in md
+    assert f"- metrics_log: `{log}` (user)" in md
     assert "| grad/encoder_norm_preclip | 30 | 5 | 0.1667 | 0.1667 | 5 |" in md
     assert "No data in the log" not in md
 

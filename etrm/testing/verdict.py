@@ -245,9 +245,8 @@ def _reason(report: Any) -> str:
     crash = getattr(longrepr, "reprcrash", None)
     if crash is not None and getattr(crash, "message", None):
         return _first_line(crash.message.removeprefix("Failed: "))
-    text = getattr(report, "longreprtext", "") or str(longrepr)
-    lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1].strip() if lines else ""
+    # A string: pytest.fail(..., pytrace=False), whose first line is the message.
+    return _first_line(str(longrepr))
 
 
 def _first_line(text: str) -> str:
