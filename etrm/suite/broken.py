@@ -260,3 +260,29 @@ def mislabelled_frozen_checkpoint(trained: Path, frozen_run: Path, out_dir: Path
     shutil.copy(sidecar_path(frozen_run), sidecar_path(dst))
     shutil.copy(frozen_run.parent / CONFIG_FILE, out_dir / CONFIG_FILE)
     return dst
+
+
+# --- training dynamics (H4) ---------------------------------------------------------------------
+
+class SingleGroupTrainer(Trainer):
+    """Puts every parameter in one group at the decoder's lr: encoder_lr_scale is ignored."""
+
+    def _build_optimizers(self, act):
+        from etrm.optim import AdamATan2
+
+        params = [p for part in self.named_params.values() for _, p in part]
+        cfg = self.config
+        return [AdamATan2([dict(params=params, lr=cfg.lr, base_lr=cfg.lr, weight_decay=cfg.weight_decay, part="decoder")],
+                          lr=cfg.lr, betas=cfg.betas)]
+
+
+class NoExplorationETRM(ETRM):
+    """Claims an exploration probability in its config but never explores."""
+
+    def forward(self, carry, batch):
+        claimed = self.config
+        self.config = claimed.replace(halt_exploration_prob=0.0)
+        try:
+            return super().forward(carry, batch)
+        finally:
+            self.config = claimed

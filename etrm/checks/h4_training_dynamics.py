@@ -1,0 +1,129 @@
+"""Hypothesis 4: are the training dynamics sane (learning rates, batch, halting)?
+
+The audit separates settings that must equal the pretrained decoder's (a decoder trained
+with L_cycles 4 run with 6 computes something else: the origin's composed config did
+that) from deliberate departures from the official recipe (learning rate, batch size,
+exploration, clipping), which are listed, not failed.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from etrm.checks.result import CheckResult
+
+H = "hypothesis4"
+# Model settings an ETRM must share with the TRM whose decoder it loads.
+DECODER_SETTINGS = ("H_cycles", "L_cycles", "L_layers", "hidden_size", "num_heads", "expansion", "puzzle_emb_len",
+                    "pos_encodings", "rope_theta", "halt_max_steps")
+# Recipe values compared with the official ARC-AGI-1 run (informational).
+RECIPE_KEYS = ("lr", "weight_decay", "betas", "warmup_steps", "global_batch_size", "ema_rate", "grad_clip_norm",
+               "encoder_lr_scale", "encoder_weight_decay_scale", "lr_min_ratio")
+
+
+def check_config_audit(etrm_config, etrm_training: Mapping[str, Any], trm_config=None) -> CheckResult:
+    """Decoder settings vs the pretrained TRM's (fail on any difference), recipe vs the official run (listed)."""
+    from etrm.config import official_arc1_config
+    from etrm.training import official_trm_recipe
+
+    official = official_trm_recipe().to_dict()
+    recipe = {k: (etrm_training.get(k), official[k]) for k in RECIPE_KEYS
+              if k in etrm_training and _norm(etrm_training.get(k)) != _norm(official[k])}
+    exploration = (etrm_config.halt_exploration_prob, official_arc1_config().halt_exploration_prob)
+    if exploration[0] != exploration[1]:
+        recipe["halt_exploration_prob"] = exploration
+    listed = "; ".join(f"{k} {mine} (official {theirs})" for k, (mine, theirs) in recipe.items()) or "none"
+    if trm_config is None:
+        return CheckResult.inconclusive(H, "config_audit", "the pretrained TRM's config is unknown, so the decoder "
+                                        f"settings cannot be audited; recipe departures: {listed}",
+                                        {"recipe_departures": len(recipe)})
+    mismatched = {k: (getattr(etrm_config, k), getattr(trm_config, k)) for k in DECODER_SETTINGS
+                  if getattr(etrm_config, k) != getattr(trm_config, k)}
+    head = ("decoder settings equal the pretrained TRM's" if not mismatched else
+            "decoder settings differ from the pretrained TRM's: " +
+            "; ".join(f"{k} {a} vs TRM {b}" for k, (a, b) in mismatched.items()))
+    return CheckResult.from_condition(H, "config_audit", not mismatched, f"{head}; recipe departures: {listed}",
+                                      {"decoder_mismatches": len(mismatched), "recipe_departures": len(recipe)})
+
+
+def _norm(value):
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+def check_effective_learning_rates(trainer) -> CheckResult:
+    """After warmup, each optimizer group's lr and weight decay are the configured ones:
+    decoder lr/wd, encoder lr * encoder_lr_scale and wd * encoder_weight_decay_scale."""
+    cfg = trainer.config
+    expected = {"decoder": (cfg.lr, cfg.weight_decay), "encoder": (cfg.encoder_lr, cfg.encoder_weight_decay)}
+    step = cfg.warmup_steps + 1
+    lrs = trainer.learning_rates(step)
+    seen, wrong = {}, []
+    for opt in trainer.optimizers:
+        for group in opt.param_groups:
+            part = group.get("part")
+            if part not in expected:
+                continue
+            names = {id(p) for p in group["params"]}
+            members = {n.split(".", 2)[1] for n, p in trainer.head.named_parameters() if id(p) in names}
+            actual = (lrs.get(part, group["lr"]), group["weight_decay"])
+            seen[part] = actual
+            if abs(actual[0] - expected[part][0]) > 1e-12 or abs(actual[1] - expected[part][1]) > 1e-12:
+                wrong.append(f"{part}: lr {actual[0]:g} wd {actual[1]:g}, configured {expected[part][0]:g} / {expected[part][1]:g}")
+            if members != {"inner" if part == "decoder" else "encoder"}:
+                wrong.append(f"{part} group holds parameters of {sorted(members)}")
+    missing = [p for p in expected if p not in seen and (p == "decoder" or trainer.has_encoder)]
+    wrong += [f"no optimizer group for the {p}" for p in missing]
+    return CheckResult.from_condition(
+        H, "effective_learning_rates", not wrong,
+        "; ".join(wrong) if wrong else "after warmup: " + ", ".join(f"{p} lr {v[0]:g} wd {v[1]:g}" for p, v in seen.items()),
+        {f"{p}_lr": v[0] for p, v in seen.items()} | {f"{p}_wd": v[1] for p, v in seen.items()})
+
+
+def check_halting_rate(head: nn.Module, batch: dict, samples: int = 256, seed: int = 0, tolerance: float = 0.1) -> CheckResult:
+    """With every sample wanting to halt (Q biased), the share halting at step 1 in training
+    is 1 - halt_exploration_prob: the exploration veto works at the configured rate."""
+    from etrm.checks.probes import decoder_of
+
+    p = head.config.halt_exploration_prob
+    if head.config.halt_max_steps < 2:
+        return CheckResult.inconclusive(H, "halting_rate", "halt_max_steps 1: nothing to explore")
+    big = {k: v[torch.arange(samples) % len(v)] for k, v in batch.items()}
+    q_head = decoder_of(head).q_head
+    saved_bias = q_head.bias.detach().clone()
+    was_training = head.training
+    try:
+        with torch.no_grad(), torch.random.fork_rng():
+            torch.manual_seed(seed)
+            q_head.bias.fill_(20.0)
+            head.train()
+            carry, *_ = head(head.initial_carry(big), big)
+            observed = float(carry.halted.float().mean())
+    finally:
+        with torch.no_grad():
+            q_head.bias.copy_(saved_bias)
+        head.train(was_training)
+    expected = 1 - p
+    return CheckResult.from_condition(
+        H, "halting_rate", abs(observed - expected) <= tolerance,
+        f"{observed:.0%} of {samples} samples that want to halt did so at step 1; exploration "
+        f"{p:g} should let {expected:.0%} (tolerance {tolerance:.0%})",
+        {"observed": observed, "expected": expected, "exploration": p})
+
+
+def check_tiny_overfit(head: nn.Module, batch: dict, config=None, steps: int = 40, min_drop: float = 0.3) -> CheckResult:
+    """Trained on one batch, the model's loss must fall by `min_drop` (relative) in `steps`
+    steps: the optimizer, schedule and loss scaling can move the model at all."""
+    from etrm.training import Trainer, TrainingConfig
+
+    config = config or TrainingConfig(lr=1e-3, warmup_steps=0, global_batch_size=len(batch["inputs"]), total_steps=steps)
+    trainer = Trainer(head, config)
+    losses = [trainer.step(batch)["train/lm_loss"] for _ in range(steps)]
+    window = max(1, steps // 5)
+    first, last = sum(losses[:window]) / window, sum(losses[-window:]) / window
+    drop = (first - last) / first if first else 0.0
+    return CheckResult.from_condition(
+        H, "tiny_overfit", drop >= min_drop,
+        f"lm_loss on one repeated batch: {first:.3f} -> {last:.3f} over {steps} steps ({drop:.0%} drop, needs "
+        f"{min_drop:.0%})", {"first": first, "last": last, "drop": drop, "steps": steps})
