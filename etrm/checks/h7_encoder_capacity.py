@@ -95,7 +95,7 @@ def rule_tasks(num_tasks: int, num_demos: int, canvas: int, seed: int):
     return torch.from_numpy(inputs), torch.from_numpy(outputs), torch.from_numpy(mask), torch.from_numpy(labels)
 
 
-def check_separates_two_rules(encoder: nn.Module, *, steps: int = 60, batch_size: int = 16, canvas: int = 6,
+def check_separates_two_rules(encoder: nn.Module, *, steps: int = 30, batch_size: int = 16, canvas: int = 5,
                               seed: int = 0, lr: float = 3e-3) -> CheckResult:
     """Train `encoder` (its config must have seq_len == canvas**2) plus a linear probe on the
     mean context to tell two rules apart from 3 demos; score on held-out tasks."""
