@@ -1,0 +1,353 @@
+"""Reading and writing a trainer's `all_config.yaml` (official TRM and origin ETRM layouts).
+
+The official TRM trainer dumps its whole `PretrainConfig` beside its checkpoints: the
+model settings nested under `arch:` (the loss head under `arch.loss`), optimiser and
+schedule at the top level, and keys that describe the run rather than the model
+(names, paths, evaluators). The origin ETRM trainer adds its encoder settings to
+`arch` and its own training keys at the top.
+
+`import_training_config` sorts every key into exactly one of:
+
+* a `ModelConfig` field (`ImportedConfig.model_config`);
+* a training hyper-parameter (`ImportedConfig.training`, official key names, for the
+  H4 audit);
+* a key ignored on purpose, listed with its reason in `IGNORED_TOP_KEYS` /
+  `IGNORED_ARCH_KEYS` (kept in `ImportedConfig.ignored` for provenance);
+* a key accepted only at the value etrm implements (`PINNED_ARCH_KEYS`, e.g.
+  `mlp_t: False`): any other value is an error, because the weights would belong to
+  an architecture etrm does not have.
+
+Any other key is an error naming it: validation is never loosened to read a file.
+`write_training_config` writes the same layout (plus an `etrm:` section with the data
+shape the official file keeps elsewhere), so our checkpoints carry an `all_config.yaml`
+that this importer and the official tools read.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from etrm import __version__
+from etrm.config import ConfigError, ModelConfig
+
+CONFIG_FILE = "all_config.yaml"
+
+# arch.name of each trainer's model class -> our model type.
+ARCH_NAMES: dict[str, str] = {
+    "trm": "recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1",
+    "etrm": "recursive_reasoning.etrm@TRMWithEncoder",
+    "etrmtrm": "recursive_reasoning.etrmtrm@TRMWithRecurrentEncoder",
+}
+MODEL_TYPE_OF_ARCH = {name: model_type for model_type, name in ARCH_NAMES.items()}
+LOSS_HEAD_NAME = "losses@ACTLossHead"
+LOSS_TYPE = "stablemax_cross_entropy"
+
+# Settings that change the recursion but no tensor shape (L_cycles 4 vs 6), or that a
+# checkpoint and a model must share to load: compared against a checkpoint's saved config.
+RECURSION_SETTINGS = ("H_cycles", "L_cycles", "L_layers", "hidden_size", "num_heads", "puzzle_emb_len")
+
+# arch keys that are ModelConfig fields under the same name.
+ARCH_MODEL_KEYS = ("H_cycles", "L_cycles", "L_layers", "hidden_size", "num_heads", "expansion",
+                   "puzzle_emb_ndim", "puzzle_emb_len", "pos_encodings", "rope_theta", "rms_norm_eps",
+                   "halt_max_steps", "halt_exploration_prob", "forward_dtype")
+ENCODER_KEYS = ("encoder_type", "encoder_num_layers", "encoder_set_layers", "encoder_pooling_method",
+                "encoder_norm_style")
+
+IGNORED_TOP_KEYS: dict[str, str] = {
+    "project_name": "run bookkeeping",
+    "run_name": "run bookkeeping",
+    "checkpoint_path": "where the run wrote checkpoints",
+    "load_checkpoint": "a checkpoint the run resumed from",
+    "data_paths": "dataset location, not a model setting",
+    "data_paths_test": "dataset location, not a model setting",
+    "evaluators": "evaluator list of the run",
+    "checkpoint_every_eval": "checkpoint schedule",
+    "eval_interval": "evaluation schedule",
+    "min_eval_interval": "evaluation schedule",
+    "eval_save_outputs": "evaluation dump settings",
+    "log_predictions_every": "origin ETRM logging",
+    "log_predictions_max_samples": "origin ETRM logging",
+    "log_predictions_crop": "origin ETRM logging",
+}
+IGNORED_ARCH_KEYS: dict[str, str] = {
+    "H_layers": "TRM has no H-level layers; the official TRM ignores it too",
+    "recurrent_encoder_type": "origin ETRMTRM encoder variant (origin ETRMTRM checkpoints are not a compatibility target)",
+    "lpn_latent_dim": "origin LPN encoders only",
+    "encoder_h_cycles": "origin ETRMTRM trm_style encoder only",
+    "encoder_l_cycles": "origin ETRMTRM trm_style encoder only",
+    "encoder_l_layers": "origin ETRMTRM trm_style encoder only",
+}
+IGNORED_LOSS_KEYS: dict[str, str] = {"name": "loss head class; etrm has one (the official ACTLossHead)"}
+# arch keys etrm accepts only at the value its model implements.
+PINNED_ARCH_KEYS: dict[str, tuple[Any, str]] = {
+    "mlp_t": (False, "etrm's decoder mixes tokens by attention, not by the mlp_t variant"),
+    "no_ACT_continue": (True, "etrm's loss has no Q-continue term"),
+    "encoder_layer_scale_init": (0.0, "etrm's encoder has no layer scale"),
+    "encoder_qk_norm": (False, "etrm's encoder has no QK norm"),
+}
+
+# Training hyper-parameters, official names -> accepted types (None: the key may be null).
+TRAINING_KEYS: dict[str, tuple[type, ...]] = {
+    "global_batch_size": (int,), "epochs": (int,), "total_steps": (int, type(None)),
+    "lr": (float,), "lr_min_ratio": (float,), "lr_warmup_steps": (int,),
+    "weight_decay": (float,), "beta1": (float,), "beta2": (float,),
+    "puzzle_emb_lr": (float,), "puzzle_emb_weight_decay": (float,),
+    "ema": (bool,), "ema_rate": (float,), "freeze_weights": (bool,), "seed": (int,),
+    "grad_clip_norm": (float,),  # 0 = off, as in the origin trainer
+    "encoder_lr_scale": (float,), "encoder_weight_decay_scale": (float,),
+    "encoder_freeze_steps": (int,), "freeze_decoder_steps": (int,),
+    "load_pretrained_decoder": (str, type(None)),
+    "max_train_groups": (int, type(None)), "max_eval_groups": (int, type(None)),
+    "optimizer_layout": (str,),
+    "loss_type": (str,),  # arch.loss.loss_type in the file
+    "freeze_encoder": (bool,),  # arch.freeze_encoder in the file (origin)
+}
+# etrm's TrainingConfig names -> official names (write_training_config accepts both).
+TRAINING_ALIASES = {"warmup_steps": "lr_warmup_steps", "freeze_encoder_steps": "encoder_freeze_steps"}
+ETRM_SECTION_KEYS = ("seq_len", "vocab_size", "num_puzzle_identifiers", "version")
+_INTERPOLATION = re.compile(r"^\$\{\.(\w+)\}$")
+
+
+@dataclass(frozen=True)
+class ImportedConfig:
+    """A trainer's all_config.yaml, sorted: model, training hyper-parameters, ignored keys."""
+
+    path: Path
+    arch_name: str
+    model_config: ModelConfig
+    training: dict[str, Any]  # official key names (see TRAINING_KEYS)
+    ignored: dict[str, Any]  # dotted key -> value, kept for provenance
+
+    def recursion_settings(self) -> dict[str, Any]:
+        return {name: getattr(self.model_config, name) for name in RECURSION_SETTINGS}
+
+    @property
+    def ema(self) -> bool | None:
+        """Whether the run kept an EMA of its weights (None when the file does not say)."""
+        return self.training.get("ema")
+
+
+def import_training_config(path: str | Path, *, model_type: str | None = None, **overrides: Any) -> ImportedConfig:
+    """Read an official or origin `all_config.yaml` (or one we wrote).
+
+    `model_type` overrides the type derived from `arch.name` (for a renamed model
+    class); `overrides` replace ModelConfig fields the file cannot know, such as
+    `num_puzzle_identifiers` or `seq_len` (the official file leaves them to the data).
+    """
+    path = Path(path)
+    doc = _read_yaml(path)
+    arch = doc.get("arch")
+    if not isinstance(arch, Mapping):
+        raise ConfigError(f"{path}: no 'arch' mapping; an official all_config.yaml nests the model settings under arch:")
+    arch = _resolve_interpolations(path, dict(arch))
+
+    arch_name = arch.get("name")
+    if model_type is None:
+        if arch_name not in MODEL_TYPE_OF_ARCH:
+            raise ConfigError(f"{path}: arch.name {arch_name!r} is not a known model class "
+                              f"({', '.join(MODEL_TYPE_OF_ARCH)}); pass model_type= to read it anyway")
+        model_type = MODEL_TYPE_OF_ARCH[arch_name]
+
+    model: dict[str, Any] = {"model_type": model_type}
+    training: dict[str, Any] = {}
+    ignored: dict[str, Any] = {}
+    for key, value in arch.items():
+        dotted = f"arch.{key}"
+        if key == "name":
+            continue
+        if key == "loss":
+            _sort_loss(path, value, model, training, ignored)
+        elif key in ARCH_MODEL_KEYS or key in ENCODER_KEYS:
+            model[key] = value
+        elif key == "freeze_encoder":
+            training[key] = _coerce(path, dotted, key, value)
+        elif key in IGNORED_ARCH_KEYS:
+            ignored[dotted] = value
+        elif key in PINNED_ARCH_KEYS:
+            expected, why = PINNED_ARCH_KEYS[key]
+            if value != expected:
+                raise ConfigError(f"{path}: {dotted} = {value!r} is not supported ({why}); etrm needs {expected!r}")
+            ignored[dotted] = value
+        else:
+            raise ConfigError(f"{path}: unknown key {dotted!r}: not a model setting ({', '.join(ARCH_MODEL_KEYS + ENCODER_KEYS)}), "
+                              f"nor one of the known ignored keys ({', '.join(sorted(IGNORED_ARCH_KEYS) + sorted(PINNED_ARCH_KEYS))})")
+
+    for key, value in doc.items():
+        if key == "arch":
+            continue
+        if key == "etrm":
+            model.update(_etrm_section(path, value))
+        elif key == "max_demos":
+            model[key] = value
+        elif key in TRAINING_KEYS:
+            training[key] = _coerce(path, key, key, value)
+        elif key in IGNORED_TOP_KEYS:
+            ignored[key] = value
+        else:
+            raise ConfigError(f"{path}: unknown key {key!r}: not a training hyper-parameter ({', '.join(sorted(TRAINING_KEYS))}), "
+                              f"nor one of the known ignored keys ({', '.join(sorted(IGNORED_TOP_KEYS))})")
+
+    if "expansion" in model and isinstance(model["expansion"], int):
+        model["expansion"] = float(model["expansion"])
+    model.update(overrides)
+    try:
+        config = ModelConfig.from_dict(model, source=str(path))
+    except TypeError as err:  # a wrongly typed value the dataclass could not take
+        raise ConfigError(f"{path}: {err}") from None
+    except ConfigError as err:
+        message = str(err)
+        raise ConfigError(message if message.startswith(str(path)) else f"{path}: {message}") from None
+    return ImportedConfig(path=path, arch_name=str(arch_name), model_config=config, training=training, ignored=ignored)
+
+
+def training_config_text(model_config: ModelConfig, training: Mapping[str, Any] | Any | None = None) -> str:
+    """The all_config.yaml text `write_training_config` writes (see there)."""
+    hparams = normalize_training_hparams(training)
+    arch: dict[str, Any] = {
+        "name": ARCH_NAMES[model_config.model_type],
+        "loss": {"name": LOSS_HEAD_NAME, "loss_type": hparams.pop("loss_type", LOSS_TYPE)},
+        "H_layers": 0,
+        **{key: expected for key, (expected, _) in PINNED_ARCH_KEYS.items() if not key.startswith("encoder_")},
+        **{key: getattr(model_config, key) for key in ARCH_MODEL_KEYS},
+    }
+    # Encoder settings are written for every model type (the official trainer ignores
+    # arch keys its model does not use), so the file round-trips to the same ModelConfig.
+    arch.update({key: getattr(model_config, key) for key in ENCODER_KEYS})
+    arch["loss"]["kl_weight"] = model_config.kl_weight
+    doc: dict[str, Any] = {"max_demos": model_config.max_demos}
+    if "freeze_encoder" in hparams:
+        arch["freeze_encoder"] = hparams.pop("freeze_encoder")
+    doc.update(arch=arch, **hparams,
+               etrm={"seq_len": model_config.seq_len, "vocab_size": model_config.vocab_size,
+                     "num_puzzle_identifiers": model_config.num_puzzle_identifiers, "version": __version__})
+    return yaml.safe_dump(doc, sort_keys=True)
+
+
+def write_training_config(path: str | Path, model_config: ModelConfig,
+                          training: Mapping[str, Any] | Any | None = None) -> Path:
+    """Write an all_config.yaml in the official layout (`arch:` nesting, official key names).
+
+    `training` holds hyper-parameters under official names (TRAINING_KEYS) or etrm's
+    TrainingConfig names (`warmup_steps`, `betas`, `freeze_encoder_steps`, `ema_rate` with
+    None meaning EMA off, `grad_clip_norm` None meaning off); a dataclass instance is read
+    with `dataclasses.asdict`. Unknown keys are errors. The file is replaced atomically.
+    """
+    path = Path(path)
+    text = training_config_text(model_config, training)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def normalize_training_hparams(training: Mapping[str, Any] | Any | None) -> dict[str, Any]:
+    """Training hyper-parameters under official names, validated (see write_training_config)."""
+    if training is None:
+        return {}
+    if dataclasses.is_dataclass(training) and not isinstance(training, type):
+        training = dataclasses.asdict(training)
+    if not isinstance(training, Mapping):
+        raise ConfigError(f"training hyper-parameters must be a mapping or a dataclass, got {type(training).__name__}")
+    out: dict[str, Any] = {}
+    for key, value in training.items():
+        if key == "betas":
+            if not (isinstance(value, (tuple, list)) and len(value) == 2):
+                raise ConfigError(f"training key 'betas' must be a pair (beta1, beta2), got {value!r}")
+            out["beta1"], out["beta2"] = (_coerce("training", "beta1", "beta1", v) for v in value)
+        elif key == "ema_rate" and value is None:
+            out["ema"] = False  # etrm's TrainingConfig: ema_rate None = EMA off
+        elif key == "grad_clip_norm" and value is None:
+            out["grad_clip_norm"] = 0.0  # the origin trainer's "off"
+        else:
+            name = TRAINING_ALIASES.get(key, key)
+            if name not in TRAINING_KEYS:
+                raise ConfigError(f"unknown training key {key!r}; known: {', '.join(sorted(set(TRAINING_KEYS) | set(TRAINING_ALIASES) | {'betas'}))}")
+            out[name] = _coerce("training", name, name, value)
+    if "ema_rate" in out and "ema" not in out:
+        out["ema"] = True  # etrm's TrainingConfig: a rate means EMA on
+    return out
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: training config not found")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(doc).__name__}")
+    return doc
+
+
+def _resolve_interpolations(path: Path, arch: dict[str, Any]) -> dict[str, Any]:
+    """Resolve hydra's sibling references (`puzzle_emb_ndim: ${.hidden_size}`) left in a raw file."""
+    for key, value in arch.items():
+        if isinstance(value, str) and "${" in value:
+            match = _INTERPOLATION.match(value)
+            if not match or match.group(1) not in arch:
+                raise ConfigError(f"{path}: arch.{key} = {value!r} is an interpolation this importer cannot resolve")
+            arch[key] = arch[match.group(1)]
+    return arch
+
+
+def _sort_loss(path: Path, loss: Any, model: dict, training: dict, ignored: dict) -> None:
+    if not isinstance(loss, Mapping):
+        raise ConfigError(f"{path}: arch.loss must be a mapping (name, loss_type, ...), got {loss!r}")
+    for key, value in loss.items():
+        dotted = f"arch.loss.{key}"
+        if key == "kl_weight":
+            model[key] = value
+        elif key == "loss_type":
+            training[key] = _coerce(path, dotted, key, value)
+        elif key in IGNORED_LOSS_KEYS:
+            ignored[dotted] = value
+        else:
+            raise ConfigError(f"{path}: unknown key {dotted!r}; known: kl_weight, loss_type, {', '.join(IGNORED_LOSS_KEYS)}")
+
+
+def _etrm_section(path: Path, section: Any) -> dict[str, Any]:
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"{path}: the 'etrm' section must be a mapping, got {section!r}")
+    unknown = sorted(set(section) - set(ETRM_SECTION_KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {['etrm.' + k for k in unknown]}; known: {', '.join(ETRM_SECTION_KEYS)}")
+    return {k: v for k, v in section.items() if k != "version"}
+
+
+def _coerce(source: Any, dotted: str, key: str, value: Any) -> Any:
+    """Check a training value's type; numbers written as strings ('1e-4', which YAML 1.1
+    reads as a string) become floats; an int is accepted where a float is expected."""
+    types = TRAINING_KEYS[key]
+    if value is None and type(None) in types:
+        return None
+    if float in types and not isinstance(value, bool):
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    if int in types and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if bool in types and isinstance(value, bool):
+        return value
+    if str in types and isinstance(value, str):
+        return value
+    wanted = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+    raise ConfigError(f"{source}: {dotted} must be {wanted}, got {value!r}")
+
+
+__all__ = ["ARCH_NAMES", "CONFIG_FILE", "IGNORED_ARCH_KEYS", "IGNORED_TOP_KEYS", "ImportedConfig",
+           "PINNED_ARCH_KEYS", "RECURSION_SETTINGS", "TRAINING_KEYS", "import_training_config",
+           "normalize_training_hparams", "training_config_text", "write_training_config"]
