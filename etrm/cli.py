@@ -12,6 +12,7 @@ COMMAND_MODULES = [
     "etrm.evaluation",
     "etrm.data.build",
     "etrm.investigate",
+    "etrm.checkpoints",
 ]
 
 
