@@ -62,38 +62,49 @@ class CastedEmbedding(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
-    """RoPE tables (not saved in checkpoints), laid out for (B, heads, S, head_dim) tensors."""
+    """RoPE tables (not saved in checkpoints), (positions, head_dim) each.
+
+    `forward` returns `(cos, signed_sin)`: the sine with its first half negated, so that
+    the official `x * cos + rotate_half(x) * sin` becomes `x * cos + roll(x) * signed_sin`
+    (the same products, two kernels fewer: no negation, no separate add)."""
 
     def __init__(self, head_dim: int, max_positions: int, base: float):
         super().__init__()
         inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         freqs = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)
+        sin = emb.sin()
         self.register_buffer("cos_cached", emb.cos(), persistent=False)
-        self.register_buffer("sin_cached", emb.sin(), persistent=False)
+        self.register_buffer("signed_sin_cached", torch.cat((-sin[:, : head_dim // 2], sin[:, head_dim // 2:]), dim=-1),
+                             persistent=False)
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.cos_cached, self.sin_cached
+        return self.cos_cached, self.signed_sin_cached
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B, S, ..., head_dim) by position, computed in float32 like the official TRM.
 
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (..., S, head_dim) by position; computed in float32 like the official TRM."""
-    if x.dtype == cos.dtype:
-        return x * cos + rotate_half(x) * sin
-    xf = x.float()
-    return (xf * cos + rotate_half(xf) * sin).to(x.dtype)
+    cos, signed_sin: (>= S, head_dim) tables of `RotaryEmbedding`. rotate_half(x) * sin ==
+    roll(x, head_dim/2) * signed_sin, so one roll and one in-place multiply-add do it."""
+    seq, dim = x.shape[1], x.shape[-1]
+    table_shape = (seq,) + (1,) * (x.ndim - 3) + (dim,)  # broadcast over batch and heads
+    cos, signed_sin = cos[:seq].view(table_shape), signed_sin[:seq].view(table_shape)
+    xf = x if x.dtype == cos.dtype else x.float()
+    # The product is a fresh tensor, so the in-place add is autograd-safe.
+    out = (xf * cos).addcmul_(xf.roll(dim // 2, dims=-1), signed_sin)
+    return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
 def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """Weightless RMSNorm computed in float32 (a learned weight would break the official key layout)."""
-    if x.dtype == torch.float32:
-        return F.rms_norm(x, (x.shape[-1],), eps=eps)
-    return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+    """Weightless RMSNorm computed in float32 (a learned weight would break the official key layout).
+
+    x * rsqrt(mean(x^2) + eps), with mean(x^2) from one fused norm reduction: two passes
+    over x instead of the four of square/mean/add/multiply."""
+    xf = x if x.dtype == torch.float32 else x.float()
+    norm = torch.linalg.vector_norm(xf, dim=-1, keepdim=True)
+    out = xf * norm.square().div(x.shape[-1]).add(eps).rsqrt()
+    return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -108,12 +119,14 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         batch, seq, hidden = x.shape
-        # (B, S, 3, H, D) -> three (B, H, S, D) views: no copies before attention.
-        q, k, v = self.qkv_proj(x).view(batch, seq, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        if cos_sin is not None:
-            cos, sin = cos_sin
-            q, k = apply_rotary(q, cos[:seq], sin[:seq]), apply_rotary(k, cos[:seq], sin[:seq])
-        out = F.scaled_dot_product_attention(q, k, v)
+        qkv = self.qkv_proj(x).view(batch, seq, 3, self.num_heads, self.head_dim)
+        if cos_sin is not None:  # q and k rotated together: one set of kernels for both
+            q, k = apply_rotary(qkv[:, :, :2], *cos_sin).unbind(2)
+        else:
+            q, k = qkv[:, :, 0], qkv[:, :, 1]
+        # (B, S, H, D) -> (B, H, S, D) views; SDPA's output keeps q's (B, S, H, D) memory
+        # order, so merging the heads back below is a view, not a copy.
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), qkv[:, :, 2].transpose(1, 2))
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, hidden))
 
 
@@ -131,7 +144,7 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(F.silu(gate).mul_(up))  # in place on silu's fresh output: autograd-safe
 
 
 class TransformerBlock(nn.Module):
@@ -145,8 +158,10 @@ class TransformerBlock(nn.Module):
         self.pre_norm = norm_style == "pre"
 
     def forward(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        # Residuals are added in place into the sublayer's fresh output (one tensor fewer;
+        # autograd-safe: a linear layer's backward does not need its output).
         if self.pre_norm:
-            x = x + self.self_attn(rms_norm(x, self.eps), cos_sin)
-            return x + self.mlp(rms_norm(x, self.eps))
-        x = rms_norm(x + self.self_attn(x, cos_sin), self.eps)
-        return rms_norm(x + self.mlp(x), self.eps)
+            x = self.self_attn(rms_norm(x, self.eps), cos_sin).add_(x)
+            return self.mlp(rms_norm(x, self.eps)).add_(x)
+        x = rms_norm(self.self_attn(x, cos_sin).add_(x), self.eps)
+        return rms_norm(self.mlp(x).add_(x), self.eps)

@@ -135,13 +135,16 @@ class TRMDecoder(nn.Module):
         cos_sin = self.rotary_emb() if cfg.pos_encodings == "rope" else None
         x = self.input_embeddings(inputs, prefix)
         z_H, z_L = carry.z_H, carry.z_L
+        # z_H is fixed during a cycle's L updates, so their injection z_H + x is formed once per cycle.
         with torch.no_grad():
             for _ in range(cfg.H_cycles - 1):
+                injection = z_H + x
                 for _ in range(cfg.L_cycles):
-                    z_L = self.L_level(z_L, z_H + x, cos_sin)
+                    z_L = self.L_level(z_L, injection, cos_sin)
                 z_H = self.L_level(z_H, z_L, cos_sin)
+        injection = z_H + x
         for _ in range(cfg.L_cycles):
-            z_L = self.L_level(z_L, z_H + x, cos_sin)
+            z_L = self.L_level(z_L, injection, cos_sin)
         z_H = self.L_level(z_H, z_L, cos_sin)
         logits = self.lm_head(z_H[:, cfg.puzzle_emb_len:])
         q = self.q_head(z_H[:, 0]).float()
