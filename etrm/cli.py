@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "etrm.data.build",
     "etrm.investigate",
     "etrm.checkpoints",
+    "etrm.bench",
 ]
 
 

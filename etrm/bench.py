@@ -1,0 +1,249 @@
+"""Timing of the recursion step: benchmark sizes, the FLOP count, `etrm bench recursion`.
+
+A measurement is the median wall-clock time of a call after warm-up; calls of the things
+compared are interleaved (A B A B ...) so that load from other processes hits all of
+them alike, and CUDA is synchronised before and after each call. The pytest benchmarks
+(tests/test_bench_recursion.py) build their models and batches here, so `etrm bench` and
+`pytest -m benchmark --runbenchmark -n 0` measure the same thing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from etrm.config import ModelConfig, tiny_config
+from etrm.models import LossHead, build_model
+from etrm.synthetic import random_batch
+
+BENCH_MODELS = ("trm", "etrm", "etrmtrm")
+BENCH_DEVICES = ("cpu", "cuda")
+# A typical ARC-AGI-1 task has about 3 demonstration pairs; padded demo slots cost nothing.
+TYPICAL_DEMOS = 3
+
+
+@dataclass(frozen=True)
+class BenchSize:
+    """A benchmark configuration: model settings (on top of `base`) and a batch size."""
+
+    name: str
+    batch: int
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    base: str = "official"  # "tiny": etrm.config.tiny_config; "official": ModelConfig's defaults
+
+    def config(self, model_type: str = "trm") -> ModelConfig:
+        if model_type not in BENCH_MODELS:
+            raise ValueError(f"unknown model {model_type!r}; valid: {', '.join(BENCH_MODELS)}")
+        if self.base == "tiny":
+            return tiny_config(model_type, **self.overrides)
+        # The TRM puzzle vector fills the first prefix token, as in the official ARC recipe.
+        ndim = self.overrides.get("hidden_size", ModelConfig.hidden_size) if model_type == "trm" else 0
+        return ModelConfig(model_type=model_type, num_puzzle_identifiers=16, puzzle_emb_ndim=ndim, **self.overrides)
+
+
+SIZES: dict[str, BenchSize] = {
+    "tiny": BenchSize("tiny", batch=2, base="tiny"),
+    "mid": BenchSize("mid", batch=2, overrides=dict(
+        hidden_size=128, num_heads=4, seq_len=900, puzzle_emb_len=16, H_cycles=3, L_cycles=4,
+        L_layers=2, expansion=4.0, forward_dtype="float32")),
+    "official": BenchSize("official", batch=1, overrides=dict(
+        hidden_size=512, num_heads=8, seq_len=900, puzzle_emb_len=16, H_cycles=3, L_cycles=4,
+        L_layers=2, expansion=4.0, forward_dtype="float32")),
+}
+
+
+def get_size(size: str | BenchSize) -> BenchSize:
+    if isinstance(size, BenchSize):
+        return size
+    try:
+        return SIZES[size]
+    except KeyError:
+        raise ValueError(f"unknown benchmark size {size!r}; valid: {', '.join(SIZES)}") from None
+
+
+def step_flops(config: ModelConfig, batch: int) -> int:
+    """FLOPs of one inference ACT step of the decoder (DESIGN.md section 10): H*(L+1) calls of
+    the layer stack, each B*S*(2*L_layers*(4h^2 + 3h*inter) + 4*L_layers*S*h): the
+    projections plus attention scores and values. The demo encoder is not counted."""
+    h, s, inter, layers = config.hidden_size, config.full_seq_len, config.swiglu_width, config.L_layers
+    per_call = batch * s * (2 * layers * (4 * h * h + 3 * h * inter) + 4 * layers * s * h)
+    return config.H_cycles * (config.L_cycles + 1) * per_call
+
+
+# --- building what is timed ---------------------------------------------------------------
+
+def make_head(config: ModelConfig, device: str | torch.device = "cpu", seed: int = 0) -> LossHead:
+    torch.manual_seed(seed)
+    return build_model(config).to(device)
+
+
+def make_batch(size: str | BenchSize, config: ModelConfig, device: str | torch.device = "cpu",
+               seed: int = 0) -> dict[str, torch.Tensor]:
+    size = get_size(size)
+    demos = [min(TYPICAL_DEMOS, config.max_demos)] * size.batch if config.uses_encoder else None
+    return random_batch(config, size.batch, seed=seed, demo_counts=demos, device=device)
+
+
+def inference_step(head: LossHead, batch: dict[str, torch.Tensor]) -> Callable[[], None]:
+    """One evaluation ACT step per call; the carry persists across calls as in evaluation."""
+    state = {"carry": head.initial_carry(batch)}
+
+    def step() -> None:
+        head.eval()
+        with torch.no_grad():
+            state["carry"] = head(state["carry"], batch)[0]
+
+    return step
+
+
+def training_step(head: LossHead, batch: dict[str, torch.Tensor]) -> Callable[[], None]:
+    """One training ACT step per call: forward, loss / batch size, backward (no optimiser)."""
+    state = {"carry": head.initial_carry(batch)}
+    batch_size = batch["inputs"].shape[0]
+
+    def step() -> None:
+        head.train()
+        carry, loss, *_ = head(state["carry"], batch)
+        (loss / batch_size).backward()
+        head.zero_grad(set_to_none=True)
+        state["carry"] = carry
+
+    return step
+
+
+# --- timing ----------------------------------------------------------------------------------
+
+def synchronizer(device: str | torch.device) -> Callable[[], None]:
+    """What makes a timer see finished work: torch.cuda.synchronize on CUDA, nothing on CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def alternate(calls: Mapping[str, Callable[[], object]], repeat: int, *, warmup: int = 1,
+              device: str | torch.device = "cpu", progress: bool = False, desc: str = "timing") -> dict[str, list[float]]:
+    """Time each call `repeat` times, interleaved A B A B ..., after `warmup` untimed rounds.
+    Returns the seconds of every timed call, per name."""
+    if repeat < 1 or warmup < 0:
+        raise ValueError(f"repeat must be >= 1 and warmup >= 0, got repeat={repeat}, warmup={warmup}")
+    sync = synchronizer(device)
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for round_ in tqdm(range(warmup + repeat), desc=desc, disable=not progress, leave=False):
+        for name, call in calls.items():
+            sync()
+            start = time.perf_counter()
+            call()
+            sync()
+            if round_ >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def median_ms(seconds: list[float]) -> float:
+    return 1e3 * statistics.median(seconds)
+
+
+def time_recursion(size: str | BenchSize = "tiny", model: str = "trm", device: str | torch.device = "cpu",
+                   repeat: int = 5, *, warmup: int = 1, seed: int = 0, progress: bool = False) -> dict[str, Any]:
+    """Median times of one inference ACT step and one training step (forward + backward).
+
+    `gflops` is the decoder's FLOP count (`step_flops`) over the inference time; for the
+    encoder models the encoder's own work is in the time but not in the count."""
+    size = get_size(size)
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device cuda requested but CUDA is not available on this machine")
+    config = size.config(model)
+    head = make_head(config, device, seed)
+    batch = make_batch(size, config, device, seed)
+    times = alternate({"infer": inference_step(head, batch), "train": training_step(head, batch)},
+                      repeat, warmup=warmup, device=device, progress=progress,
+                      desc=f"{size.name} {model} {device.type}")
+    flops = step_flops(config, size.batch)
+    infer_ms, train_ms = median_ms(times["infer"]), median_ms(times["train"])
+    return {
+        "size": size.name, "model": model, "device": str(device), "batch": size.batch,
+        "threads": torch.get_num_threads(), "repeat": repeat,
+        "infer_ms": infer_ms, "train_ms": train_ms,
+        "flops": flops, "gflops": flops / infer_ms / 1e6,
+        "config": config.to_dict(),
+    }
+
+
+def matmul_gflops(device: str | torch.device = "cpu", n: int = 2048, repeat: int = 5) -> float:
+    """Throughput of a large float32 (n x n) @ (n x n) matmul: the ceiling the recursion is
+    measured against. Median over `repeat` calls after one warm-up."""
+    device = torch.device(device)
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=gen).to(device)
+    b = torch.randn(n, n, generator=gen).to(device)
+    times = alternate({"matmul": lambda: torch.mm(a, b)}, repeat, device=device)["matmul"]
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+# --- command line ----------------------------------------------------------------------------
+
+def describe(result: Mapping[str, Any]) -> str:
+    c = result["config"]
+    lines = [
+        f"recursion step: size {result['size']} (hidden {c['hidden_size']}, heads {c['num_heads']}, "
+        f"seq {c['seq_len']}+{c['puzzle_emb_len']}, batch {result['batch']}, H {c['H_cycles']}, L {c['L_cycles']}, "
+        f"L_layers {c['L_layers']}, {c['forward_dtype']}), model {result['model']}, {result['device']}, "
+        f"{result['threads']} threads",
+        f"  inference step: {result['infer_ms']:10.2f} ms  (median of {result['repeat']})",
+        f"  training step:  {result['train_ms']:10.2f} ms  (median of {result['repeat']})",
+        f"  decoder: {result['flops'] / 1e9:.2f} GFLOP per step -> {result['gflops']:.1f} GFLOP/s",
+    ]
+    if "matmul_gflops" in result:
+        lines.append(f"  float32 matmul: {result['matmul_gflops']:.1f} GFLOP/s "
+                     f"(the recursion reaches {100 * result['gflops'] / result['matmul_gflops']:.0f}% of it)")
+    return "\n".join(lines)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("bench", help="time the recursion step",
+                                   description="Timing for before/after checks of a model change.")
+    commands = parser.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
+    rec = commands.add_parser(
+        "recursion", help="median time of an inference ACT step and a training step",
+        description="Median time of one inference ACT step and one training step (forward + backward), "
+                    "interleaved, after one warm-up round, and the decoder's achieved GFLOP/s.")
+    rec.add_argument("--size", choices=list(SIZES), default="tiny", help="benchmark size (default: %(default)s)")
+    rec.add_argument("--model", choices=BENCH_MODELS, default="trm", help="model (default: %(default)s)")
+    rec.add_argument("--device", choices=BENCH_DEVICES, default="cpu", help="device (default: %(default)s)")
+    rec.add_argument("--repeat", type=int, default=5, metavar="N", help="timed calls of each step (default: %(default)s)")
+    rec.add_argument("--threads", type=int, default=None, metavar="N",
+                     help="torch CPU threads (default: torch's own choice)")
+    rec.add_argument("--matmul", action="store_true",
+                     help="also measure a large float32 matmul's GFLOP/s and the recursion's share of it")
+    rec.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    rec.set_defaults(func=_recursion_command)
+
+
+def _recursion_command(args: argparse.Namespace) -> int:
+    if args.repeat < 1 or (args.threads is not None and args.threads < 1):
+        print("etrm bench recursion: error: --repeat and --threads must be at least 1", file=sys.stderr)
+        return 2
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("etrm bench recursion: error: --device cuda but CUDA is not available on this machine", file=sys.stderr)
+        return 2
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    result = time_recursion(args.size, args.model, args.device, args.repeat, progress=not args.json)
+    if args.matmul:
+        result["matmul_gflops"] = matmul_gflops(args.device)
+    print(json.dumps(result, sort_keys=True) if args.json else describe(result))
+    return 0
+
+
+__all__ = ["SIZES", "BenchSize", "alternate", "get_size", "inference_step", "make_batch", "make_head",
+           "matmul_gflops", "median_ms", "step_flops", "time_recursion", "training_step"]
