@@ -8,10 +8,10 @@ import sys
 
 # Modules providing subcommands, in the order `etrm --help` lists them.
 COMMAND_MODULES = [
-    "etrm.demo",
-    "etrm.evaluation",
-    "etrm.data.build",
     "etrm.investigate",
+    "etrm.data.build",
+    "etrm.inference",
+    "etrm.evaluation",
     "etrm.checkpoints",
     "etrm.bench",
 ]

@@ -72,3 +72,56 @@ def evaluate(head: nn.Module, dataset: Iterable[Mapping[str, torch.Tensor]], eva
 
 
 __all__ = ["EVALUATOR_OUTPUT_KEYS", "Evaluator", "evaluate", "run_episode"]
+
+
+# --- command line -------------------------------------------------------------------------------
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("evaluate", help="pass@K of a checkpoint on a built dataset's test split",
+                              description="Run a checkpoint (ours, official or origin layout) over the test split of a "
+                                          "built dataset and score it with the ARC evaluator (mean over the tasks that "
+                                          "received predictions; tasks left out are listed).")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file (all_config.yaml or etrm metadata beside it)")
+    p.add_argument("--data", required=True, help="built dataset folder (official layout)")
+    p.add_argument("--max-eval-groups", type=int, default=None, help="evaluate only the first N tasks (all augmentations)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--save-dir", default=None, help="write submission.json here")
+    p.set_defaults(func=_evaluate_command)
+
+
+def _evaluate_command(args) -> int:
+    from etrm.checkpoints import CheckpointError, load_model
+    from etrm.data.datasets import DatasetFormatError, FewShotPuzzleDataset, PuzzleDataset
+    from etrm.evaluation import ArcEvaluator, EvaluationError
+
+    try:
+        head = load_model(args.checkpoint).to(args.device)
+        config = head.config
+        options = dict(test_mode=True, max_groups=args.max_eval_groups)
+        dataset = (FewShotPuzzleDataset(args.data, "test", args.batch_size, max_demos=config.max_demos, **options)
+                   if config.uses_encoder else PuzzleDataset(args.data, "test", args.batch_size, **options))
+        if dataset.metadata.seq_len != config.seq_len:
+            raise DatasetFormatError(f"{args.data}: seq_len {dataset.metadata.seq_len}, but the checkpoint's model "
+                                     f"expects {config.seq_len}")
+        result = evaluate(head, _to_device(dataset, args.device), ArcEvaluator.from_data_dir(args.data),
+                          save_dir=args.save_dir)
+    except (CheckpointError, DatasetFormatError, EvaluationError, FileNotFoundError, ValueError) as err:
+        print(f"etrm evaluate: error: {err}")
+        return 1
+    print(result.summary())
+    return 0
+
+
+class _to_device:
+    """A dataset view whose batches are moved to `device` (the evaluator gets CPU outputs back)."""
+
+    def __init__(self, dataset, device: str):
+        self.dataset, self.device = dataset, device
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self):
+        for batch in self.dataset:
+            yield {k: v.to(self.device) for k, v in batch.items()}
