@@ -1,0 +1,136 @@
+"""Benchmarks of the recursion step: `pytest -m benchmark --runbenchmark -n 0` (or `tox -e bench`).
+
+Rows: one inference ACT step and one training step (forward + backward) of TRM and ETRM
+at the tiny, mid and official sizes (etrm.bench.SIZES), on CPU with two threads and on
+CUDA when present. Figures that need two measurements taken side by side (ETRM/TRM cost,
+ours vs the official-style reference, share of the matmul peak) are in each row's
+`extra_info` (see `--benchmark-json`); the second measurement runs in pytest-benchmark's
+untimed `setup`, so the two alternate A B A B and share the machine's load alike.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from reference.official_style import OfficialStyleDecoder
+
+from etrm import bench
+
+pytestmark = pytest.mark.benchmark
+
+CPU_THREADS = 2  # the reference machine's cores; fixed so that runs compare
+ROUNDS = {"tiny": 20, "mid": 5, "official": 3}
+WARMUP = 1
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                 reason="CUDA is not available on this machine"))]
+SIZES = list(bench.SIZES)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def cpu_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(CPU_THREADS)
+    yield
+    torch.set_num_threads(before)
+
+
+class Companion:
+    """A second call timed in pedantic's `setup`, alternating with the benchmarked one."""
+
+    def __init__(self, call, device: str):
+        self.call, self.sync, self.seconds = call, bench.synchronizer(device), []
+
+    def __call__(self) -> None:
+        self.sync()
+        start = time.perf_counter()
+        self.call()
+        self.sync()
+        self.seconds.append(time.perf_counter() - start)
+
+    def median_ms(self) -> float:
+        return bench.median_ms(self.seconds[WARMUP:])  # setup also runs before the warm-up round
+
+
+def run(benchmark, call, device: str, size: str, setup=None) -> float | None:
+    """Benchmark `call` (synchronised); the median in ms, or None when benchmarking is disabled."""
+    sync = bench.synchronizer(device)
+
+    def target() -> None:
+        call()
+        sync()
+
+    benchmark.pedantic(target, setup=setup, rounds=ROUNDS[size], warmup_rounds=WARMUP, iterations=1)
+    return None if benchmark.stats is None else 1e3 * benchmark.stats.stats.median
+
+
+def step(size: str, model: str, device: str, kind: str):
+    cfg = bench.SIZES[size].config(model)
+    head = bench.make_head(cfg, device)
+    batch = bench.make_batch(size, cfg, device)
+    return cfg, (bench.inference_step if kind == "infer" else bench.training_step)(head, batch)
+
+
+@pytest.mark.parametrize("kind", ["infer", "train"])
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("model", ["trm", "etrm"])
+@pytest.mark.parametrize("size", SIZES)
+def test_recursion_step(benchmark, size, model, device, kind):
+    cfg, call = step(size, model, device, kind)
+    flops = bench.step_flops(cfg, bench.SIZES[size].batch)
+    benchmark.extra_info.update(size=size, model=model, device=device, kind=kind, threads=torch.get_num_threads(),
+                                decoder_flops=flops)
+    median = run(benchmark, call, device, size)
+    if median is not None and kind == "infer":
+        benchmark.extra_info["gflops"] = flops / median / 1e6
+
+
+@pytest.mark.parametrize("kind", ["infer", "train"])
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("size", SIZES)
+def test_etrm_over_trm_cost(benchmark, size, device, kind):
+    """The ETRM step (benchmarked) against the TRM step (alternating): the encoder re-runs
+    on every ACT step, and `extra_info["etrm_over_trm"]` is what that costs."""
+    _, etrm_call = step(size, "etrm", device, kind)
+    _, trm_call = step(size, "trm", device, kind)
+    trm = Companion(trm_call, device)
+    median = run(benchmark, etrm_call, device, size, setup=trm)
+    if median is not None:
+        benchmark.extra_info.update(size=size, device=device, kind=kind, etrm_ms=median, trm_ms=trm.median_ms(),
+                                    etrm_over_trm=median / trm.median_ms())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("size", ["mid", "official"])
+def test_recursion_vs_official_style(benchmark, size, device):
+    """Our decoder's inference recursion (benchmarked) against the official-style reference
+    with the same weights (alternating), plus a large matmul's throughput measured in the
+    same run: `extra_info` has ours_over_reference, gflops, matmul_gflops and both shares."""
+    cfg = bench.SIZES[size].config("trm")
+    batch_size = bench.SIZES[size].batch
+    ours = bench.make_head(cfg, device).model.inner.eval()
+    reference = OfficialStyleDecoder(cfg).to(device).eval()
+    reference.load_state_dict(ours.state_dict())
+    batch = bench.make_batch(size, cfg, device)
+    carry = ours.reset_carry(torch.ones(batch_size, dtype=torch.bool, device=device), ours.empty_carry(batch_size, device))
+
+    def ours_step() -> None:
+        with torch.no_grad():
+            ours(carry, batch["inputs"], ours.puzzle_prefix(batch["puzzle_identifiers"]))
+
+    def reference_step() -> None:
+        with torch.no_grad():
+            reference(carry, batch)
+
+    matmul_before = bench.matmul_gflops(device)
+    ref = Companion(reference_step, device)
+    median = run(benchmark, ours_step, device, size, setup=ref)
+    if median is None:
+        return
+    matmul = (matmul_before + bench.matmul_gflops(device)) / 2  # the machine's state at both ends
+    flops = bench.step_flops(cfg, batch_size)
+    gflops, ref_gflops = flops / median / 1e6, flops / ref.median_ms() / 1e6
+    benchmark.extra_info.update(
+        size=size, device=device, threads=torch.get_num_threads(), ours_ms=median, reference_ms=ref.median_ms(),
+        ours_over_reference=median / ref.median_ms(), gflops=gflops, reference_gflops=ref_gflops,
+        matmul_gflops=matmul, share_of_matmul=gflops / matmul, reference_share_of_matmul=ref_gflops / matmul)
