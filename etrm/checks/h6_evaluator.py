@@ -135,6 +135,10 @@ def check_rank_invariance(make_evaluator: MakeEvaluator, batch: dict, outputs: d
 def _rank_worker(rank: int, world_size: int, init_file: str, make_evaluator, batch, outputs, queue) -> None:
     import torch.distributed as dist
 
+    # A forked child must not enter the parent's OpenMP pool (it would wait forever on
+    # threads that do not exist after fork): keep every torch op single-threaded.
+    torch.set_num_threads(1)
+
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
         rows = torch.arange(rank, len(batch["inputs"]), world_size)  # interleaved shards, like a sampler
@@ -161,7 +165,7 @@ def _distributed_result(make_evaluator, batch, outputs, world_size):
             p.start()
         try:
             # Read before joining: a child blocks on exit until its queued result is consumed.
-            result = queue.get(timeout=120)
+            result = queue.get(timeout=60)
         except Exception:
             result = None
         for p in procs:

@@ -49,7 +49,7 @@ class GridPairEncoder(nn.Module):
         if self.pooling == "attention":  # a learned query attends over the pair's tokens
             self.pool_query = nn.Parameter(trunc_normal_init_(torch.empty(h), std=0.02))
         elif self.pooling == "weighted":  # a learned per-token score
-            self.pool_score = CastedLinear(h, 1, bias=True)
+            self.pool_score = CastedLinear(h, 1, bias=False)  # a bias would shift every score alike: no gradient
         self.pool_proj = CastedLinear(h, h, bias=False)
 
     def forward(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
