@@ -47,3 +47,14 @@ def test_control_postclip_only_log_cannot_decide(expect_check_fails):
 
 def test_control_log_without_evaluations_cannot_decide(expect_check_fails):
     expect_check_fails(e1.decide_scenario(history(evals=())), expected="inconclusive")
+
+
+@pytest.mark.slow
+def test_live_frozen_decoder_run_decides_a_scenario(artifacts, tmp_path, record_check):
+    """The experiment itself: load the TRM decoder, freeze it, train the encoder, decide."""
+    trm, data = artifacts.require_matching("trm_checkpoint", "data_dir")
+    from etrm.training import read_metrics_log
+
+    log = tmp_path / "metrics.jsonl"
+    e1.run_frozen_decoder_experiment(trm, data, log, steps=60, eval_every=20, progress=False)
+    record_check(e1.decide_scenario(read_metrics_log(log)))
