@@ -112,16 +112,35 @@ def run_frozen_decoder_experiment(trm_checkpoint, data_dir, metrics_log, *, step
     from etrm.data.datasets import FewShotPuzzleDataset
     from etrm.evaluation import ArcEvaluator
     from etrm.models import build_model
-    from etrm.training import TrainingConfig, train
+    from etrm.training import MetricsLog, TrainingConfig, train
 
     config = model_config or experiment_model_config(trm_checkpoint)
     torch.manual_seed(seed)
     head = build_model(config)
-    load_pretrained_decoder(head, trm_checkpoint)
+    report = load_pretrained_decoder(head, trm_checkpoint)
+    log = MetricsLog(metrics_log)
+    log.write(decoder_load_record(report))  # investigation Test 1.1: the log says what was loaded
     train_set = FewShotPuzzleDataset(data_dir, "train", batch_size, max_demos=config.max_demos, seed=seed, epochs=10**6)
     eval_set = FewShotPuzzleDataset(data_dir, "test", batch_size, max_demos=config.max_demos, test_mode=True)
     recipe = TrainingConfig(lr=lr, encoder_lr_scale=1.0, warmup_steps=min(10, steps), global_batch_size=batch_size,
                             freeze_decoder_steps=steps + 1 if freeze_decoder else 0, grad_clip_norm=1.0,
                             total_steps=steps, seed=seed)
-    return train(head, train_set, recipe, steps=steps, metrics_log=metrics_log, eval_every=eval_every,
-                 eval_dataset=eval_set, evaluator=ArcEvaluator.from_data_dir(data_dir), progress=progress)
+    with log:
+        return train(head, train_set, recipe, steps=steps, metrics_log=log, eval_every=eval_every,
+                     eval_dataset=eval_set, evaluator=ArcEvaluator.from_data_dir(data_dir), progress=progress)
+
+
+def decoder_load_record(report) -> dict:
+    """A step-0 metrics-log record of a `DecoderLoadReport`, for the H1 log check."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(report.path, "rb") as f:  # identifies the checkpoint wherever it is moved
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return {"step": 0, "pretrained_decoder/checkpoint": report.path.name,
+            "pretrained_decoder/sha256": digest.hexdigest(),
+            "pretrained_decoder/params_loaded": len(report.loaded_params),
+            "pretrained_decoder/params_missing": len(report.missing_params),
+            "pretrained_decoder/buffers_loaded": len(report.loaded_buffers),
+            "pretrained_decoder/config": report.config_status}

@@ -159,3 +159,24 @@ def check_frozen_decoder_unchanged(head: nn.Module, batches: Iterable[dict], ste
         f"after {len(batches)} steps with the decoder frozen (weight decay 0.1): {len(moved)} of {len(before)} decoder "
         f"tensors changed{' ' + str(moved[:4]) if moved else ''}; {enc_moved} encoder tensors changed",
         {"decoder_changed": len(moved), "decoder_tensors": len(before), "encoder_changed": enc_moved})
+
+
+def check_log_records_decoder_load(metrics: list[dict]) -> CheckResult:
+    """Investigation Test 1.1 ("grep 'loading pretrained' <training_log>"): the run's metrics
+    log records, before its first training step, that the pretrained decoder was loaded."""
+    loads = [m for m in metrics if "pretrained_decoder/params_loaded" in m]
+    first_train = min((m["step"] for m in metrics if "train/lm_loss" in m), default=None)
+    if not loads:
+        return CheckResult.inconclusive(H, "log_records_decoder_load",
+                                        "the metrics log has no pretrained_decoder/* record, so it does not say whether "
+                                        "a pretrained decoder was loaded (runs of etrm's experiment write one)")
+    load = loads[0]
+    ok = (load["pretrained_decoder/params_loaded"] > 0 and load.get("pretrained_decoder/params_missing", 0) == 0
+          and (first_train is None or load["step"] < first_train))
+    return CheckResult.from_condition(
+        H, "log_records_decoder_load", ok,
+        f"log records loading {load['pretrained_decoder/params_loaded']} decoder parameters and "
+        f"{load.get('pretrained_decoder/buffers_loaded', '?')} buffers from {load.get('pretrained_decoder/checkpoint')} "
+        f"(sha256 {str(load.get('pretrained_decoder/sha256', '?'))[:12]}) at step "
+        f"{load['step']} (first training step {first_train}); config {load.get('pretrained_decoder/config')}",
+        {"params_loaded": load["pretrained_decoder/params_loaded"], "load_step": load["step"]})

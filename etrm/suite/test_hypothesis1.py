@@ -67,6 +67,13 @@ def test_frozen_decoder_unchanged_after_training_steps(trm, record_check):
     record_check(h1.check_frozen_decoder_unchanged(head, [batch] * 3))
 
 
+def test_training_log_records_the_decoder_load(artifacts, record_check):
+    log = artifacts.require("metrics_log")
+    from etrm.training import read_metrics_log
+
+    record_check(h1.check_log_records_decoder_load(read_metrics_log(log)))
+
+
 # --- negative controls ---------------------------------------------------------------------
 
 def test_control_loader_that_ignores_wrong_prefixes_is_caught(layouts, trm, expect_check_fails):
@@ -96,3 +103,13 @@ def test_control_frozen_decoder_that_still_decays_is_caught(trm, expect_check_fa
     h1.check_decoder_loads_bitwise(head, trm)
     batch = fewshot_batch(bundled_data_dir(), head.config, batch_size=2, split="train")
     expect_check_fails(h1.check_frozen_decoder_unchanged(head, [batch] * 3, trainer_class=broken.ZeroGradFreezeTrainer))
+
+
+def test_control_log_without_a_load_record_is_inconclusive(expect_check_fails):
+    log = [{"step": i, "train/lm_loss": 1.0} for i in range(1, 4)]
+    expect_check_fails(h1.check_log_records_decoder_load(log), expected="inconclusive")
+
+
+def test_control_load_logged_after_training_started_is_caught(expect_check_fails):
+    log = [{"step": 1, "train/lm_loss": 1.0}, {"step": 5, "pretrained_decoder/params_loaded": 6}]
+    expect_check_fails(h1.check_log_records_decoder_load(log))
