@@ -12,31 +12,9 @@ import pytest
 from etrm.data import fixture_data_dir
 from etrm.data.build import leakage_report  # part of the builder's API
 from etrm.data.grids import Augmentation, augmentation_name, decode_grid, encode_grid
+from etrm.suite.broken import plant_in_train_split as plant
 
 EVAL_TASKS = ["00576224", "03560426", "0692e18c", "da2b0fe3"]
-
-
-def plant(folder: Path, name: str, inputs: np.ndarray, labels: np.ndarray) -> None:
-    """Append one puzzle (its own group) named ``name`` to the train split."""
-    split = folder / "train"
-    names = json.loads((folder / "identifiers.json").read_text())
-    if name not in names:
-        names.append(name)
-        (folder / "identifiers.json").write_text(json.dumps(names))
-    a = {p.name.split("__")[1][:-4]: np.load(p) for p in split.glob("all__*.npy")}
-    rows = len(a["inputs"])
-    a["inputs"] = np.concatenate([a["inputs"], inputs[None]])
-    a["labels"] = np.concatenate([a["labels"], labels[None]])
-    a["puzzle_identifiers"] = np.append(a["puzzle_identifiers"], names.index(name)).astype(np.int32)
-    a["puzzle_indices"] = np.append(a["puzzle_indices"], rows + 1).astype(np.int32)
-    a["group_indices"] = np.append(a["group_indices"], len(a["puzzle_identifiers"])).astype(np.int32)
-    a["num_demos"] = np.append(a["num_demos"], 0).astype(np.int32)
-    for key, value in a.items():
-        np.save(split / f"all__{key}.npy", value)
-    meta = json.loads((split / "dataset.json").read_text())
-    meta.update(num_puzzle_identifiers=len(names), total_groups=meta["total_groups"] + 1,
-                total_puzzles=meta["total_puzzles"] + 1)
-    (split / "dataset.json").write_text(json.dumps(meta))
 
 
 @pytest.fixture

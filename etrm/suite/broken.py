@@ -150,36 +150,41 @@ import numpy as np  # noqa: E402
 from etrm.data.datasets import FewShotPuzzleDataset  # noqa: E402
 
 
-def plant_evaluation_example(data_dir: Path, out_dir: Path, task: str | None = None) -> Path:
-    """A copy of a few-shot build with one evaluation test pair appended to the train split,
-    under its task's name (its own puzzle and group): the leak strict few-shot must not have."""
-    out = Path(shutil.copytree(data_dir, out_dir))
-    puzzles = json.loads((out / "test_puzzles.json").read_text())
-    task = task or sorted(puzzles)[0]
-    pair = puzzles[task]["test"][0]
-    split = out / "train"
-    meta = json.loads((split / "dataset.json").read_text())
-    canvas = int(round(meta["seq_len"] ** 0.5))
-    from etrm.data.grids import encode_grid
-
-    names = json.loads((out / "identifiers.json").read_text())
-    if task not in names:
-        names.append(task)
-        (out / "identifiers.json").write_text(json.dumps(names))
+def plant_in_train_split(folder: Path, name: str, inputs: np.ndarray, labels: np.ndarray) -> None:
+    """Append one puzzle named `name` (its own group, one row of tokens) to a build's train split, in place."""
+    split = folder / "train"
+    names = json.loads((folder / "identifiers.json").read_text())
+    if name not in names:
+        names.append(name)
+        (folder / "identifiers.json").write_text(json.dumps(names))
     arrays = {p.name.split("__")[1][:-4]: np.load(p) for p in split.glob("all__*.npy")}
     rows = len(arrays["inputs"])
-    arrays["inputs"] = np.concatenate([arrays["inputs"], encode_grid(pair["input"], canvas)[None]])
-    arrays["labels"] = np.concatenate([arrays["labels"], encode_grid(pair["output"], canvas)[None]])
-    arrays["puzzle_identifiers"] = np.append(arrays["puzzle_identifiers"], names.index(task)).astype(np.int32)
+    arrays["inputs"] = np.concatenate([arrays["inputs"], inputs[None]])
+    arrays["labels"] = np.concatenate([arrays["labels"], labels[None]])
+    arrays["puzzle_identifiers"] = np.append(arrays["puzzle_identifiers"], names.index(name)).astype(np.int32)
     arrays["puzzle_indices"] = np.append(arrays["puzzle_indices"], rows + 1).astype(np.int32)
     arrays["group_indices"] = np.append(arrays["group_indices"], len(arrays["puzzle_identifiers"])).astype(np.int32)
     if "num_demos" in arrays:
         arrays["num_demos"] = np.append(arrays["num_demos"], 0).astype(np.int32)
     for key, value in arrays.items():
         np.save(split / f"all__{key}.npy", value)
+    meta = json.loads((split / "dataset.json").read_text())
     meta.update(num_puzzle_identifiers=len(names), total_groups=meta["total_groups"] + 1,
                 total_puzzles=meta["total_puzzles"] + 1)
     (split / "dataset.json").write_text(json.dumps(meta))
+
+
+def plant_evaluation_example(data_dir: Path, out_dir: Path, task: str | None = None) -> Path:
+    """A copy of a few-shot build with one evaluation test pair appended to the train split,
+    under its task's name: the leak a strict few-shot build must not have."""
+    from etrm.data.grids import encode_grid
+
+    out = Path(shutil.copytree(data_dir, out_dir))
+    puzzles = json.loads((out / "test_puzzles.json").read_text())
+    task = task or sorted(puzzles)[0]
+    pair = puzzles[task]["test"][0]
+    canvas = int(round(json.loads((out / "train" / "dataset.json").read_text())["seq_len"] ** 0.5))
+    plant_in_train_split(out, task, encode_grid(pair["input"], canvas), encode_grid(pair["output"], canvas))
     return out
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from etrm.checks import h3_encoder_output as h3
 from etrm.suite import broken
