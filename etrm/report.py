@@ -8,7 +8,7 @@ evaluation lines (`eval/...`); not every line has every key. Plots need matplotl
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -48,6 +48,7 @@ class ReportError(ValueError):
 class MetricsLog:
     path: Path
     lines: list[dict[str, float]]  # numeric values only (null -> NaN), each with "step"
+    notes: dict[str, str] = field(default_factory=dict)  # text values (e.g. which checkpoint was loaded)
 
     def keys(self) -> list[str]:
         return sorted({k for line in self.lines for k in line if k != "step"})
@@ -70,17 +71,21 @@ def read_metrics_log(path: str | Path) -> MetricsLog:
         raise ReportError(str(err)) from None
     if not records:
         raise ReportError(f"{path}: metrics log has no lines")
-    lines = []
+    lines, notes = [], {}
     for record in records:
         values = {}
         for key, value in record.items():
             if value is None:
                 value = math.nan
+            if isinstance(value, str):  # run information, not a metric: shown as text
+                notes.setdefault(key, value)
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ReportError(f"{path}, step {record['step']}: {key!r} must be a number or null, got {value!r}")
+                raise ReportError(f"{path}, step {record['step']}: {key!r} must be a number, text or null, "
+                                  f"got {value!r}")
             values[key] = value if key == "step" else float(value)
         lines.append(values)
-    return MetricsLog(Path(path), lines)
+    return MetricsLog(Path(path), lines, notes)
 
 
 def summarise(log: MetricsLog) -> list[tuple[str, int, float, float, float, float]]:
@@ -158,6 +163,7 @@ def write_report(out_dir: str | Path, verdict: VerdictTable | None, metrics_log:
     else:
         log = read_metrics_log(metrics_log)
         md += [f"From `{log.path}`: {len(log.lines)} lines.", ""]
+        md += [f"- {key}: `{value}`" for key, value in log.notes.items()] + ([""] if log.notes else [])
         try:
             figures = plot_metrics(log, out_dir)
         except ImportError:

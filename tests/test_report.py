@@ -56,13 +56,19 @@ def test_read_metrics_log_keeps_lines_and_series(tmp_path):
     ('{"step": 1}\n{"step": 2, \n', r"m.jsonl:2: not valid JSON"),
     ('[1, 2]\n', r"m.jsonl:1: expected a JSON object, got list"),
     ('{"train/lm_loss": 1.0}\n', r"m.jsonl:1: no integer 'step'"),
-    ('{"step": 1}\n\n{"step": 3, "phase": "train"}\n', r"m.jsonl, step 3: 'phase' must be a number or null"),
+    ('{"step": 1}\n\n{"step": 3, "phase": [1]}\n', r"m.jsonl, step 3: 'phase' must be a number, text or null"),
     ('\n', r"m.jsonl: metrics log has no lines"),
 ])
 def test_malformed_logs_are_errors_naming_file_and_line(tmp_path, text, match):
     (tmp_path / "m.jsonl").write_text(text)
     with pytest.raises(ReportError, match=match):
         read_metrics_log(tmp_path / "m.jsonl")
+
+
+def test_text_values_are_run_notes_not_metrics(tmp_path):
+    (tmp_path / "m.jsonl").write_text('{"step": 0, "pretrained_decoder/checkpoint": "step_9"}\n{"step": 1, "x": 2}\n')
+    log = read_metrics_log(tmp_path / "m.jsonl")
+    assert log.notes == {"pretrained_decoder/checkpoint": "step_9"} and log.keys() == ["x"]
 
 
 def test_null_values_become_nan(tmp_path):
@@ -126,3 +132,14 @@ def test_without_matplotlib_the_report_says_so(tmp_path, monkeypatch):
 def test_report_without_log_points_to_the_option(tmp_path):
     md = write_report(tmp_path, _verdict(), None).read_text()
     assert "No metrics log (pass `--metrics-log PATH`)." in md
+
+
+def test_report_on_the_bundled_experiment_log(tmp_path):
+    """The main job's report: the real log of the frozen-decoder fixture run, notes included."""
+    from etrm.report import write_report
+    from etrm.testing.artifacts import BUNDLED, fixtures_root
+
+    md = write_report(tmp_path, None, fixtures_root() / BUNDLED["metrics_log"]).read_text()
+    assert "pretrained_decoder/checkpoint: `step_final`" in md
+    assert "![Gradient norms, pre- vs post-clip](grad_norms.png)" in md
+    assert (tmp_path / "losses.png").is_file()
