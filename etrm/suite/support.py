@@ -52,8 +52,10 @@ def bundled_data_dir(mode: str = "fewshot") -> Path:
     return path
 
 
-def load_checkpoint_model(path: Path, device: str = "cpu") -> LossHead:
-    """A model rebuilt from a checkpoint of ours or of the official/origin trainers."""
+def load_checkpoint_model(path: Path, artifacts) -> LossHead:
+    """A model rebuilt from a checkpoint of ours or of the official/origin trainers, on the
+    artifacts' device; its config from `--model-config` if given, else saved beside it."""
     from etrm.checkpoints import load_model
 
-    return load_model(path).to(device)
+    config = None if artifacts.model_config is None else ModelConfig.load(artifacts.model_config)
+    return load_model(path, config).to(artifacts.device)

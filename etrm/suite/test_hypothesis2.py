@@ -20,7 +20,7 @@ def tiny_batch():
 @pytest.fixture(scope="module")
 def checkpoint_model_and_batch(artifacts):
     data_dir, ckpt = artifacts.require_matching("data_dir", "etrm_checkpoint")
-    head = load_checkpoint_model(ckpt, artifacts.device)
+    head = load_checkpoint_model(ckpt, artifacts)
     return head, fewshot_batch(data_dir, head.config, batch_size=2, device=artifacts.device)
 
 

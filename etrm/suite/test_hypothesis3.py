@@ -21,7 +21,7 @@ def checkpoint_case(artifacts):
     data_dir, ckpt, trm_ckpt = artifacts.require_matching("data_dir", "etrm_checkpoint", "trm_checkpoint")
     from etrm.checkpoints import read_state_dict, normalize_key
 
-    head = load_checkpoint_model(ckpt, artifacts.device)
+    head = load_checkpoint_model(ckpt, artifacts)
     trm_state = {normalize_key(k): v for k, v in read_state_dict(trm_ckpt).items()}
     weights = trm_state.get("model.inner.puzzle_emb.weights")
     reference = None if weights is None else h3.prefix_rms(weights, head.config.hidden_size)

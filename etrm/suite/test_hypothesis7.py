@@ -28,7 +28,7 @@ def checkpoint_case(artifacts):
     from etrm.data.datasets import load_identifiers
 
     data_dir, ckpt = artifacts.require_matching("data_dir", "etrm_checkpoint")
-    head = load_checkpoint_model(ckpt, artifacts.device)
+    head = load_checkpoint_model(ckpt, artifacts)
     batch = fewshot_batch(data_dir, head.config, batch_size=16, device=artifacts.device)
     return head, batch, h7.task_ids_of(batch, load_identifiers(data_dir))
 
