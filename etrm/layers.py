@@ -144,7 +144,10 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate).mul_(up))  # in place on silu's fresh output: autograd-safe
+        act = F.silu(gate)
+        # In place on silu's fresh output when autograd is off; under autograd an in-place
+        # multiply would make it save a copy of that output, so multiply out of place.
+        return self.down_proj(act * up if act.requires_grad else act.mul_(up))
 
 
 class TransformerBlock(nn.Module):
