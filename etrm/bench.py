@@ -201,7 +201,8 @@ def describe(result: Mapping[str, Any]) -> str:
         f"{result['threads']} threads",
         f"  inference step: {result['infer_ms']:10.2f} ms  (median of {result['repeat']})",
         f"  training step:  {result['train_ms']:10.2f} ms  (median of {result['repeat']})",
-        f"  decoder: {result['flops'] / 1e9:.2f} GFLOP per step -> {result['gflops']:.1f} GFLOP/s",
+        f"  decoder: {result['flops'] / 1e9:.2f} GFLOP per step -> {result['gflops']:.1f} GFLOP/s"
+        + (" (the encoder's work is in the time, not in the count)" if c["model_type"] != "trm" else ""),
     ]
     if "matmul_gflops" in result:
         lines.append(f"  float32 matmul: {result['matmul_gflops']:.1f} GFLOP/s "

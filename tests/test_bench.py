@@ -141,6 +141,12 @@ def test_cli_text_reports_both_steps_and_the_matmul_share(capsys, monkeypatch):
     assert "size tiny" in out and "1 threads" in out
     assert "inference step:" in out and "training step:" in out and "GFLOP/s" in out
     assert "float32 matmul:" in out and "% of it" in out
+    assert "encoder" not in out  # TRM: the FLOP count covers everything timed
+
+
+def test_cli_text_says_the_encoder_is_timed_but_not_counted(capsys):
+    assert main(["bench", "recursion", "--size", "tiny", "--model", "etrm", "--repeat", "1"]) == 0
+    assert "the encoder's work is in the time, not in the count" in capsys.readouterr().out
 
 
 def test_cli_rejects_bad_arguments(capsys):
