@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from etrm.config import ModelConfig, tiny_config
+from etrm.layers import CastedLinear, onednn_linear_available, use_onednn_linear
 from etrm.models import LossHead, build_model
 from etrm.synthetic import random_batch
 
@@ -172,7 +173,7 @@ def time_recursion(size: str | BenchSize = "tiny", model: str = "trm", device: s
     infer_ms, train_ms = median_ms(times["infer"]), median_ms(times["train"])
     return {
         "size": size.name, "model": model, "device": str(device), "batch": size.batch,
-        "threads": torch.get_num_threads(), "repeat": repeat,
+        "threads": torch.get_num_threads(), "repeat": repeat, "onednn_linear": CastedLinear.onednn,
         "infer_ms": infer_ms, "train_ms": train_ms,
         "flops": flops, "gflops": flops / infer_ms / 1e6,
         "config": config.to_dict(),
@@ -198,7 +199,7 @@ def describe(result: Mapping[str, Any]) -> str:
         f"recursion step: size {result['size']} (hidden {c['hidden_size']}, heads {c['num_heads']}, "
         f"seq {c['seq_len']}+{c['puzzle_emb_len']}, batch {result['batch']}, H {c['H_cycles']}, L {c['L_cycles']}, "
         f"L_layers {c['L_layers']}, {c['forward_dtype']}), model {result['model']}, {result['device']}, "
-        f"{result['threads']} threads",
+        f"{result['threads']} threads" + (", oneDNN linear" if result["onednn_linear"] else ""),
         f"  inference step: {result['infer_ms']:10.2f} ms  (median of {result['repeat']})",
         f"  training step:  {result['train_ms']:10.2f} ms  (median of {result['repeat']})",
         f"  decoder: {result['flops'] / 1e9:.2f} GFLOP per step -> {result['gflops']:.1f} GFLOP/s"
@@ -224,6 +225,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     rec.add_argument("--repeat", type=int, default=5, metavar="N", help="timed calls of each step (default: %(default)s)")
     rec.add_argument("--threads", type=int, default=None, metavar="N",
                      help="torch CPU threads (default: torch's own choice)")
+    rec.add_argument("--onednn", action="store_true",
+                     help="route large gradient-free float32 CPU products through oneDNN "
+                          "(etrm.layers.use_onednn_linear; off by default)")
     rec.add_argument("--matmul", action="store_true",
                      help="also measure a large float32 matmul's GFLOP/s and the recursion's share of it")
     rec.add_argument("--json", action="store_true", help="print one JSON object instead of text")
@@ -237,9 +241,17 @@ def _recursion_command(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("etrm bench recursion: error: --device cuda but CUDA is not available on this machine", file=sys.stderr)
         return 2
+    if args.onednn and not onednn_linear_available():
+        print("etrm bench recursion: error: --onednn but oneDNN's linear kernel is not in this torch build",
+              file=sys.stderr)
+        return 2
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    result = time_recursion(args.size, args.model, args.device, args.repeat, progress=not args.json)
+    previous = use_onednn_linear(args.onednn)
+    try:
+        result = time_recursion(args.size, args.model, args.device, args.repeat, progress=not args.json)
+    finally:
+        use_onednn_linear(previous)
     if args.matmul:
         result["matmul_gflops"] = matmul_gflops(args.device)
     print(json.dumps(result, sort_keys=True) if args.json else describe(result))

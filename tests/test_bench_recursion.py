@@ -16,6 +16,7 @@ import torch
 from reference.official_style import OfficialStyleDecoder
 
 from etrm import bench
+from etrm.layers import onednn_linear_available, use_onednn_linear
 
 pytestmark = pytest.mark.benchmark
 
@@ -100,9 +101,22 @@ def test_etrm_over_trm_cost(benchmark, size, device, kind):
                                     etrm_over_trm=median / trm.median_ms())
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.fixture
+def linear_kernel(request):
+    """"default" (F.linear) or "onednn" (etrm.layers.use_onednn_linear), restored afterwards."""
+    previous = use_onednn_linear(request.param == "onednn")
+    yield request.param
+    use_onednn_linear(previous)
+
+
+@pytest.mark.parametrize("device,linear_kernel", [
+    ("cpu", "default"),
+    pytest.param("cpu", "onednn", marks=pytest.mark.skipif(not onednn_linear_available(),
+                                                           reason="oneDNN's linear kernel is not in this torch build")),
+    pytest.param("cuda", "default", marks=DEVICES[1].marks),
+], indirect=["linear_kernel"])
 @pytest.mark.parametrize("size", ["mid", "official"])
-def test_recursion_vs_official_style(benchmark, size, device):
+def test_recursion_vs_official_style(benchmark, size, device, linear_kernel):
     """Our decoder's inference recursion (benchmarked) against the official-style reference
     with the same weights (alternating), plus a large matmul's throughput measured in the
     same run: `extra_info` has ours_over_reference, gflops, matmul_gflops and both shares."""
@@ -131,6 +145,7 @@ def test_recursion_vs_official_style(benchmark, size, device):
     flops = bench.step_flops(cfg, batch_size)
     gflops, ref_gflops = flops / median / 1e6, flops / ref.median_ms() / 1e6
     benchmark.extra_info.update(
-        size=size, device=device, threads=torch.get_num_threads(), ours_ms=median, reference_ms=ref.median_ms(),
+        size=size, device=device, linear=linear_kernel, threads=torch.get_num_threads(), ours_ms=median,
+        reference_ms=ref.median_ms(),
         ours_over_reference=median / ref.median_ms(), gflops=gflops, reference_gflops=ref_gflops,
         matmul_gflops=matmul, share_of_matmul=gflops / matmul, reference_share_of_matmul=ref_gflops / matmul)

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from reference import official_style as ref
 
 from etrm.config import tiny_config
-from etrm.layers import RotaryEmbedding, apply_rotary, rms_norm
+from etrm.layers import (ONEDNN_MIN_MACS, CastedLinear, RotaryEmbedding, apply_rotary, onednn_linear_available,
+                         rms_norm, use_onednn_linear)
 from etrm.models import InnerCarry, build_model
+from etrm.synthetic import random_batch
 
 # The rewrites reorder a few float32 roundings (one fused norm reduction, RoPE by roll and
 # multiply-add); through a recursion of 12 post-norm blocks that grows to ~1e-5 on O(1)
@@ -113,3 +116,72 @@ def test_rms_norm_equals_the_official_float32_form(dtype):
     torch.testing.assert_close(got, ref.rms_norm(x, 1e-5))  # float32 or one bfloat16 ulp
     zeros = torch.zeros(2, 64, dtype=dtype)  # eps keeps an all-zero row finite
     assert torch.equal(rms_norm(zeros, 1e-5), zeros)
+
+
+def ops_run(fn) -> set[str]:
+    from torch.profiler import profile
+
+    with profile() as prof:
+        fn()
+    return {event.key for event in prof.key_averages()}
+
+
+ONEDNN = "mkldnn::_linear_pointwise"
+needs_onednn = pytest.mark.skipif(not onednn_linear_available(), reason="oneDNN's linear kernel is not in this torch build")
+
+
+@pytest.fixture
+def onednn():
+    previous = use_onednn_linear(True)
+    yield
+    use_onednn_linear(previous)
+
+
+def test_onednn_linear_is_off_by_default():
+    layer, x = CastedLinear(64, 96), torch.randn(4, 256, 64)  # large enough to qualify
+    with torch.no_grad():
+        assert ONEDNN not in ops_run(lambda: layer(x))
+
+
+@needs_onednn
+def test_onednn_linear_takes_large_gradient_free_float32_products_only(onednn):
+    torch.manual_seed(0)
+    layer = CastedLinear(64, 96, bias=True)
+    with torch.no_grad():
+        layer.bias.normal_()
+    x = torch.randn(4, 256, 64)  # 1024 x 64 x 96 multiply-adds: above ONEDNN_MIN_MACS
+    assert x.numel() * 96 >= ONEDNN_MIN_MACS > x[:1, :16].numel() * 96
+    with torch.no_grad():
+        assert ONEDNN in ops_run(lambda: layer(x))
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), **FLOAT32)
+        strided = x[:, ::2].expand(2, -1, -1, -1)
+        torch.testing.assert_close(layer(strided), F.linear(strided, layer.weight, layer.bias), **FLOAT32)
+        assert ONEDNN not in ops_run(lambda: layer(x[:1, :16]))  # small: its per-call overhead would cost
+        assert ONEDNN not in ops_run(lambda: layer(x.bfloat16()))  # bfloat16: F.linear already uses oneDNN
+    # With autograd the kernel has no backward formula, so F.linear must run instead.
+    assert ONEDNN not in ops_run(lambda: layer(x))
+    layer(x).sum().backward()
+    assert layer.weight.grad is not None
+
+
+@needs_onednn
+@pytest.mark.parametrize("model_type", ["trm", "etrm"])
+def test_onednn_recursion_equals_the_default_one(onednn, model_type):
+    torch.manual_seed(0)  # hidden 64, batch 4: most products qualify, the smallest do not
+    head = build_model(tiny_config(model_type, hidden_size=64, L_layers=2)).eval()
+    batch = random_batch(head.config, 4)
+    with torch.no_grad():
+        ops = ops_run(lambda: head(head.initial_carry(batch), batch))
+        with_onednn = head(head.initial_carry(batch), batch)[3]
+        use_onednn_linear(False)
+        default = head(head.initial_carry(batch), batch)[3]
+    assert ONEDNN in ops
+    for name in default:
+        torch.testing.assert_close(with_onednn[name], default[name], **FLOAT32, msg=lambda m: f"{name}: {m}")
+
+
+def test_onednn_probe_draws_no_random_numbers():
+    onednn_linear_available.cache_clear()
+    state = torch.random.get_rng_state()
+    assert isinstance(onednn_linear_available(), bool)
+    assert torch.equal(torch.random.get_rng_state(), state)  # seeded runs stay reproducible
