@@ -50,6 +50,7 @@ from etrm.data.grids import (
     encode_grid,
     parse_augmentation_name,
 )
+from etrm.data.layout import DatasetFormatError, load_identifiers, load_test_puzzles
 
 DEFAULT_PASS_KS = (1, 2, 5, 10, 100, 1000)
 SUBMISSION_ATTEMPTS = 2  # ARC Prize scoring accepts two attempts per test input
@@ -183,10 +184,10 @@ class ArcEvaluator:
     def from_data_dir(cls, data_dir: str | Path, **options: Any) -> ArcEvaluator:
         """Build from a dataset root in the official layout (``identifiers.json``, ``test_puzzles.json``)."""
         data_dir = Path(data_dir)
-        identifiers = _read_json(data_dir / IDENTIFIERS_FILE, list)
-        if not all(isinstance(name, str) for name in identifiers):
-            raise EvaluationError(f"{data_dir / IDENTIFIERS_FILE}: every entry must be a puzzle name string")
-        test_puzzles = _read_json(data_dir / TEST_PUZZLES_FILE, dict)
+        try:
+            identifiers, test_puzzles = load_identifiers(data_dir), load_test_puzzles(data_dir)
+        except DatasetFormatError as err:
+            raise EvaluationError(str(err)) from None
         return cls(identifiers, test_puzzles, **options)
 
     # --- rounds -----------------------------------------------------------------------------
@@ -328,20 +329,6 @@ def _read_test_inputs(task: str, puzzle: Mapping[str, Any]) -> list[_TestInput]:
         except (KeyError, TypeError, ValueError) as err:
             raise EvaluationError(f"test_puzzles task {task!r} test pair {index}: {err!r}") from None
     return read
-
-
-def _read_json(path: Path, kind: type) -> Any:
-    if not path.is_file():
-        raise EvaluationError(f"{path} not found: pass the dataset root, the folder that holds "
-                              f"{IDENTIFIERS_FILE} and {TEST_PUZZLES_FILE}")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise EvaluationError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(data, kind):
-        raise EvaluationError(f"{path} must hold a JSON {'list' if kind is list else 'object'}, "
-                              f"got {type(data).__name__}")
-    return data
 
 
 def _get(source: Mapping[str, Any], key: str, where: str) -> Any:

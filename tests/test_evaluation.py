@@ -380,7 +380,7 @@ def test_from_data_dir_reads_the_official_layout(small, tmp_path):
     identifiers, puzzles = small
     evaluator = ArcEvaluator.from_data_dir(write_data_dir(tmp_path / "data", identifiers, puzzles), pass_ks=[2, 1])
     assert evaluator.identifiers == identifiers and evaluator.pass_ks == (1, 2)
-    with pytest.raises(EvaluationError, match=r"empty/identifiers.json not found: pass the dataset root"):
+    with pytest.raises(EvaluationError, match=r"empty/identifiers.json: identifier map not found: pass the dataset root"):
         ArcEvaluator.from_data_dir(tmp_path / "empty")
 
 

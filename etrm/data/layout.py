@@ -60,13 +60,25 @@ def load_metadata(data_dir: str | Path, split: str) -> DatasetMetadata:
 
 def load_identifiers(data_dir: str | Path) -> list[str]:
     """``identifiers.json``: puzzle name per identifier (index 0 is the blank)."""
-    path = Path(data_dir) / "identifiers.json"
-    if not path.is_file():
-        raise DatasetFormatError(f"{path}: identifier map not found")
-    names = json.loads(path.read_text())
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise DatasetFormatError(f"{path}: expected a JSON list of puzzle names")
+    names = read_json(Path(data_dir) / "identifiers.json", list, "identifier map")
+    if not all(isinstance(n, str) for n in names):
+        raise DatasetFormatError(f"{Path(data_dir) / 'identifiers.json'}: expected a JSON list of puzzle names")
     return names
+
+
+def read_json(path: Path, kind: type, what: str) -> Any:
+    """A dataset's JSON file of the given top-level type; errors name the file."""
+    if not path.is_file():
+        raise DatasetFormatError(f"{path}: {what} not found: pass the dataset root, the folder that holds "
+                                 "identifiers.json, test_puzzles.json and the split folders")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise DatasetFormatError(f"{path}: invalid JSON ({error})") from None
+    if not isinstance(data, kind):
+        raise DatasetFormatError(f"{path}: {what} must be a JSON {'list' if kind is list else 'object'}, "
+                                 f"got {type(data).__name__}")
+    return data
 
 
 @dataclass
@@ -160,7 +172,4 @@ def _validate(a: SetArrays, metadata: DatasetMetadata, folder: Path) -> None:
 
 def load_test_puzzles(data_dir: str | Path) -> dict[str, Any]:
     """``test_puzzles.json``: the raw ARC JSON of every task scored on the test split."""
-    path = Path(data_dir) / "test_puzzles.json"
-    if not path.is_file():
-        raise DatasetFormatError(f"{path}: test puzzles file not found")
-    return json.loads(path.read_text())
+    return read_json(Path(data_dir) / "test_puzzles.json", dict, "test puzzles file")
