@@ -58,7 +58,9 @@ def pytest_args(args: argparse.Namespace, verdict_json: str | None) -> list[str]
             "--device", args.device,
             # The CLI has imported etrm before pytest could mark the plugin's package for
             # assertion rewriting; the checks return results rather than assert, so that is fine.
-            "-W", "ignore:Module already imported so cannot be rewritten:pytest.PytestAssertRewriteWarning"]
+            "-W", "ignore:Module already imported so cannot be rewritten:pytest.PytestAssertRewriteWarning",
+            # torch's own warning when torch.compile is imported (used for key layouts only).
+            "-W", "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"]
     for dest, value in _given(args).items():
         argv += [OPTIONS[ARTIFACT_ARGS[dest]][0], str(Path(value).expanduser().resolve())]
     if verdict_json:
