@@ -16,6 +16,14 @@ if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):  # entry points off: load o
     pytest_plugins = ["etrm.testing.plugin"]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    from hypothesis import settings
+
+    # Property tests: derandomised and without deadlines ("ci", registered by the plugin);
+    # HYPOTHESIS_PROFILE=dev explores randomly.
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> None:
     # Parallel unless the run chose otherwise (-n N, -p no:xdist), only collects, or

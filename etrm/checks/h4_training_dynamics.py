@@ -30,7 +30,7 @@ def check_config_audit(etrm_config, etrm_training: Mapping[str, Any], trm_config
     from etrm.config import official_arc1_config
 
     recipe = {k: (etrm_training.get(k), v) for k, v in OFFICIAL_RECIPE.items()
-              if k in etrm_training and _norm(etrm_training.get(k)) != _norm(v)}
+              if k in etrm_training and _norm(k, etrm_training.get(k)) != _norm(k, v)}
     exploration = (etrm_config.halt_exploration_prob, official_arc1_config().halt_exploration_prob)
     if exploration[0] != exploration[1]:
         recipe["halt_exploration_prob"] = exploration
@@ -48,8 +48,8 @@ def check_config_audit(etrm_config, etrm_training: Mapping[str, Any], trm_config
                                       {"decoder_mismatches": len(mismatched), "recipe_departures": len(recipe)})
 
 
-def _norm(value):
-    return None if value == 0 else value  # a clip norm of 0 is "off", like None
+def _norm(key: str, value):
+    return None if key == "grad_clip_norm" and not value else value  # a clip norm of 0 is "off", like None
 
 
 def check_effective_learning_rates(trainer) -> CheckResult:

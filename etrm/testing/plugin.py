@@ -204,13 +204,14 @@ class _VerdictPlugin:
 
 
 def _register_hypothesis_profiles() -> None:
+    # Registered only: this plugin loads in every pytest run of the environment, so which
+    # profile is active is the project's choice (etrm's root conftest loads "ci").
     from hypothesis import HealthCheck, settings
 
     # Derandomised and without deadlines: torch calls vary in time on shared CI cores.
     settings.register_profile("ci", derandomize=True, deadline=None, max_examples=15,
                               suppress_health_check=[HealthCheck.too_slow])
     settings.register_profile("dev", deadline=None, max_examples=20)
-    settings.load_profile("ci")
 
 
 _register_hypothesis_profiles()
