@@ -173,11 +173,16 @@ def time_recursion(size: str | BenchSize = "tiny", model: str = "trm", device: s
     infer_ms, train_ms = median_ms(times["infer"]), median_ms(times["train"])
     return {
         "size": size.name, "model": model, "device": str(device), "batch": size.batch,
-        "threads": torch.get_num_threads(), "repeat": repeat, "onednn_linear": CastedLinear.onednn,
+        "threads": torch.get_num_threads(), "repeat": repeat, "onednn_linear": onednn_linear_in_use(),
         "infer_ms": infer_ms, "train_ms": train_ms,
         "flops": flops, "gflops": flops / infer_ms / 1e6,
         "config": config.to_dict(),
     }
+
+
+def onednn_linear_in_use() -> bool:
+    """Whether CastedLinear's oneDNN route is switched on and this torch build has it."""
+    return CastedLinear.onednn and onednn_linear_available()
 
 
 def matmul_gflops(device: str | torch.device = "cpu", n: int = 2048, repeat: int = 5) -> float:
@@ -225,9 +230,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     rec.add_argument("--repeat", type=int, default=5, metavar="N", help="timed calls of each step (default: %(default)s)")
     rec.add_argument("--threads", type=int, default=None, metavar="N",
                      help="torch CPU threads (default: torch's own choice)")
-    rec.add_argument("--onednn", action="store_true",
-                     help="route large gradient-free float32 CPU products through oneDNN "
-                          "(etrm.layers.use_onednn_linear; off by default)")
+    rec.add_argument("--onednn", action=argparse.BooleanOptionalAction, default=None,
+                     help="route large gradient-free float32 CPU products through oneDNN's linear kernel "
+                          "(etrm.layers.use_onednn_linear; default: on where this torch build has it); "
+                          "--no-onednn times torch's F.linear instead")
     rec.add_argument("--matmul", action="store_true",
                      help="also measure a large float32 matmul's GFLOP/s and the recursion's share of it")
     rec.add_argument("--json", action="store_true", help="print one JSON object instead of text")
@@ -247,7 +253,7 @@ def _recursion_command(args: argparse.Namespace) -> int:
         return 2
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    previous = use_onednn_linear(args.onednn)
+    previous = use_onednn_linear(CastedLinear.onednn if args.onednn is None else args.onednn)
     try:
         result = time_recursion(args.size, args.model, args.device, args.repeat, progress=not args.json)
     finally:
@@ -259,4 +265,4 @@ def _recursion_command(args: argparse.Namespace) -> int:
 
 
 __all__ = ["SIZES", "BenchSize", "alternate", "get_size", "inference_step", "make_batch", "make_head",
-           "matmul_gflops", "median_ms", "step_flops", "time_recursion", "training_step"]
+           "matmul_gflops", "median_ms", "onednn_linear_in_use", "step_flops", "time_recursion", "training_step"]

@@ -62,7 +62,7 @@ def onednn_linear_available() -> bool:
 class CastedLinear(nn.Module):
     """Linear layer with LeCun truncated-normal init, float32 storage, compute in the input's dtype."""
 
-    onednn = False  # see use_onednn_linear
+    onednn = True  # where available; see use_onednn_linear
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False):
         super().__init__()
@@ -87,10 +87,11 @@ class CastedLinear(nn.Module):
 
 
 def use_onednn_linear(enabled: bool = True) -> bool:
-    """Route large gradient-free float32 CPU products of every CastedLinear through oneDNN's
-    linear kernel (about 10% off an official-size recursion step on 2 cores). Off by
-    default: its summation order differs from MKL's, which moves outputs by ~1e-5 relative
-    (float32 rounding, but beyond the golden records' tolerance). Returns the previous setting."""
+    """Whether large gradient-free float32 CPU products of every CastedLinear go through
+    oneDNN's linear kernel where the build has it (on by default: about 10% off an
+    official-size recursion step on 2 cores). Its summation order differs from MKL's, so
+    turning it off moves outputs by float32 rounding (~1e-5 relative after a few ACT
+    steps; the golden records are taken with it on). Returns the previous setting."""
     previous, CastedLinear.onednn = CastedLinear.onednn, bool(enabled)
     return previous
 

@@ -128,14 +128,14 @@ def test_cli_json_prints_one_object_with_the_medians(capsys):
     result = json.loads(capsys.readouterr().out)
     assert {"infer_ms", "train_ms", "gflops", "config"} <= set(result)
     assert result["config"]["hidden_size"] == 32 and result["model"] == "trm"
-    assert result["onednn_linear"] is False
+    assert result["onednn_linear"] is onednn_linear_available()  # on by default where the build has it
 
 
-@pytest.mark.skipif(not onednn_linear_available(), reason="oneDNN's linear kernel is not in this torch build")
-def test_cli_onednn_flag_is_reported_and_not_left_on(capsys):
-    assert main(["bench", "recursion", "--size", "tiny", "--repeat", "1", "--onednn", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["onednn_linear"] is True
-    assert CastedLinear.onednn is False
+def test_cli_no_onednn_flag_is_reported_and_not_left_off(capsys):
+    assert CastedLinear.onednn is True
+    assert main(["bench", "recursion", "--size", "tiny", "--repeat", "1", "--no-onednn", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["onednn_linear"] is False
+    assert CastedLinear.onednn is True
 
 
 def test_cli_text_reports_both_steps_and_the_matmul_share(capsys, monkeypatch):

@@ -103,17 +103,18 @@ def test_etrm_over_trm_cost(benchmark, size, device, kind):
 
 @pytest.fixture
 def linear_kernel(request):
-    """"default" (F.linear) or "onednn" (etrm.layers.use_onednn_linear), restored afterwards."""
+    """"onednn" (the default: etrm.layers.use_onednn_linear) or "f_linear" (torch's F.linear
+    throughout, as the reference runs), restored afterwards."""
     previous = use_onednn_linear(request.param == "onednn")
     yield request.param
     use_onednn_linear(previous)
 
 
 @pytest.mark.parametrize("device,linear_kernel", [
-    ("cpu", "default"),
+    ("cpu", "f_linear"),
     pytest.param("cpu", "onednn", marks=pytest.mark.skipif(not onednn_linear_available(),
                                                            reason="oneDNN's linear kernel is not in this torch build")),
-    pytest.param("cuda", "default", marks=DEVICES[1].marks),
+    pytest.param("cuda", "f_linear", marks=DEVICES[1].marks),
 ], indirect=["linear_kernel"])
 @pytest.mark.parametrize("size", ["mid", "official"])
 def test_recursion_vs_official_style(benchmark, size, device, linear_kernel):

@@ -137,10 +137,16 @@ def onednn():
     use_onednn_linear(previous)
 
 
-def test_onednn_linear_is_off_by_default():
+@needs_onednn
+def test_onednn_linear_is_on_by_default_and_can_be_switched_off():
     layer, x = CastedLinear(64, 96), torch.randn(4, 256, 64)  # large enough to qualify
     with torch.no_grad():
-        assert ONEDNN not in ops_run(lambda: layer(x))
+        assert ONEDNN in ops_run(lambda: layer(x))
+        previous = use_onednn_linear(False)
+        try:
+            assert ONEDNN not in ops_run(lambda: layer(x))
+        finally:
+            use_onednn_linear(previous)
 
 
 @needs_onednn
@@ -166,7 +172,7 @@ def test_onednn_linear_takes_large_gradient_free_float32_products_only(onednn):
 
 @needs_onednn
 @pytest.mark.parametrize("model_type", ["trm", "etrm"])
-def test_onednn_recursion_equals_the_default_one(onednn, model_type):
+def test_onednn_recursion_equals_the_f_linear_one(onednn, model_type):
     torch.manual_seed(0)  # hidden 64, batch 4: most products qualify, the smallest do not
     head = build_model(tiny_config(model_type, hidden_size=64, L_layers=2)).eval()
     batch = random_batch(head.config, 4)
@@ -174,10 +180,10 @@ def test_onednn_recursion_equals_the_default_one(onednn, model_type):
         ops = ops_run(lambda: head(head.initial_carry(batch), batch))
         with_onednn = head(head.initial_carry(batch), batch)[3]
         use_onednn_linear(False)
-        default = head(head.initial_carry(batch), batch)[3]
+        f_linear = head(head.initial_carry(batch), batch)[3]
     assert ONEDNN in ops
-    for name in default:
-        torch.testing.assert_close(with_onednn[name], default[name], **FLOAT32, msg=lambda m: f"{name}: {m}")
+    for name in f_linear:
+        torch.testing.assert_close(with_onednn[name], f_linear[name], **FLOAT32, msg=lambda m: f"{name}: {m}")
 
 
 def test_onednn_probe_draws_no_random_numbers():
