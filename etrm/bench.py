@@ -180,6 +180,29 @@ def time_recursion(size: str | BenchSize = "tiny", model: str = "trm", device: s
     }
 
 
+def kernel_floor_ms(config: ModelConfig, batch: int, device: str | torch.device = "cpu", repeat: int = 5) -> float:
+    """What one inference step's big kernels alone cost: the four projections of a block
+    (through CastedLinear, so the oneDNN setting applies) and its attention, each timed in
+    isolation on warm inputs, summed and multiplied by the step's block count. No
+    implementation of the same recursion on the same kernels can be faster than this
+    (element-wise work, RoPE and the norms come on top), so it bounds what a speed target
+    against another implementation can ask."""
+    device = torch.device(device)
+    h, s, heads, inter = config.hidden_size, config.full_seq_len, config.num_heads, config.swiglu_width
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, s, h, generator=gen).to(device)
+    hidden = torch.randn(batch, s, inter, generator=gen).to(device)
+    q, k, v = (torch.randn(batch, heads, s, h // heads, generator=gen).to(device) for _ in range(3))
+    layers = {name: CastedLinear(fan_in, fan_out).to(device)
+              for name, fan_in, fan_out in (("qkv", h, 3 * h), ("o", h, h), ("gate_up", h, 2 * inter), ("down", inter, h))}
+    calls = {name: (lambda layer=layer, inp=(hidden if name == "down" else x): layer(inp)) for name, layer in layers.items()}
+    calls["attention"] = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    with torch.no_grad():
+        times = alternate(calls, repeat, device=device)
+    blocks = config.H_cycles * (config.L_cycles + 1) * config.L_layers
+    return blocks * sum(median_ms(t) for t in times.values())
+
+
 def onednn_linear_in_use() -> bool:
     """Whether CastedLinear's oneDNN route is switched on and this torch build has it."""
     return CastedLinear.onednn and onednn_linear_available()
@@ -264,5 +287,5 @@ def _recursion_command(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["SIZES", "BenchSize", "alternate", "get_size", "inference_step", "make_batch", "make_head",
+__all__ = ["SIZES", "BenchSize", "alternate", "get_size", "inference_step", "kernel_floor_ms", "make_batch", "make_head",
            "matmul_gflops", "median_ms", "onednn_linear_in_use", "step_flops", "time_recursion", "training_step"]

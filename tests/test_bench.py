@@ -117,6 +117,22 @@ def test_time_recursion_reports_medians_and_gflops():
     assert result["gflops"] == pytest.approx(result["flops"] / (result["infer_ms"] / 1e3) / 1e9)
 
 
+def test_kernel_floor_sums_one_block_and_counts_the_blocks(monkeypatch):
+    timed = []
+
+    def fake_alternate(calls, repeat, **kwargs):
+        timed.append(sorted(calls))
+        for call in calls.values():
+            call()  # each builds a real product at the config's shapes
+        return {name: [0.001 * (i + 1)] for i, name in enumerate(calls)}  # 1, 2, 3, 4, 5 ms
+
+    monkeypatch.setattr(bench, "alternate", fake_alternate)
+    cfg = bench.SIZES["tiny"].config("trm")
+    floor = bench.kernel_floor_ms(cfg, batch=2)
+    assert timed == [["attention", "down", "gate_up", "o", "qkv"]]
+    assert floor == pytest.approx(15 * cfg.H_cycles * (cfg.L_cycles + 1) * cfg.L_layers)
+
+
 def test_matmul_gflops_is_a_positive_rate():
     assert bench.matmul_gflops("cpu", n=64, repeat=2) > 0
 

@@ -120,7 +120,9 @@ def linear_kernel(request):
 def test_recursion_vs_official_style(benchmark, size, device, linear_kernel):
     """Our decoder's inference recursion (benchmarked) against the official-style reference
     with the same weights (alternating), plus a large matmul's throughput measured in the
-    same run: `extra_info` has ours_over_reference, gflops, matmul_gflops and both shares."""
+    same run: `extra_info` has ours_over_reference, gflops, matmul_gflops and both shares, and
+    the step's kernel floor (bench.kernel_floor_ms) over the reference: the least
+    ours_over_reference that the same kernels allow."""
     cfg = bench.SIZES[size].config("trm")
     batch_size = bench.SIZES[size].batch
     ours = bench.make_head(cfg, device).model.inner.eval()
@@ -143,10 +145,12 @@ def test_recursion_vs_official_style(benchmark, size, device, linear_kernel):
     if median is None:
         return
     matmul = (matmul_before + bench.matmul_gflops(device)) / 2  # the machine's state at both ends
+    floor = bench.kernel_floor_ms(cfg, batch_size, device)
     flops = bench.step_flops(cfg, batch_size)
     gflops, ref_gflops = flops / median / 1e6, flops / ref.median_ms() / 1e6
     benchmark.extra_info.update(
         size=size, device=device, linear=linear_kernel, threads=torch.get_num_threads(), ours_ms=median,
         reference_ms=ref.median_ms(),
         ours_over_reference=median / ref.median_ms(), gflops=gflops, reference_gflops=ref_gflops,
-        matmul_gflops=matmul, share_of_matmul=gflops / matmul, reference_share_of_matmul=ref_gflops / matmul)
+        matmul_gflops=matmul, share_of_matmul=gflops / matmul, reference_share_of_matmul=ref_gflops / matmul,
+        kernel_floor_ms=floor, floor_over_reference=floor / ref.median_ms())
