@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from reference import official_style as ref
 
 from etrm.config import tiny_config
-from etrm.layers import (ONEDNN_MIN_MACS, CastedLinear, RotaryEmbedding, apply_rotary, onednn_linear_available,
+from etrm.layers import (ONEDNN_MIN_MACS, CastedLinear, RotaryEmbedding, SwiGLU, apply_rotary, onednn_linear_available,
                          rms_norm, use_onednn_linear)
 from etrm.models import InnerCarry, build_model
 from etrm.synthetic import random_batch
@@ -168,6 +168,19 @@ def test_onednn_linear_takes_large_gradient_free_float32_products_only(onednn):
     assert ONEDNN not in ops_run(lambda: layer(x))
     layer(x).sum().backward()
     assert layer.weight.grad is not None
+
+
+@needs_onednn
+def test_onednn_swiglu_fuses_silu_and_product_into_the_gemms(onednn):
+    torch.manual_seed(0)
+    mlp, x = SwiGLU(64, 4.0), torch.randn(4, 256, 64)  # gate_up: 1024 x 64 x 512 multiply-adds
+    with torch.no_grad():
+        ops = ops_run(lambda: mlp(x))
+        fused = mlp(x)
+        use_onednn_linear(False)
+        plain = mlp(x)
+    assert ONEDNN in ops and "aten::silu" not in ops and "aten::mul_" not in ops
+    torch.testing.assert_close(fused, plain, **FLOAT32)
 
 
 @needs_onednn
