@@ -93,3 +93,16 @@ def test_every_bundled_artifact_and_option_is_documented():
     assert set(BUNDLED) <= set(OPTIONS)
     assert all(path in module.__doc__ for path in BUNDLED.values())
     assert fixtures_root().name == "fixtures" and (fixtures_root() / "__init__.py").is_file()
+
+
+def test_fixtures_root_falls_back_to_the_checkout_when_etrm_is_not_installed(monkeypatch):
+    import etrm.bundled as bundled
+
+    def not_installed(name):
+        raise ModuleNotFoundError(f"No module named {name!r}")
+
+    monkeypatch.setattr(bundled.importlib.resources, "files", not_installed)
+    assert bundled.fixtures_root() == Path(bundled.__file__).resolve().parent.parent / "fixtures"
+    monkeypatch.setattr(bundled, "__file__", "/nowhere/etrm/bundled.py")
+    with pytest.raises(ModuleNotFoundError, match="pip install -e"):
+        bundled.fixtures_root()

@@ -25,12 +25,13 @@ would enable it. User paths must exist: a typo is an error, not a skip.
 """
 from __future__ import annotations
 
-import importlib.resources
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
 import pytest
+
+from etrm.bundled import fixtures_root
 
 BUNDLED: dict[str, str] = {
     "trm_checkpoint": "checkpoints/trm/step_final",
@@ -58,11 +59,6 @@ DEVICES = ("cpu", "cuda")
 
 class ArtifactError(ValueError):
     """A user-given artifact path is unusable; the message names the option and path."""
-
-
-def fixtures_root() -> Path:
-    """Folder of the installed `etrm.fixtures` package (the repository's `fixtures/`)."""
-    return Path(str(importlib.resources.files("etrm.fixtures")))
 
 
 @dataclass(frozen=True)
