@@ -20,12 +20,13 @@ from typing import Any, Mapping
 import numpy as np
 
 # (rtol, atol) per source dtype. Float32 allows summation-order noise across BLAS thread
-# counts (~1e-6 relative after a few recursion cycles), far below any real model change.
+# counts and CPU kernels (oneDNN picks its GEMM by instruction set: up to 2e-5 on logits
+# after a few recursion cycles between an Intel and an AMD host), far below any real model change.
 # Python floats usually come from float32 compute (`loss.item()`), so they get its tolerance.
 TOLERANCES: dict[str, tuple[float, float]] = {
     "float64": (1e-7, 1e-7),
-    "float32": (1e-5, 1e-5),
-    "float": (1e-5, 1e-5),
+    "float32": (1e-4, 1e-4),
+    "float": (1e-4, 1e-4),
     "bfloat16": (1.6e-2, 1e-5),
     "float16": (1e-3, 1e-5),
 }
