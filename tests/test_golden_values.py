@@ -9,9 +9,11 @@ import torch
 
 from etrm.config import tiny_config
 from etrm.models import build_model
-from etrm.suite.support import TINY_ENCODER_MODELS, bundled_data_dir, fewshot_batch
+from etrm.suite.support import TINY_ENCODER_MODELS, fewshot_batch
+from etrm.testing.artifacts import BUNDLED, fixtures_root
 from etrm.testing.golden import state_dict_digest
 
+BUNDLED_DATA = fixtures_root() / BUNDLED["data_dir"]  # the 10x10 data the tiny models are sized for
 MODELS = {"trm": dict(model_type="trm", num_puzzle_identifiers=64), **TINY_ENCODER_MODELS}
 
 
@@ -21,7 +23,7 @@ def digest_array(hexdigest: str) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def batch():
-    return fewshot_batch(bundled_data_dir(), tiny_config("etrm"), batch_size=2)
+    return fewshot_batch(BUNDLED_DATA, tiny_config("etrm"), batch_size=2)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -58,7 +60,7 @@ def test_evaluator_metrics_match_golden(golden):
     from etrm.data.datasets import load_identifiers, load_test_puzzles
     from etrm.evaluation import ArcEvaluator
 
-    data = bundled_data_dir()
+    data = BUNDLED_DATA
     identifiers, puzzles = load_identifiers(data), load_test_puzzles(data)
     evaluator = ArcEvaluator(identifiers, puzzles)
     evaluator.begin_round()

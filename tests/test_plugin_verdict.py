@@ -106,20 +106,25 @@ def test_verdict_rows_follow_the_rules(checks):
     h1, h2, h3, h4, h5, h6, h7, e1 = rows.values()
     assert (h1["verdict"], h1["passed"], h1["failed"], h1["controls_passed"], h1["controls_total"]) == (
         "no evidence", 2, 0, 1, 1)
-    assert (h2["verdict"], h2["failed"]) == ("evidence found", 2)
+    # Only a check gives evidence: the bare assert is an error, counted apart.
+    assert (h2["verdict"], h2["failed"], h2["errors"]) == ("evidence found", 1, 1)
+    assert h2["first_error"] == {"test": "test_checks.py::test_grad_norm_assert",
+                                 "message": "AssertionError: pre-clip norm is zero"}
     assert h2["first_failure"] == {"test": "test_checks.py::test_grad_flow", "check": "grad_flow",
                                    "message": "3 of 10 encoder params got no gradient"}
-    assert (h3["verdict"], h3["passed"], h3["skipped"]) == ("inconclusive", 1, 2)
-    assert h3["reason"] == ("2 skipped: no model config: pass --model-config PATH (1); "
+    # Checks that could not run for a missing artifact or flag leave the verdict "no evidence".
+    assert (h3["verdict"], h3["passed"], h3["skipped"], h3["not_run"]) == ("no evidence", 1, 0, 2)
+    assert h3["reason"] == ("2 checks not run: no model config: pass --model-config PATH (1); "
                             "slow test: pass --runslow to run it (1)")
-    assert h4["reason"] == "1 skipped: config_audit: L_cycles unverified: no all_config.yaml"
+    assert h4["verdict"] == "inconclusive"
+    assert h4["reason"] == "1 inconclusive: config_audit: L_cycles unverified: no all_config.yaml"
     # A control whose check did not fail makes a passing check worthless, but is no evidence.
     assert (h5["verdict"], h5["failed"], h5["controls_passed"], h5["controls_total"]) == ("inconclusive", 0, 0, 1)
-    assert "negative control test_checks.py::test_no_leak_control failed: negative control: no_leak " \
-           "returned 'pass' on a deliberately broken variant" in h5["reason"]
+    assert "negative control test_checks.py::test_no_leak_control did not catch its broken variant: " \
+           "negative control: no_leak returned 'pass' on a deliberately broken variant" in h5["reason"]
     assert "per-split counts" not in h5["reason"]  # the first line of a failure is its message
-    assert (h6["verdict"], h6["errors"]) == ("inconclusive", 1)
-    assert h6["reason"] == "1 errored" and "fixture exploded" in h6["first_failure"]["message"]
+    assert (h6["verdict"], h6["errors"]) == ("error", 1)
+    assert h6["reason"] == "1 errored" and "fixture exploded" in h6["first_error"]["message"]
     assert (h7["verdict"], h7["reason"], h7["controls_passed"]) == ("inconclusive", "only negative controls ran", 1)
     assert (e1["verdict"], e1["passed"]) == ("C: encoder trains but useless", 1)
     assert e1["scenarios"] == [{"test": "test_checks.py::test_decide", "check": "scenario",
@@ -131,13 +136,15 @@ def test_verdict_rows_follow_the_rules(checks):
 
     result.stdout.fnmatch_lines([
         "*= etrm verdict =*",
-        "hypothesis * verdict * passed  failed  errors  skipped  controls  question",
-        "hypothesis1 * no evidence * 2 * 0 * 0 * 0 * 1/1  H1: does the pretrained TRM decoder load correctly?",
-        "hypothesis2 * evidence found * 0 * 2 * 0 * 0 * 0/0  H2: do encoder gradients flow?",
+        "hypothesis * verdict * passed  failed  errors  skipped  not run  controls  question",
+        "hypothesis1 * no evidence * 2 * 0 * 0 * 0 * 0 * 1/1  H1: does the pretrained TRM decoder load correctly?",
+        "hypothesis2 * evidence found * 0 * 1 * 1 * 0 * 0 * 0/0  H2: do encoder gradients flow?",
         "    first failing check: grad_flow (test_checks.py::test_grad_flow): 3 of 10 encoder params got no gradient",
-        "hypothesis3 * inconclusive *",
-        "    why: 2 skipped: no model config: pass --model-config PATH (1); slow test: *",
-        "experiment1 * C: encoder trains but useless * 1 * 0 * 0 * 0 * 0/0  Experiment 1*",
+        "    first error (not evidence): test_checks.py::test_grad_norm_assert: AssertionError: pre-clip norm is zero",
+        "hypothesis3 * no evidence *",
+        "    also: 2 checks not run: no model config: pass --model-config PATH (1); slow test: *",
+        "hypothesis6 * error *",
+        "experiment1 * C: encoder trains but useless * 1 * 0 * 0 * 0 * 0 * 0/0  Experiment 1*",
     ])
 
 

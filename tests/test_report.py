@@ -88,7 +88,7 @@ def test_report_has_verdict_artifacts_and_summary(full_report):
     target, log = full_report
     md = target.read_text()
     assert target.name == "report.md"
-    assert "| hypothesis2 | H2: do encoder gradients flow? | **no evidence** | 3 | 0 | 0 | 0 | 1/1 |" in md
+    assert "| hypothesis2 | H2: do encoder gradients flow? | **no evidence** | 3 | 0 | 0 | 0 | 0 | 1/1 |" in md
     assert f"- metrics_log: `{log}` (user)" in md
     assert "| grad/encoder_norm_preclip | 30 | 5 | 0.1667 | 0.1667 | 5 |" in md
     assert "No data in the log" not in md

@@ -1,5 +1,6 @@
 """Helpers shared by the shipped suite modules: tiny models of every class and encoder
-type, and real batches from the artifacts under investigation."""
+type, and rebuilding models from checkpoints. Batches come from one door,
+`artifacts.batch_for` (etrm.testing.artifacts), never from a fixed folder."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,18 +39,6 @@ def fewshot_batch(data_dir: Path, config: ModelConfig, batch_size: int = 4, spli
         raise ValueError(f"{data_dir}: sequences of {batch['inputs'].shape[-1]} tokens, but the model expects "
                          f"seq_len {config.seq_len}: pass a dataset built for this model's canvas")
     return {k: v.to(device) for k, v in batch.items()}
-
-
-def bundled_data_dir(mode: str = "fewshot") -> Path:
-    """The bundled fixture dataset the tiny models are sized for (10x10 canvas)."""
-    from etrm.testing.artifacts import BUNDLED, fixtures_root
-
-    path = fixtures_root() / BUNDLED["data_dir" if mode == "fewshot" else "trm_data_dir"]
-    if not path.is_dir():
-        import pytest
-
-        pytest.skip(f"bundled {mode} dataset missing at {path}: run `python fixtures/make_data.py`")
-    return path
 
 
 def load_checkpoint_model(path: Path, artifacts) -> LossHead:

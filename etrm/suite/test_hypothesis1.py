@@ -10,7 +10,6 @@ from etrm.checks import h1_decoder_loading as h1
 from etrm.checks.experiment1 import experiment_model_config
 from etrm.models import build_model
 from etrm.suite import broken
-from etrm.suite.support import bundled_data_dir, fewshot_batch
 
 pytestmark = pytest.mark.hypothesis1
 
@@ -60,10 +59,10 @@ def test_frozen_run_kept_every_decoder_parameter(artifacts, record_check):
     record_check(h1.check_decoder_drift_matches_freezing(trm, frozen))
 
 
-def test_frozen_decoder_unchanged_after_training_steps(trm, record_check):
+def test_frozen_decoder_unchanged_after_training_steps(trm, artifacts, record_check):
     head = etrm_for(trm)
     h1.check_decoder_loads_bitwise(head, trm)
-    batch = fewshot_batch(bundled_data_dir(), head.config, batch_size=2, split="train")
+    batch = artifacts.batch_for(head.config, "trm_checkpoint", batch_size=2, split="train")
     record_check(h1.check_frozen_decoder_unchanged(head, [batch] * 3))
 
 
@@ -98,10 +97,10 @@ def test_control_drifted_decoder_claimed_frozen_is_caught(artifacts, tmp_path, e
     expect_check_fails(h1.check_decoder_drift_matches_freezing(trm, mislabelled))
 
 
-def test_control_frozen_decoder_that_still_decays_is_caught(trm, expect_check_fails):
+def test_control_frozen_decoder_that_still_decays_is_caught(trm, artifacts, expect_check_fails):
     head = etrm_for(trm)
     h1.check_decoder_loads_bitwise(head, trm)
-    batch = fewshot_batch(bundled_data_dir(), head.config, batch_size=2, split="train")
+    batch = artifacts.batch_for(head.config, "trm_checkpoint", batch_size=2, split="train")
     expect_check_fails(h1.check_frozen_decoder_unchanged(head, [batch] * 3, trainer_class=broken.ZeroGradFreezeTrainer))
 
 

@@ -7,21 +7,21 @@ import pytest
 
 from etrm.checks import h2_gradient_flow as h2
 from etrm.suite import broken
-from etrm.suite.support import TINY_ENCODER_MODELS, bundled_data_dir, fewshot_batch, load_checkpoint_model, tiny_model
+from etrm.suite.support import TINY_ENCODER_MODELS, load_checkpoint_model, tiny_model
+from etrm.testing.artifacts import TINY
 
 pytestmark = pytest.mark.hypothesis2
 
 
 @pytest.fixture(scope="module")
-def tiny_batch():
-    return fewshot_batch(bundled_data_dir(), tiny_model("etrm-standard").config, batch_size=3)
+def tiny_batch(artifacts):
+    return artifacts.batch_for(tiny_model("etrm-standard").config, TINY, batch_size=3)
 
 
 @pytest.fixture(scope="module")
 def checkpoint_model_and_batch(artifacts):
-    data_dir, ckpt = artifacts.require_matching("data_dir", "etrm_checkpoint")
-    head = load_checkpoint_model(ckpt, artifacts)
-    return head, fewshot_batch(data_dir, head.config, batch_size=2, device=artifacts.device)
+    head = load_checkpoint_model(artifacts.require("etrm_checkpoint"), artifacts)
+    return head, artifacts.batch_for(head.config, "etrm_checkpoint", batch_size=2)
 
 
 @pytest.mark.parametrize("name", TINY_ENCODER_MODELS)

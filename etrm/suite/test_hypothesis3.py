@@ -5,27 +5,28 @@ import pytest
 
 from etrm.checks import h3_encoder_output as h3
 from etrm.suite import broken
-from etrm.suite.support import TINY_ENCODER_MODELS, bundled_data_dir, fewshot_batch, load_checkpoint_model, tiny_model
+from etrm.suite.support import TINY_ENCODER_MODELS, load_checkpoint_model, tiny_model
+from etrm.testing.artifacts import TINY
 
 pytestmark = pytest.mark.hypothesis3
 
 
 @pytest.fixture(scope="module")
-def tiny_batch():
+def tiny_batch(artifacts):
     """Real ARC queries whose tasks have fewer demos than slots, so padding is exercised."""
-    return fewshot_batch(bundled_data_dir(), tiny_model("etrm-standard").config, batch_size=4)
+    return artifacts.batch_for(tiny_model("etrm-standard").config, TINY, batch_size=4)
 
 
 @pytest.fixture(scope="module")
 def checkpoint_case(artifacts):
-    data_dir, ckpt, trm_ckpt = artifacts.require_matching("data_dir", "etrm_checkpoint", "trm_checkpoint")
+    ckpt, trm_ckpt = artifacts.require_matching("etrm_checkpoint", "trm_checkpoint")
     from etrm.checkpoints import read_state_dict, normalize_key
 
     head = load_checkpoint_model(ckpt, artifacts)
     trm_state = {normalize_key(k): v for k, v in read_state_dict(trm_ckpt).items()}
     weights = trm_state.get("model.inner.puzzle_emb.weights")
     reference = None if weights is None else h3.prefix_rms(weights, head.config.hidden_size)
-    return head, fewshot_batch(data_dir, head.config, batch_size=2, device=artifacts.device), reference
+    return head, artifacts.batch_for(head.config, "etrm_checkpoint", batch_size=2), reference
 
 
 @pytest.mark.parametrize("name", TINY_ENCODER_MODELS)

@@ -5,15 +5,16 @@ import pytest
 
 from etrm.checks import h4_training_dynamics as h4
 from etrm.suite import broken
-from etrm.suite.support import bundled_data_dir, fewshot_batch, tiny_model
+from etrm.suite.support import tiny_model
+from etrm.testing.artifacts import TINY
 from etrm.training import Trainer, TrainingConfig
 
 pytestmark = pytest.mark.hypothesis4
 
 
 @pytest.fixture(scope="module")
-def batch():
-    return fewshot_batch(bundled_data_dir(), tiny_model("etrm-standard").config, batch_size=4, split="train")
+def batch(artifacts):
+    return artifacts.batch_for(tiny_model("etrm-standard").config, TINY, batch_size=4, split="train")
 
 
 @pytest.fixture(scope="module")

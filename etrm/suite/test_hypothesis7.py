@@ -8,18 +8,20 @@ from etrm.checks import h7_encoder_capacity as h7
 from etrm.config import tiny_config
 from etrm.models import build_encoder
 from etrm.suite import broken
-from etrm.suite.support import TINY_ENCODER_MODELS, bundled_data_dir, fewshot_batch, load_checkpoint_model, tiny_model
+from etrm.suite.support import TINY_ENCODER_MODELS, fewshot_batch, load_checkpoint_model, tiny_model
+from etrm.testing.artifacts import TINY
 
 pytestmark = pytest.mark.hypothesis7
 
 
 @pytest.fixture(scope="module")
-def tiny_case():
+def tiny_case(artifacts):
     """Four evaluation tasks, each as its original and three augmentations."""
     from etrm.data.datasets import load_identifiers
 
-    data_dir = bundled_data_dir()
-    batch = fewshot_batch(data_dir, tiny_model("etrm-standard").config, batch_size=16)
+    config = tiny_model("etrm-standard").config
+    data_dir = artifacts.data_for(config, TINY)
+    batch = fewshot_batch(data_dir, config, batch_size=16)
     return batch, h7.task_ids_of(batch, load_identifiers(data_dir))
 
 
@@ -27,8 +29,8 @@ def tiny_case():
 def checkpoint_case(artifacts):
     from etrm.data.datasets import load_identifiers
 
-    data_dir, ckpt = artifacts.require_matching("data_dir", "etrm_checkpoint")
-    head = load_checkpoint_model(ckpt, artifacts)
+    head = load_checkpoint_model(artifacts.require("etrm_checkpoint"), artifacts)
+    data_dir = artifacts.data_for(head.config, "etrm_checkpoint")
     batch = fewshot_batch(data_dir, head.config, batch_size=16, device=artifacts.device)
     return head, batch, h7.task_ids_of(batch, load_identifiers(data_dir))
 

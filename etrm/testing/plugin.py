@@ -22,7 +22,8 @@ import pytest
 
 from etrm.checks.result import CheckResult
 from etrm.testing.artifacts import DEVICES, OPTIONS, ArtifactError, Artifacts
-from etrm.testing.verdict import CHECK_PROPERTY, VerdictCollector, VerdictTable
+from etrm.testing.reads import ReadTracker
+from etrm.testing.verdict import CHECK_PROPERTY, NOT_RUN, VerdictCollector, VerdictTable
 
 MARKERS = {
     "hypothesis1": "H1: does the pretrained TRM decoder load correctly?",
@@ -68,8 +69,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
         if not torch.cuda.is_available():
             raise pytest.UsageError("--device cuda: CUDA is not available on this machine")
+    tracker = ReadTracker()
+    config.pluginmanager.register(tracker, "etrm-reads")
     try:
-        config.stash[_ARTIFACTS_KEY] = Artifacts.resolve(given, device=device)
+        config.stash[_ARTIFACTS_KEY] = Artifacts.resolve(given, device=device, on_read=tracker.record)
     except ArtifactError as err:
         raise pytest.UsageError(str(err)) from None
     # The table is built where all reports arrive: the xdist controller, or the only process.
@@ -78,7 +81,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    skip_slow = pytest.mark.skip(reason="slow test: pass --runslow to run it")
+    skip_slow = pytest.mark.skip(reason=f"{NOT_RUN}slow test: pass --runslow to run it")
     skip_bench = pytest.mark.skip(reason="benchmark: pass --runbenchmark (and -n 0) to run it")
     skip_gpu = pytest.mark.skip(reason="CUDA is not available on this machine")
     has_cuda = None  # torch is imported only when a gpu test is collected
@@ -185,7 +188,8 @@ class _VerdictPlugin:
         self.collector.add_report(report)
 
     def table(self) -> VerdictTable:
-        return VerdictTable.build(self.collector.records(), MARKERS)
+        user = self.config.stash[_ARTIFACTS_KEY].has_user_artifacts
+        return VerdictTable.build(self.collector.records(), MARKERS, user_artifacts=user)
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         table = self.table()

@@ -4,19 +4,27 @@ Results reach it through pytest's `TestReport`s: the markers from `report.keywor
 and the recorded `CheckResult`s from `report.user_properties`, both of which xdist
 ships from the workers to the controller, so the table is the same with `-n N`.
 
-Verdicts for hypothesis1..7 (a failing check is evidence that the suspected bug or
-weakness is there):
-- "evidence found": some evidence test failed;
-- "inconclusive": none failed, but some were skipped or errored, a negative control
-  did not fail (so a passing check proves little), or only negative controls ran;
-- "no evidence": every evidence test ran and passed, and every control failed its
-  broken variant as it should.
+Only a check gives evidence. A test counts as *failed* (evidence) only when a check it
+recorded returned "fail"; a test that raised anything else (an exception, a bare
+assert, a fixture error) is an *error*: its own column, never evidence. Verdicts for
+hypothesis1..7, first match wins:
+- "evidence found": some check returned "fail";
+- "error": no evidence, but a test or a negative control raised (the row names the
+  first one and its exception);
+- "inconclusive": a check could not decide (it returned "inconclusive"), a negative
+  control did not fail (so a passing check proves little), or no evidence test ran;
+- "no evidence": every check that ran passed and every control failed its broken
+  variant as it should. Checks that could not run because an artifact or flag was not
+  given (`not run`, skip reasons starting with NOT_RUN) are listed with the option that
+  would run them; they do not make the verdict inconclusive.
 For experiment1 the verdict is the decided scenario (`numbers["scenario"]` of the
-recorded checks, e.g. "C: encoder trains but useless"); "pipeline failed" if a test
-failed, "inconclusive" if no scenario was decided.
+recorded checks, e.g. "C: encoder trains but useless"); "pipeline failed" if a check
+failed, "error" if a test raised, "inconclusive" if no scenario was decided.
 
 Negative-control tests (those that recorded their result with `expect_check_fails`)
-are counted in their own column and never as evidence.
+are counted in their own column and never as evidence. Each test also records which
+artifacts it read (`reads`); in a run with user artifacts, a row decided without
+reading any of them is marked `bundled_only`.
 """
 from __future__ import annotations
 
@@ -27,9 +35,13 @@ from typing import Any, Mapping
 from etrm.checks.result import HYPOTHESES
 
 CHECK_PROPERTY = "etrm_check"  # user_properties name of a recorded CheckResult
-EVIDENCE, NO_EVIDENCE, INCONCLUSIVE = "evidence found", "no evidence", "inconclusive"
+READS_PROPERTY = "etrm_reads"  # user_properties name of the artifacts a test read
+# Skip reasons that mean "this check needs an artifact or flag that was not given".
+NOT_RUN = "not run: "
+EVIDENCE, NO_EVIDENCE, INCONCLUSIVE, ERROR = "evidence found", "no evidence", "inconclusive", "error"
 PIPELINE_FAILED = "pipeline failed"
-JSON_VERSION = 1
+BUNDLED_ONLY = "bundled fixtures only"
+JSON_VERSION = 2
 
 
 @dataclass
@@ -44,10 +56,24 @@ class TestRecord:
     reason: str = ""  # skip reason or failure message
     checks: list[dict[str, Any]] = field(default_factory=list)  # CheckResult dicts + negative_control
     duration: float = 0.0
+    reads: dict[str, dict[str, str]] = field(default_factory=dict)  # artifact -> {"source", "path"}
 
     @property
     def negative_control(self) -> bool:
         return any(c.get("negative_control") for c in self.checks)
+
+    @property
+    def kind(self) -> str:
+        """What the outcome means: "passed", "evidence" (a check failed; for a control, its
+        check did not fail its broken variant), "error" (anything raised), "not_run"
+        (an artifact or flag was not given) or "skipped" (a check was inconclusive)."""
+        if self.outcome == "passed":
+            return "passed"
+        if self.outcome == "skipped":
+            return "not_run" if self.reason.startswith(NOT_RUN) else "skipped"
+        if self.outcome == "failed" and self.failing_check() is not None:
+            return "evidence"
+        return "error"
 
     def failing_check(self) -> dict[str, Any] | None:
         """The check that explains this test's failure: for a control, the one that did not fail."""
@@ -75,6 +101,9 @@ class VerdictCollector:
         checks = [dict(value) for name, value in report.user_properties if name == CHECK_PROPERTY]
         if checks:
             rec.checks = checks
+        for name, value in report.user_properties:
+            if name == READS_PROPERTY:
+                rec.reads.update(value)
         rec.duration += float(getattr(report, "duration", 0.0) or 0.0)
         if report.when == "call":
             if hasattr(report, "wasxfail") and report.skipped:
@@ -100,10 +129,18 @@ class HypothesisRow:
     failed: int = 0
     errors: int = 0
     skipped: int = 0
+    not_run: int = 0
     controls_passed: int = 0
     controls_total: int = 0
     first_failure: dict[str, str] | None = None  # test, check, message
+    first_error: dict[str, str] | None = None  # test, message (the exception's first line)
     scenarios: list[dict[str, str]] = field(default_factory=list)  # test, check, scenario
+    reads: dict[str, str] = field(default_factory=dict)  # artifact -> source of the tests that ran
+    bundled_only: bool = False  # the run had user artifacts, but this row read none of them
+
+    @property
+    def shown_verdict(self) -> str:
+        return f"{self.verdict} ({BUNDLED_ONLY})" if self.bundled_only else self.verdict
 
     @property
     def controls(self) -> str:
@@ -116,12 +153,14 @@ class VerdictTable:
     tests: list[TestRecord]
 
     @classmethod
-    def build(cls, records: list[TestRecord], questions: Mapping[str, str]) -> "VerdictTable":
+    def build(cls, records: list[TestRecord], questions: Mapping[str, str],
+              user_artifacts: bool = False) -> "VerdictTable":
+        """`user_artifacts`: the run was given artifacts of the user's (investigation mode)."""
         rows = []
         for hyp in HYPOTHESES:
             mine = [r for r in records if hyp in r.hypotheses]
             if mine:
-                rows.append(_row(hyp, questions.get(hyp, hyp), mine))
+                rows.append(_row(hyp, questions.get(hyp, hyp), mine, user_artifacts))
         return cls(rows, list(records))
 
     # --- serialisation -------------------------------------------------------------------
@@ -139,9 +178,9 @@ class VerdictTable:
     # --- rendering -----------------------------------------------------------------------
     def format_text(self) -> list[str]:
         """Aligned lines for the terminal; each row is followed by its explanation."""
-        header = ("hypothesis", "verdict", "passed", "failed", "errors", "skipped", "controls", "question")
-        cells = [header] + [(r.hypothesis, r.verdict, str(r.passed), str(r.failed), str(r.errors),
-                             str(r.skipped), r.controls, r.question) for r in self.rows]
+        header = ("hypothesis", "verdict", "passed", "failed", "errors", "skipped", "not run", "controls", "question")
+        cells = [header] + [(r.hypothesis, r.shown_verdict, str(r.passed), str(r.failed), str(r.errors),
+                             str(r.skipped), str(r.not_run), r.controls, r.question) for r in self.rows]
         widths = [max(len(c[i]) for c in cells) for i in range(len(header) - 1)]
         lines = []
         for i, cell in enumerate(cells):
@@ -152,58 +191,75 @@ class VerdictTable:
         return lines
 
     def format_markdown(self) -> str:
-        lines = ["| hypothesis | question | verdict | passed | failed | errors | skipped | controls | details |",
-                 "|---|---|---|---:|---:|---:|---:|---:|---|"]
+        lines = ["| hypothesis | question | verdict | passed | failed | errors | skipped | not run | controls | details |",
+                 "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
         for r in self.rows:
             details = "<br>".join(_md(x) for x in _explain(r))
-            lines.append(f"| {r.hypothesis} | {_md(r.question)} | **{_md(r.verdict)}** | {r.passed} | "
-                         f"{r.failed} | {r.errors} | {r.skipped} | {r.controls} | {details} |")
+            lines.append(f"| {r.hypothesis} | {_md(r.question)} | **{_md(r.shown_verdict)}** | {r.passed} | "
+                         f"{r.failed} | {r.errors} | {r.skipped} | {r.not_run} | {r.controls} | {details} |")
         return "\n".join(lines) + "\n"
 
 
-def _row(hyp: str, question: str, records: list[TestRecord]) -> HypothesisRow:
+def _row(hyp: str, question: str, records: list[TestRecord], user_artifacts: bool) -> HypothesisRow:
     row = HypothesisRow(hyp, question, INCONCLUSIVE)
     evidence = [r for r in records if not r.negative_control]
     controls = [r for r in records if r.negative_control]
-    outcomes = [r.outcome for r in evidence]
-    row.passed, row.failed = outcomes.count("passed"), outcomes.count("failed")
-    row.errors, row.skipped = outcomes.count("error"), outcomes.count("skipped")
+    kinds = [r.kind for r in evidence]
+    row.passed, row.failed, row.skipped = kinds.count("passed"), kinds.count("evidence"), kinds.count("skipped")
+    row.not_run = kinds.count("not_run")
+    errored = [r for r in records if r.kind == "error"]  # evidence tests and controls alike
+    row.errors = len(errored)
     row.controls_total = len(controls)
-    row.controls_passed = sum(r.outcome == "passed" for r in controls)
-    failing = [r for r in evidence if r.outcome in ("failed", "error")]
+    row.controls_passed = sum(r.kind == "passed" for r in controls)
+    failing = [r for r in evidence if r.kind == "evidence"]
     if failing:
         row.first_failure = _failure(failing[0])
-    reasons = []
-    skipped = [r for r in evidence if r.outcome == "skipped"]
+    if errored:
+        row.first_error = {"test": errored[0].nodeid, "message": errored[0].reason}
+    ran = [r for r in records if r.kind in ("passed", "evidence")]
+    for record in ran:
+        row.reads.update({name: read["source"] for name, read in record.reads.items()})
+    row.bundled_only = user_artifacts and bool(ran) and "user" not in row.reads.values()
+
+    problems = []  # what makes a verdict inconclusive
+    skipped = [r for r in evidence if r.kind == "skipped"]
     if skipped:
-        reasons.append(f"{len(skipped)} skipped: {_grouped([r.reason for r in skipped])}")
-    bad_controls = [r for r in controls if r.outcome != "passed"]
-    if bad_controls:
-        first = bad_controls[0]
-        reasons.append(f"negative control {first.nodeid} {first.outcome}: {first.reason}")
-    if not evidence:
-        reasons.append("only negative controls ran")
+        problems.append(f"{len(skipped)} inconclusive: {_grouped([r.reason for r in skipped])}")
+    blind = [r for r in controls if r.kind == "evidence"]
+    if blind:
+        problems.append(f"negative control {blind[0].nodeid} did not catch its broken variant: {blind[0].reason}")
+    if not any(r.kind in ("passed", "evidence", "skipped") for r in evidence):
+        problems.append("only negative controls ran" if controls and not evidence else "no check could run")
+    notes = []
+    not_run = [r for r in evidence if r.kind == "not_run"]
+    if not_run:
+        notes.append(f"{len(not_run)} checks not run: "
+                     f"{_grouped([r.reason.removeprefix(NOT_RUN) for r in not_run])}")
 
     if hyp == "experiment1":
         row.scenarios = [{"test": r.nodeid, "check": c["name"], "scenario": str(c["numbers"]["scenario"])}
-                         for r in evidence if r.outcome == "passed"
+                         for r in evidence if r.kind == "passed"
                          for c in r.checks if "scenario" in c.get("numbers", {})]
         if failing:
             row.verdict = PIPELINE_FAILED
+        elif errored:
+            row.verdict = ERROR
         elif row.scenarios:
             row.verdict = " / ".join(dict.fromkeys(s["scenario"] for s in row.scenarios))
         else:
             row.verdict = INCONCLUSIVE
-            reasons.append("no check recorded a scenario")
-    elif row.failed:
+            problems.append("no check recorded a scenario")
+    elif failing:
         row.verdict = EVIDENCE
-    elif row.errors or reasons:
+    elif errored:
+        row.verdict = ERROR
+    elif problems:
         row.verdict = INCONCLUSIVE
     else:
         row.verdict = NO_EVIDENCE
-    if row.errors and not row.failed:
-        reasons.insert(0, f"{row.errors} errored")
-    row.reason = "; ".join(reasons)
+    if errored:
+        problems.insert(0, f"{len(errored)} errored")
+    row.reason = "; ".join(problems + notes)
     return row
 
 
@@ -231,8 +287,12 @@ def _explain(row: HypothesisRow) -> list[str]:
         f = row.first_failure
         label = f"{f['check']} ({f['test']})" if f["check"] else f["test"]
         lines.append(f"first failing check: {label}: {f['message']}")
+    if row.first_error:
+        lines.append(f"first error (not evidence): {row.first_error['test']}: {row.first_error['message']}")
     if row.reason:
         lines.append(f"{'why' if row.verdict == INCONCLUSIVE else 'also'}: {row.reason}")
+    if row.reads:
+        lines.append("read: " + ", ".join(f"{name} ({source})" for name, source in sorted(row.reads.items())))
     return lines
 
 
