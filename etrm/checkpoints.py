@@ -34,7 +34,7 @@ from torch import nn
 
 from etrm import __version__
 from etrm.config import ConfigError, ModelConfig
-from etrm.config_import import (CONFIG_FILE, RECURSION_SETTINGS, import_training_config,
+from etrm.config_import import (CONFIG_FILE, DECODER_SETTINGS, import_training_config,
                                 normalize_training_hparams, training_config_text)
 from etrm.models import ACTModel, LossHead, build_model
 
@@ -269,6 +269,7 @@ class SavedConfig:
     model_config: ModelConfig
     ema: str  # EMA provenance of the weights: "ema" | "raw" | "unknown"
     training: dict[str, Any] = field(default_factory=dict)
+    foreign_encoder: str | None = None  # an origin encoder type etrm does not implement
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -299,7 +300,8 @@ def find_saved_config(path: str | Path, *, config_path: str | Path | None = None
             return None
     imported = import_training_config(config_path)
     ema = {True: "ema", False: "raw"}.get(imported.ema, "unknown")
-    return SavedConfig(Path(config_path), CONFIG_FILE, imported.model_config, ema, imported.training)
+    return SavedConfig(Path(config_path), CONFIG_FILE, imported.model_config, ema, imported.training,
+                       imported.foreign_encoder)
 
 
 def ema_provenance(path: str | Path) -> str:
@@ -312,9 +314,9 @@ def ema_provenance(path: str | Path) -> str:
 
 
 def recursion_mismatches(model_config: ModelConfig, saved: ModelConfig) -> dict[str, tuple[Any, Any]]:
-    """RECURSION_SETTINGS that differ: name -> (model value, saved value)."""
+    """DECODER_SETTINGS that differ: name -> (model value, saved value)."""
     return {name: (getattr(model_config, name), getattr(saved, name))
-            for name in RECURSION_SETTINGS if getattr(model_config, name) != getattr(saved, name)}
+            for name in DECODER_SETTINGS if getattr(model_config, name) != getattr(saved, name)}
 
 
 def _mismatch_message(path: Path, saved: SavedConfig, mismatches: dict[str, tuple[Any, Any]]) -> str:
@@ -345,7 +347,7 @@ class DecoderLoadReport:
     dtype_casts: dict[str, tuple[str, str]]  # name -> (checkpoint dtype, model dtype)
     config_status: str  # "verified" | "unverified" | "mismatch"
     config_source: str | None
-    settings: dict[str, tuple[Any, Any]]  # RECURSION_SETTINGS name -> (model, saved or None)
+    settings: dict[str, tuple[Any, Any]]  # DECODER_SETTINGS name -> (model, saved or None)
 
     @property
     def unverified_settings(self) -> tuple[str, ...]:
@@ -463,10 +465,10 @@ def load_pretrained_decoder(model: nn.Module, path: str | Path, *, map_location:
     cfg = act.config
     if saved is None:
         status, source = "unverified", None
-        settings = {n: (getattr(cfg, n), None) for n in RECURSION_SETTINGS}
+        settings = {n: (getattr(cfg, n), None) for n in DECODER_SETTINGS}
     else:
         source = str(saved.source)
-        settings = {n: (getattr(cfg, n), getattr(saved.model_config, n)) for n in RECURSION_SETTINGS}
+        settings = {n: (getattr(cfg, n), getattr(saved.model_config, n)) for n in DECODER_SETTINGS}
         status = "mismatch" if recursion_mismatches(cfg, saved.model_config) else "verified"
 
     report = DecoderLoadReport(
@@ -558,6 +560,9 @@ def load_model(path: str | Path, model_config: ModelConfig | None = None, *, all
     if model_config is None:
         if saved is None:
             raise CheckpointError(f"{path}: no etrm metadata or {CONFIG_FILE} beside the checkpoint; pass model_config")
+        if saved.foreign_encoder is not None:
+            raise CheckpointError(f"{path}: encoder_type {saved.foreign_encoder!r} ({saved.source}) has no etrm "
+                                  "implementation; run the origin's own model code with --model-code ROOT")
         model_config = saved.model_config
         table = next((t for k, t in state.items() if act_key(k) == DECODER_PREFIX + "puzzle_emb.weights"), None)
         if saved.kind == CONFIG_FILE and table is not None:
@@ -751,7 +756,7 @@ class CheckpointInspection:
                          "recursion settings unverifiable")
         else:
             cfg = self.saved_config.model_config
-            settings = ", ".join(f"{n} {getattr(cfg, n)}" for n in RECURSION_SETTINGS)
+            settings = ", ".join(f"{n} {getattr(cfg, n)}" for n in DECODER_SETTINGS)
             lines.append(f"saved config: {self.saved_config.source} ({self.saved_config.kind}): "
                          f"{cfg.model_type}, {settings}")
         if self.metadata is not None:

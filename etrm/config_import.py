@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 from etrm import __version__
-from etrm.config import ConfigError, ModelConfig
+from etrm.config import ENCODER_TYPES, ConfigError, ModelConfig
 
 CONFIG_FILE = "all_config.yaml"
 
@@ -49,9 +49,14 @@ MODEL_TYPE_OF_ARCH = {name: model_type for model_type, name in ARCH_NAMES.items(
 LOSS_HEAD_NAME = "losses@ACTLossHead"
 LOSS_TYPE = "stablemax_cross_entropy"
 
-# Settings that change the recursion but no tensor shape (L_cycles 4 vs 6), or that a
-# checkpoint and a model must share to load: compared against a checkpoint's saved config.
-RECURSION_SETTINGS = ("H_cycles", "L_cycles", "L_layers", "hidden_size", "num_heads", "puzzle_emb_len")
+# The one list of settings a model must share with the checkpoint whose decoder it runs:
+# each changes the function the weights compute, most without changing any tensor shape
+# (L_cycles 4 vs 6, RoPE vs none, rope_theta, the norm epsilon, the ACT step budget), so
+# the weights cannot tell. The decoder loader, `load_model` and the H1/H4 checks all
+# compare exactly these. forward_dtype is not among them: running a bf16 checkpoint in
+# fp32 is a legitimate choice, reported but not refused.
+DECODER_SETTINGS = ("H_cycles", "L_cycles", "L_layers", "hidden_size", "num_heads", "puzzle_emb_len", "expansion",
+                    "pos_encodings", "rope_theta", "rms_norm_eps", "halt_max_steps")
 
 # arch keys that are ModelConfig fields under the same name.
 ARCH_MODEL_KEYS = ("H_cycles", "L_cycles", "L_layers", "hidden_size", "num_heads", "expansion",
@@ -124,9 +129,12 @@ class ImportedConfig:
     model_config: ModelConfig
     training: dict[str, Any]  # official key names (see TRAINING_KEYS)
     ignored: dict[str, Any]  # dotted key -> value, kept for provenance
+    # An origin encoder etrm does not implement (hybrid_variational, lpn_var): the decoder
+    # settings and the training recipe still read, but no etrm model can be built from it.
+    foreign_encoder: str | None = None
 
     def recursion_settings(self) -> dict[str, Any]:
-        return {name: getattr(self.model_config, name) for name in RECURSION_SETTINGS}
+        return {name: getattr(self.model_config, name) for name in DECODER_SETTINGS}
 
     @property
     def ema(self) -> bool | None:
@@ -194,6 +202,10 @@ def import_training_config(path: str | Path, *, model_type: str | None = None, *
             raise ConfigError(f"{path}: unknown key {key!r}: not a training hyper-parameter ({', '.join(sorted(TRAINING_KEYS))}), "
                               f"nor one of the known ignored keys ({', '.join(sorted(IGNORED_TOP_KEYS))})")
 
+    foreign = None
+    if model.get("encoder_type") is not None and model["encoder_type"] not in ENCODER_TYPES:
+        foreign = model.pop("encoder_type")
+        ignored["arch.encoder_type"] = foreign
     if "expansion" in model and isinstance(model["expansion"], int):
         model["expansion"] = float(model["expansion"])
     model.update(overrides)
@@ -204,7 +216,8 @@ def import_training_config(path: str | Path, *, model_type: str | None = None, *
     except ConfigError as err:
         message = str(err)
         raise ConfigError(message if message.startswith(str(path)) else f"{path}: {message}") from None
-    return ImportedConfig(path=path, arch_name=str(arch_name), model_config=config, training=training, ignored=ignored)
+    return ImportedConfig(path=path, arch_name=str(arch_name), model_config=config, training=training, ignored=ignored,
+                          foreign_encoder=foreign)
 
 
 def training_config_text(model_config: ModelConfig, training: Mapping[str, Any] | Any | None = None) -> str:
@@ -349,5 +362,5 @@ def _coerce(source: Any, dotted: str, key: str, value: Any) -> Any:
 
 
 __all__ = ["ARCH_NAMES", "CONFIG_FILE", "IGNORED_ARCH_KEYS", "IGNORED_TOP_KEYS", "ImportedConfig",
-           "PINNED_ARCH_KEYS", "RECURSION_SETTINGS", "TRAINING_KEYS", "import_training_config",
+           "PINNED_ARCH_KEYS", "DECODER_SETTINGS", "TRAINING_KEYS", "import_training_config",
            "normalize_training_hparams", "training_config_text", "write_training_config"]

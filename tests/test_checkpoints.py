@@ -17,7 +17,7 @@ from etrm.checkpoints import (DECODER_BUFFERS, ENCODER_BUFFERS, CheckpointError,
                               normalize_key, read_state_dict, save_checkpoint, sidecar_path)
 from etrm.cli import main
 from etrm.config import tiny_config
-from etrm.config_import import RECURSION_SETTINGS, import_training_config, write_training_config
+from etrm.config_import import DECODER_SETTINGS, import_training_config, write_training_config
 from etrm.models import build_model
 
 TRM_CFG = tiny_config("trm")
@@ -223,7 +223,7 @@ def test_config_mismatch_is_an_error_naming_both_values(tmp_path, trm_state):
 def test_without_saved_config_the_settings_are_unverified(tmp_path, trm_state):
     report = load_pretrained_decoder(seeded_head("etrm", seed=1), save(tmp_path, trm_state))
     assert report.config_status == "unverified" and report.config_source is None
-    assert report.unverified_settings == RECURSION_SETTINGS
+    assert report.unverified_settings == DECODER_SETTINGS
     assert "UNVERIFIED" in report.summary()
 
 

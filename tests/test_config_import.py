@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from etrm.config import ConfigError, official_arc1_config, tiny_config
-from etrm.config_import import (IGNORED_TOP_KEYS, RECURSION_SETTINGS, import_training_config,
+from etrm.config_import import (IGNORED_TOP_KEYS, DECODER_SETTINGS, import_training_config,
                                 normalize_training_hparams, write_training_config)
 
 
@@ -65,7 +65,9 @@ def test_official_config_gives_the_official_model_and_recipe(tmp_path):
         "seed": 0, "ema": True, "ema_rate": 0.999, "freeze_weights": False, "loss_type": "stablemax_cross_entropy"}
     assert imported.ema is True
     assert imported.recursion_settings() == {"H_cycles": 3, "L_cycles": 4, "L_layers": 2, "hidden_size": 512,
-                                             "num_heads": 8, "puzzle_emb_len": 16}
+                                             "num_heads": 8, "puzzle_emb_len": 16, "expansion": 4.0,
+                                             "pos_encodings": "rope", "rope_theta": 10000.0, "rms_norm_eps": 1e-5,
+                                             "halt_max_steps": 16}
     # Every non-model key is accounted for, with its value kept for provenance.
     assert set(imported.ignored) == (set(IGNORED_TOP_KEYS) & set(official_all_config())) | {
         "arch.H_layers", "arch.mlp_t", "arch.no_ACT_continue", "arch.loss.name"}
@@ -168,7 +170,7 @@ def test_written_config_round_trips_in_the_official_layout(tmp_path, config):
     assert imported.training == {"lr": 3e-4, "beta1": 0.9, "beta2": 0.95, "lr_warmup_steps": 100, "ema": False,
                                  "grad_clip_norm": 1.0, "freeze_decoder_steps": 999_999, "encoder_freeze_steps": 0,
                                  "loss_type": "stablemax_cross_entropy"}
-    assert set(RECURSION_SETTINGS) <= set(raw["arch"])
+    assert set(DECODER_SETTINGS) <= set(raw["arch"])
 
 
 def test_training_vocabularies_normalise_to_official_names():

@@ -8,6 +8,7 @@ evidence when the run was supposed to keep it frozen.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -73,23 +74,25 @@ def check_recursion_config(model: nn.Module, path: Path) -> CheckResult:
     """The model's recursion settings vs the checkpoint's saved config: verified (pass),
     differing (fail), or nothing saved to compare with (inconclusive)."""
     from etrm.checkpoints import act_model_of, find_saved_config
-    from etrm.config_import import RECURSION_SETTINGS
+    from etrm.config_import import DECODER_SETTINGS
 
     cfg = act_model_of(model).config
     saved = find_saved_config(path)
-    values = {n: getattr(cfg, n) for n in RECURSION_SETTINGS}
+    values = {n: getattr(cfg, n) for n in DECODER_SETTINGS}
     if saved is None:
         return CheckResult.inconclusive(
-            H, "recursion_config", f"no all_config.yaml or etrm metadata beside {path}: {', '.join(RECURSION_SETTINGS)} "
+            H, "recursion_config", f"no all_config.yaml or etrm metadata beside {path}: {', '.join(DECODER_SETTINGS)} "
             f"cannot be verified from the weights (L_cycles 4 vs 6 changes no tensor shape); model has {values}",
             {n: v for n, v in values.items()})
-    differ = {n: (values[n], getattr(saved.model_config, n)) for n in RECURSION_SETTINGS
+    differ = {n: (values[n], getattr(saved.model_config, n)) for n in DECODER_SETTINGS
               if values[n] != getattr(saved.model_config, n)}
+    # Reported, not compared: running a bf16 checkpoint in fp32 is a legitimate choice.
+    dtype = f"; forward_dtype: model {cfg.forward_dtype}, checkpoint {saved.model_config.forward_dtype}"
     return CheckResult.from_condition(
         H, "recursion_config", not differ,
-        f"recursion settings vs {saved.source}: " + ("all equal " + str(values) if not differ else
-                                                     "; ".join(f"{n}: model {m}, checkpoint {s}" for n, (m, s) in differ.items())),
-        {"differing": len(differ)})
+        f"decoder settings vs {saved.source}: " + ("all equal " + str(values) if not differ else
+                                                   "; ".join(f"{n}: model {m}, checkpoint {s}" for n, (m, s) in differ.items()))
+        + dtype, {"differing": len(differ)})
 
 
 def check_ema_provenance(path: Path) -> CheckResult:
@@ -116,6 +119,8 @@ def check_decoder_drift_matches_freezing(trm_path: Path, etrm_path: Path) -> Che
     meta = read_metadata(etrm_path)
     freeze = None if saved is None else saved.training.get("freeze_decoder_steps")
     steps = meta.step if meta is not None else (saved.training.get("total_steps") if saved else None)
+    if steps is None:
+        steps = step_from_name(etrm_path)
     equal, total = comparison.num_params_equal, len(comparison.params)
     drift = max((d.max_abs_diff or 0.0) for d in comparison.params) if comparison.params else 0.0
     numbers = {"params_equal": equal, "params": total, "max_abs_diff": drift,
@@ -126,7 +131,7 @@ def check_decoder_drift_matches_freezing(trm_path: Path, etrm_path: Path) -> Che
         return CheckResult.inconclusive(H, "decoder_drift_matches_freezing",
                                         f"{counts}; the ETRM run's freeze_decoder_steps/step are not saved, so drift "
                                         "cannot be told from a loading bug", numbers)
-    frozen = freeze >= steps
+    frozen = freeze > 0 and steps <= freeze  # the trainers' rule: frozen while step <= freeze_decoder_steps
     if frozen:
         return CheckResult.from_condition(H, "decoder_drift_matches_freezing", comparison.all_params_equal,
                                           f"{counts}; the run froze the decoder for all {steps} steps, so all must be equal",
@@ -134,6 +139,13 @@ def check_decoder_drift_matches_freezing(trm_path: Path, etrm_path: Path) -> Che
     return CheckResult.ok(H, "decoder_drift_matches_freezing",
                           f"{counts}; expected: the decoder trained from step {freeze + 1} of {steps} "
                           "(freeze_decoder_steps in its config)", numbers)
+
+
+def step_from_name(path: Path) -> int | None:
+    """The training step of a checkpoint named `step_N`, as the official and origin trainers
+    name every checkpoint (their files carry no step inside)."""
+    match = re.fullmatch(r"step_(\d+)", Path(path).name)
+    return int(match.group(1)) if match else None
 
 
 def check_frozen_decoder_unchanged(head: nn.Module, batches: Iterable[dict], steps: int = 3,

@@ -13,11 +13,9 @@ import torch
 from torch import nn
 
 from etrm.checks.result import CheckResult
+from etrm.config_import import DECODER_SETTINGS  # the settings an ETRM must share with its TRM
 
 H = "hypothesis4"
-# Model settings an ETRM must share with the TRM whose decoder it loads.
-DECODER_SETTINGS = ("H_cycles", "L_cycles", "L_layers", "hidden_size", "num_heads", "expansion", "puzzle_emb_len",
-                    "pos_encodings", "rope_theta", "halt_max_steps")
 # The official ARC-AGI-1 recipe under the trainer's all_config.yaml names (informational:
 # departures are listed, not failed). grad_clip_norm 0 or None means no clipping.
 OFFICIAL_RECIPE = {"lr": 1e-4, "weight_decay": 0.1, "beta1": 0.9, "beta2": 0.95, "lr_warmup_steps": 2000,
@@ -55,6 +53,8 @@ def _norm(key: str, value):
 def check_effective_learning_rates(trainer) -> CheckResult:
     """After warmup, each optimizer group's lr and weight decay are the configured ones:
     decoder lr/wd, encoder lr * encoder_lr_scale and wd * encoder_weight_decay_scale."""
+    from etrm.checkpoints import act_key
+
     cfg = trainer.config
     expected = {"decoder": (cfg.lr, cfg.weight_decay), "encoder": (cfg.encoder_lr, cfg.encoder_weight_decay)}
     step = cfg.warmup_steps + 1
@@ -66,7 +66,8 @@ def check_effective_learning_rates(trainer) -> CheckResult:
             if part not in expected:
                 continue
             names = {id(p) for p in group["params"]}
-            members = {n.split(".", 2)[1] for n, p in trainer.head.named_parameters() if id(p) in names}
+            # By component (inner / encoder), whatever compile or DDP wrapped the head in.
+            members = {act_key(n).split(".", 1)[0] for n, p in trainer.head.named_parameters() if id(p) in names}
             actual = (lrs.get(part, group["lr"]), group["weight_decay"])
             seen[part] = actual
             if abs(actual[0] - expected[part][0]) > 1e-12 or abs(actual[1] - expected[part][1]) > 1e-12:

@@ -41,6 +41,19 @@ def arc1_evaluation_set(num_aug: int = 1, seed: int = 0, tasks: int | None = Non
     return list(dict.fromkeys(identifiers)), test_puzzles
 
 
+def dataset_evaluation_set(data_dir) -> tuple[list[str], dict]:
+    """Identifiers and test puzzles of a built dataset's *test split*: in the official layout
+    `identifiers.json` spans both splits, and the evaluator rightly refuses predictions
+    for train-split puzzles. Names of other puzzles are kept as blanks, so the identifier
+    numbers stay the dataset's own."""
+    from etrm.data.datasets import load_identifiers, load_test_puzzles
+    from etrm.data.layout import load_split
+
+    names, test_puzzles = load_identifiers(data_dir), load_test_puzzles(data_dir)
+    in_test = {int(i) for arrays in load_split(data_dir, "test")[1] for i in arrays.puzzle_identifiers}
+    return [n if i in in_test or i == 0 else "<blank>" for i, n in enumerate(names)], test_puzzles
+
+
 def mixed_predictions(identifiers: Sequence[str], test_puzzles: Mapping, seed: int = 0, canvas: int = 30) -> Batch:
     """Oracle predictions of which a seeded third are replaced by another task's answer,
     with few distinct q values, so scores are fractional and voting has ties to break."""

@@ -44,7 +44,14 @@ def fewshot_batch(data_dir: Path, config: ModelConfig, batch_size: int = 4, spli
 def load_checkpoint_model(path: Path, artifacts) -> LossHead:
     """A model rebuilt from a checkpoint of ours or of the official/origin trainers, on the
     artifacts' device; its config from `--model-config` if given, else saved beside it."""
-    from etrm.checkpoints import load_model
+    import pytest
 
+    from etrm.checkpoints import find_saved_config, load_model
+    from etrm.testing.verdict import NOT_RUN
+
+    saved = find_saved_config(path)
+    if saved is not None and saved.foreign_encoder is not None and artifacts.model_config is None:
+        pytest.skip(f"{NOT_RUN}{path}: encoder_type {saved.foreign_encoder!r} has no etrm implementation; "
+                    "pass --model-code ROOT to run the origin's own code")
     config = None if artifacts.model_config is None else ModelConfig.load(artifacts.model_config)
     return load_model(path, config).to(artifacts.device)

@@ -36,9 +36,14 @@ def test_run_config_audit(run_configs, record_check):
     record_check(h4.check_config_audit(etrm_saved.model_config, etrm_saved.training, trm_config))
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["plain-head", "compiled-head"])
 @pytest.mark.parametrize("layout", ["single", "split"])
-def test_effective_learning_rates_and_decay_per_part(layout, record_check):
-    trainer = Trainer(tiny_model("etrm-standard"), TrainingConfig(**ORIGIN_LIKE, optimizer_layout=layout))
+def test_effective_learning_rates_and_decay_per_part(layout, compiled, record_check):
+    import torch
+
+    head = tiny_model("etrm-standard")
+    head = torch.compile(head) if compiled else head  # parameter names gain `_orig_mod.`; nothing runs
+    trainer = Trainer(head, TrainingConfig(**ORIGIN_LIKE, optimizer_layout=layout))
     record_check(h4.check_effective_learning_rates(trainer))
 
 

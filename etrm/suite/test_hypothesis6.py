@@ -14,12 +14,10 @@ pytestmark = pytest.mark.hypothesis6
 
 @pytest.fixture(scope="module")
 def evaluation_set(artifacts):
-    """The user's built dataset when given (--data), else the 400 real ARC-AGI-1 evaluation
-    tasks with one augmentation each."""
+    """The test split of the user's built dataset when given (--data), else the 400 real
+    ARC-AGI-1 evaluation tasks with one augmentation each."""
     if artifacts.source("data_dir") == "user":
-        from etrm.data.datasets import load_identifiers, load_test_puzzles
-
-        return load_identifiers(artifacts.data_dir), load_test_puzzles(artifacts.data_dir)
+        return h6.dataset_evaluation_set(artifacts.require("data_dir"))
     return h6.arc1_evaluation_set(num_aug=1)
 
 
