@@ -97,7 +97,8 @@ def test_runs_a_check_package_and_writes_verdict_and_report(clean_env, tmp_path,
     assert [t["checks"][0]["numbers"] for t in tests if t["hypotheses"] == ["hypothesis1"]] == [
         {"metrics_log_given": True}]
     md = (clean_env / "rep" / "report.md").read_text()
-    assert "| hypothesis2 | H2: do encoder gradients flow? | **evidence found** |" in md
+    # The user gave a metrics log, but H2's check read only bundled artifacts.
+    assert "| hypothesis2 | H2: do encoder gradients flow? | **evidence found (bundled fixtures only)** |" in md
     assert f"- metrics_log: `{clean_env / 'm.jsonl'}` (user)" in md and "![Training losses](losses.png)" in md
     assert (clean_env / "rep" / "losses.png").is_file()
     assert f"report written to {clean_env / 'rep' / 'report.md'}" in out
