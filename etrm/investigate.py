@@ -19,30 +19,22 @@ import pytest
 
 import etrm
 from etrm.checks.result import HYPOTHESES
-from etrm.testing.artifacts import DEVICES, OPTIONS
+from etrm.testing.artifacts import CLI_PREFIX, OPTIONS, add_artifact_options, plugin_args
+from etrm.testing.plugin import INVESTIGATE_FLAG
 
 DEFAULT_SELECTION = " or ".join(HYPOTHESES)
 SUITE = "etrm.suite"
-# argparse dest -> artifact field (etrm.testing.artifacts); forwarded to pytest when given.
-ARTIFACT_ARGS = {"trm_checkpoint": "trm_checkpoint", "etrm_checkpoint": "etrm_checkpoint",
-                 "data": "data_dir", "metrics_log": "metrics_log", "model_config": "model_config"}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("investigate", help="run the hypothesis checks and print a verdict per hypothesis",
                               description=__doc__.split("\n\n")[0])
-    p.add_argument("--trm-checkpoint", metavar="PATH", help="TRM checkpoint (official layout)")
-    p.add_argument("--etrm-checkpoint", metavar="PATH", help="ETRM checkpoint (ours or the origin's)")
-    p.add_argument("--data", metavar="DIR", help="a built dataset")
-    p.add_argument("--metrics-log", metavar="PATH", help="JSON-lines training metrics")
-    p.add_argument("--model-config", metavar="PATH", help="model config file (.json/.yaml)")
-    p.add_argument("--device", choices=DEVICES, default="cpu")
+    # The plugin's options under their short names (--data for the plugin's --etrm-data).
+    add_artifact_options(p.add_argument, CLI_PREFIX)
     p.add_argument("-m", dest="markexpr", metavar="EXPR", default=DEFAULT_SELECTION,
                    help="pytest marker expression (default: every hypothesis and experiment1)")
-    p.add_argument("--verdict-json", metavar="PATH", help="write the verdict as JSON")
     p.add_argument("--report", metavar="DIR", help="write DIR/report.md with the verdict and metric plots")
     p.add_argument("-n", dest="workers", metavar="N", help="pytest-xdist workers (needs the 'test' extra)")
-    p.add_argument("--runslow", action="store_true", help="also run slow checks (e.g. the live experiment1 run)")
     p.add_argument("--suite", default=SUITE, metavar="PACKAGE",
                    help=f"Python package of check modules to run (default: {SUITE})")
     p.set_defaults(func=run)
@@ -55,18 +47,14 @@ def pytest_args(args: argparse.Namespace, verdict_json: str | None) -> list[str]
             # An empty config and a fixed rootdir: a checkout's pyproject (addopts, testpaths)
             # must not change what an installed `etrm investigate` does.
             "-c", os.devnull, "--rootdir", str(root), "-o", "xfail_strict=true",
-            "--device", args.device,
+            # Messages (skip reasons, errors) name the flags above, not the plugin's.
+            INVESTIGATE_FLAG,
             # The CLI has imported etrm before pytest could mark the plugin's package for
             # assertion rewriting; the checks return results rather than assert, so that is fine.
             "-W", "ignore:Module already imported so cannot be rewritten:pytest.PytestAssertRewriteWarning",
             # torch's own warning when torch.compile is imported (used for key layouts only).
             "-W", "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"]
-    for dest, value in _given(args).items():
-        argv += [OPTIONS[ARTIFACT_ARGS[dest]][0], str(Path(value).expanduser().resolve())]
-    if verdict_json:
-        argv += ["--verdict-json", verdict_json]
-    if args.runslow:
-        argv.append("--runslow")
+    argv += plugin_args({**vars(args), "etrm_verdict_json": verdict_json})
     autoload_off = bool(os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"))
     if autoload_off:  # else the pytest11 entry point loads it; loading it twice is an error
         argv += ["-p", "etrm.testing.plugin"]
@@ -76,13 +64,14 @@ def pytest_args(args: argparse.Namespace, verdict_json: str | None) -> list[str]
 
 
 def _given(args: argparse.Namespace) -> dict[str, str]:
-    return {dest: getattr(args, dest) for dest in ARTIFACT_ARGS if getattr(args, dest) is not None}
+    return {name: getattr(args, f"etrm_{name}") for name, (stem, *_) in OPTIONS.items()
+            if stem is not None and getattr(args, f"etrm_{name}") is not None}
 
 
 def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="etrm-investigate-") as tmp:
         # The report needs the verdict: ask pytest for the JSON even when the user did not.
-        verdict_json = args.verdict_json or (str(Path(tmp) / "verdict.json") if args.report else None)
+        verdict_json = args.etrm_verdict_json or (str(Path(tmp) / "verdict.json") if args.report else None)
         if verdict_json:
             verdict_json = str(Path(verdict_json).expanduser().resolve())
         status = int(pytest.main(pytest_args(args, verdict_json)))
@@ -101,10 +90,10 @@ def _write_report(args: argparse.Namespace, verdict_json: Path) -> int:
     from etrm.testing.verdict import VerdictTable
 
     verdict = VerdictTable.from_dict(json.loads(verdict_json.read_text()))
-    artifacts = Artifacts.resolve({ARTIFACT_ARGS[d]: v for d, v in _given(args).items()}, device=args.device)
+    artifacts = Artifacts.resolve(_given(args), device=args.etrm_device, prefix=CLI_PREFIX)
     used = {name: f"`{getattr(artifacts, name)}` ({artifacts.source(name)})"
-            for name in ARTIFACT_ARGS.values() if getattr(artifacts, name) is not None}
-    used["device"] = f"`{args.device}`"
+            for name, (stem, *_) in OPTIONS.items() if stem is not None and getattr(artifacts, name) is not None}
+    used["device"] = f"`{args.etrm_device}`"
     try:
         target = write_report(Path(args.report).expanduser().resolve(), verdict, artifacts.metrics_log, used)
     except ReportError as err:

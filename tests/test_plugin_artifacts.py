@@ -36,7 +36,7 @@ def test_user_paths_win_over_bundled(root, tmp_path):
 
 
 @pytest.mark.parametrize("given, match", [
-    ({"trm_checkpoint": "/nonexistent/step_1"}, "--trm-checkpoint /nonexistent/step_1: TRM checkpoint file not found"),
+    ({"trm_checkpoint": "/nonexistent/step_1"}, "--etrm-trm-checkpoint /nonexistent/step_1: TRM checkpoint file not found"),
     ({"etrm_frozen_checkpoint": "/x"}, "etrm_frozen_checkpoint is bundled only"),
     ({"weights": "/x"}, r"unknown artifact\(s\) \['weights'\]"),
 ])
@@ -47,21 +47,21 @@ def test_bad_user_input_is_an_error_naming_the_option(root, given, match):
 
 def test_a_file_given_as_data_dir_is_an_error(root, tmp_path):
     (tmp_path / "f").write_text("")
-    with pytest.raises(ArtifactError, match="--data .*: built dataset directory not found"):
+    with pytest.raises(ArtifactError, match="--etrm-data .*: built dataset directory not found"):
         Artifacts.resolve({"data_dir": tmp_path / "f"}, root=root)
 
 
 def test_unknown_device_is_an_error(root):
-    with pytest.raises(ArtifactError, match="--device 'tpu'"):
+    with pytest.raises(ArtifactError, match="--etrm-device 'tpu'"):
         Artifacts.resolve({}, device="tpu", root=root)
 
 
 def test_require_returns_path_or_skips_naming_the_option(root):
     art = Artifacts.resolve({}, root=root)
     assert art.require("trm_checkpoint") == root / BUNDLED["trm_checkpoint"]
-    with pytest.raises(pytest.skip.Exception, match="no ETRM checkpoint: pass --etrm-checkpoint PATH"):
+    with pytest.raises(pytest.skip.Exception, match="no ETRM checkpoint: pass --etrm-etrm-checkpoint PATH"):
         art.require("etrm_checkpoint")
-    with pytest.raises(pytest.skip.Exception, match="no model config: pass --model-config PATH"):
+    with pytest.raises(pytest.skip.Exception, match="no model config: pass --etrm-model-config PATH"):
         art.require("model_config")
     with pytest.raises(pytest.skip.Exception, match="fixtures/checkpoints/etrm_frozen/step_final is missing"):
         art.require("etrm_frozen_checkpoint")
@@ -79,8 +79,8 @@ def test_require_matching_refuses_to_pair_user_and_bundled_artifacts(root, tmp_p
         root / BUNDLED["trm_checkpoint"], root / BUNDLED["etrm_frozen_checkpoint"])
 
     mixed = Artifacts.resolve({"etrm_checkpoint": mine}, root=root)
-    with pytest.raises(pytest.skip.Exception, match="--etrm-checkpoint is yours and trm_checkpoint is bundled: "
-                                                    "pass --trm-checkpoint PATH too"):
+    with pytest.raises(pytest.skip.Exception, match="--etrm-etrm-checkpoint is yours and trm_checkpoint is bundled: "
+                                                    "pass --etrm-trm-checkpoint PATH too"):
         mixed.require_matching("trm_checkpoint", "etrm_checkpoint")
     user_trm = Artifacts.resolve({"trm_checkpoint": mine}, root=root)
     with pytest.raises(pytest.skip.Exception, match="runs on the bundled fixtures only"):

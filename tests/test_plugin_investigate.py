@@ -25,6 +25,10 @@ def test_loads(record_check, artifacts):
 def test_grads(record_check):
     record_check(CheckResult.fail("hypothesis2", "grad_flow", "encoder gradient is zero"))
 
+@pytest.mark.hypothesis3
+def test_needs_config(artifacts):
+    artifacts.require("model_config")
+
 @pytest.mark.experiment1
 def test_decide(record_check):
     record_check(CheckResult.ok("experiment1", "scenario", "decided", {"scenario": "A: encoder learns"}))
@@ -61,8 +65,9 @@ def test_pytest_args_isolate_the_run_and_forward_options(clean_env, monkeypatch)
     assert argv[:4] == ["--pyargs", "etrm.suite", "-m", "hypothesis1"]
     joined = " ".join(argv)
     assert f"-c {os.devnull} --rootdir {Path(etrm.__file__).resolve().parent.parent}" in joined
-    assert f"--trm-checkpoint {clean_env / 'step_5'}" in joined  # absolute: pytest may run elsewhere
-    assert "--verdict-json /tmp/v.json" in joined and "--runslow" in joined and argv[-2:] == ["-n", "2"]
+    assert f"--etrm-trm-checkpoint {clean_env / 'step_5'}" in joined  # absolute: pytest may run elsewhere
+    assert "--etrm-verdict-json /tmp/v.json" in joined and "--etrm-runslow" in joined and argv[-2:] == ["-n", "2"]
+    assert "--etrm-investigate" in joined  # messages name investigate's flags
     assert "-p etrm.testing.plugin" not in joined  # the entry point loads it; twice would be an error
     monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
     argv = " ".join(investigate.pytest_args(args, None))
@@ -87,11 +92,13 @@ def test_runs_a_check_package_and_writes_verdict_and_report(clean_env, tmp_path,
     rows = {r["hypothesis"]: r for r in json.loads((clean_env / "v.json").read_text())["rows"]}
     assert (rows["hypothesis1"]["verdict"], rows["hypothesis2"]["verdict"]) == ("no evidence", "evidence found")
     assert rows["experiment1"]["verdict"] == "A: encoder learns"
+    assert rows["hypothesis3"]["reason"].endswith("not run: no model config: pass --model-config PATH")  # its flag
     tests = json.loads((clean_env / "v.json").read_text())["tests"]
     assert [t["checks"][0]["numbers"] for t in tests if t["hypotheses"] == ["hypothesis1"]] == [
         {"metrics_log_given": True}]
     md = (clean_env / "rep" / "report.md").read_text()
-    assert "| hypothesis2 | H2: do encoder gradients flow? | **evidence found** |" in md
+    # The user gave a metrics log, but H2's check read only bundled artifacts.
+    assert "| hypothesis2 | H2: do encoder gradients flow? | **evidence found (bundled fixtures only)** |" in md
     assert f"- metrics_log: `{clean_env / 'm.jsonl'}` (user)" in md and "![Training losses](losses.png)" in md
     assert (clean_env / "rep" / "losses.png").is_file()
     assert f"report written to {clean_env / 'rep' / 'report.md'}" in out

@@ -1,6 +1,6 @@
 """The etrm pytest plugin end to end, in pytester-made projects: recording checks,
 negative controls, the verdict table and its JSON (also under xdist), artifact
-options, golden values and the suite's marker rule."""
+options, golden values (root conftest) and the suite's marker rule."""
 from __future__ import annotations
 
 import json
@@ -12,6 +12,7 @@ import torch  # noqa: F401  numpy and torch stay loaded: pytester restores sys.m
               # test, and neither can be imported a second time in one process
 
 pytest_plugins = ["pytester"]
+ROOT_CONFTEST = Path(__file__).resolve().parents[1] / "conftest.py"
 
 # One test module covering every verdict: evidence, no evidence, each road to
 # "inconclusive", negative controls, and experiment1's scenario.
@@ -41,7 +42,7 @@ def test_needs_config(artifacts):
     artifacts.require("model_config")
 
 @pytest.mark.hypothesis3
-@pytest.mark.slow
+@pytest.mark.etrm_slow
 def test_slow_separation():
     pass
 
@@ -98,7 +99,7 @@ def _rows(path: Path) -> dict[str, dict]:
 
 
 def test_verdict_rows_follow_the_rules(checks):
-    result = checks.runpytest_inprocess("-p", "no:cacheprovider", "--verdict-json", "out/verdict.json")
+    result = checks.runpytest_inprocess("-p", "no:cacheprovider", "--etrm-verdict-json", "out/verdict.json")
     result.assert_outcomes(passed=9, failed=3, skipped=3, errors=1)
     rows = _rows(checks.path / "out" / "verdict.json")
     assert list(rows) == ["hypothesis1", "hypothesis2", "hypothesis3", "hypothesis4", "hypothesis5",
@@ -114,8 +115,8 @@ def test_verdict_rows_follow_the_rules(checks):
                                    "message": "3 of 10 encoder params got no gradient"}
     # Checks that could not run for a missing artifact or flag leave the verdict "no evidence".
     assert (h3["verdict"], h3["passed"], h3["skipped"], h3["not_run"]) == ("no evidence", 1, 0, 2)
-    assert h3["reason"] == ("2 checks not run: no model config: pass --model-config PATH (1); "
-                            "slow test: pass --runslow to run it (1)")
+    assert h3["reason"] == ("2 checks not run: no model config: pass --etrm-model-config PATH (1); "
+                            "slow check: pass --etrm-runslow to run it (1)")
     assert h4["verdict"] == "inconclusive"
     assert h4["reason"] == "1 inconclusive: config_audit: L_cycles unverified: no all_config.yaml"
     # A control whose check did not fail makes a passing check worthless, but is no evidence.
@@ -142,7 +143,7 @@ def test_verdict_rows_follow_the_rules(checks):
         "    first failing check: grad_flow (test_checks.py::test_grad_flow): 3 of 10 encoder params got no gradient",
         "    first error (not evidence): test_checks.py::test_grad_norm_assert: AssertionError: pre-clip norm is zero",
         "hypothesis3 * no evidence *",
-        "    also: 2 checks not run: no model config: pass --model-config PATH (1); slow test: *",
+        "    also: 2 checks not run: no model config: pass --etrm-model-config PATH (1); slow check: *",
         "hypothesis6 * error *",
         "experiment1 * C: encoder trains but useless * 1 * 0 * 0 * 0 * 0 * 0/0  Experiment 1*",
     ])
@@ -150,8 +151,8 @@ def test_verdict_rows_follow_the_rules(checks):
 
 def test_verdict_is_the_same_under_xdist(checks):
     """The only subprocess run: results must reach the controller through the reports."""
-    checks.runpytest_inprocess("-p", "no:cacheprovider", "--verdict-json", "serial.json")
-    result = checks.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--verdict-json", "xdist.json")
+    checks.runpytest_inprocess("-p", "no:cacheprovider", "--etrm-verdict-json", "serial.json")
+    result = checks.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--etrm-verdict-json", "xdist.json")
     result.assert_outcomes(passed=9, failed=3, skipped=3, errors=1)
     assert "2 workers" in result.stdout.str()
     serial, xdist = (json.loads((checks.path / name).read_text()) for name in ("serial.json", "xdist.json"))
@@ -163,7 +164,7 @@ def test_verdict_is_the_same_under_xdist(checks):
 
 def test_no_table_without_hypothesis_tests(pytester):
     pytester.makepyfile("def test_plain():\n    pass\n")
-    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--verdict-json", "v.json")
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--etrm-verdict-json", "v.json")
     result.assert_outcomes(passed=1)
     assert "etrm verdict" not in result.stdout.str()
     assert json.loads((pytester.path / "v.json").read_text())["rows"] == []
@@ -192,63 +193,45 @@ def test_artifact_options_resolve_against_the_invocation_dir(pytester):
             assert artifacts.source("model_config") == "user"
             assert artifacts.device == "cpu"
     ''')
-    pytester.runpytest_inprocess("-p", "no:cacheprovider", "--model-config", "cfg.yaml").assert_outcomes(passed=1)
-    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--trm-checkpoint", "nope/step_1")
+    pytester.runpytest_inprocess("-p", "no:cacheprovider", "--etrm-model-config", "cfg.yaml").assert_outcomes(passed=1)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--etrm-trm-checkpoint", "nope/step_1")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["ERROR: --trm-checkpoint */nope/step_1: TRM checkpoint file not found"])
+    result.stderr.fnmatch_lines(["ERROR: --etrm-trm-checkpoint */nope/step_1: TRM checkpoint file not found"])
 
 
 def test_device_cuda_without_cuda_is_a_usage_error(pytester):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     pytester.makepyfile("def test_x():\n    pass\n")
-    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--device", "cuda")
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--etrm-device", "cuda")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["ERROR: --device cuda: CUDA is not available on this machine"])
-
-
-def test_slow_and_benchmark_tests_need_their_flags(pytester):
-    pytester.makepyfile('''
-        import pytest
-
-        @pytest.mark.slow
-        def test_slow():
-            pass
-
-        @pytest.mark.benchmark
-        def test_bench():
-            pass
-    ''')
-    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-rs")
-    result.assert_outcomes(skipped=2)
-    result.stdout.fnmatch_lines(["*slow test: pass --runslow to run it*", "*benchmark: pass --runbenchmark*"])
-    pytester.runpytest_inprocess("-p", "no:cacheprovider", "--runslow", "--runbenchmark").assert_outcomes(passed=2)
+    result.stderr.fnmatch_lines(["ERROR: --etrm-device cuda: CUDA is not available on this machine"])
 
 
 def test_golden_fixture_fails_until_updated_then_catches_changes(pytester):
-    pytester.makeconftest('''
+    # The fixture and --update-golden belong to the repository's root conftest.
+    pytester.makeconftest(ROOT_CONFTEST.read_text())
+    test = '''
+        import numpy as np
         import pytest
 
         @pytest.fixture
         def golden_dir(pytestconfig):
             return pytestconfig.rootpath / "golden"
-    ''')
-    test = '''
-        import numpy as np
 
         def test_step(golden):
             golden.check("tiny_step", {{"step1/logits": np.array([1.0, 2.0, 3.0], dtype=np.float32) * {scale}}})
     '''
     pytester.makepyfile(test_golden_use=test.format(scale=1))
-    missing = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    missing = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-n", "0")
     missing.assert_outcomes(failed=1)
     missing.stdout.fnmatch_lines(["*golden record 'tiny_step' is missing*run `pytest --update-golden`*"])
-    pytester.runpytest_inprocess("-p", "no:cacheprovider", "--update-golden").assert_outcomes(passed=1)
+    pytester.runpytest_inprocess("-p", "no:cacheprovider", "-n", "0", "--update-golden").assert_outcomes(passed=1)
     assert sorted(p.name for p in (pytester.path / "golden").iterdir()) == ["tiny_step.json", "tiny_step.npz"]
-    pytester.runpytest_inprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+    pytester.runpytest_inprocess("-p", "no:cacheprovider", "-n", "0").assert_outcomes(passed=1)
 
     pytester.makepyfile(test_golden_use=test.format(scale=2))
-    changed = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    changed = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-n", "0")
     changed.assert_outcomes(failed=1)
     changed.stdout.fnmatch_lines(["*golden record 'tiny_step' changed: 1 of 1 tensors moved*",
                                   "*step1/logits: 3 of 3 values moved, max abs diff 3 at index (2,)*"])

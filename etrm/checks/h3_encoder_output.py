@@ -60,7 +60,7 @@ def check_context_scale(head: nn.Module, batch: dict[str, torch.Tensor], referen
     if reference_rms is None or reference_rms <= 0:
         return CheckResult.inconclusive(H, "context_scale",
                                         f"context token RMS {rms:.3g}; no trained puzzle embedding to compare with "
-                                        "(pass --trm-checkpoint)", {"context_rms": rms})
+                                        "(give a TRM checkpoint)", {"context_rms": rms})
     ratio = rms / reference_rms
     return CheckResult.from_condition(
         H, "context_scale", 1 / SCALE_TOLERANCE <= ratio <= SCALE_TOLERANCE,

@@ -43,7 +43,7 @@ def fewshot_batch(data_dir: Path, config: ModelConfig, batch_size: int = 4, spli
 
 def load_checkpoint_model(path: Path, artifacts) -> LossHead:
     """A model rebuilt from a checkpoint of ours or of the official/origin trainers, on the
-    artifacts' device; its config from `--model-config` if given, else saved beside it."""
+    artifacts' device; its config from `--etrm-model-config` if given, else saved beside it."""
     import pytest
 
     from etrm.checkpoints import find_saved_config, load_model

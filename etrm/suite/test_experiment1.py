@@ -49,7 +49,7 @@ def test_control_log_without_evaluations_cannot_decide(expect_check_fails):
     expect_check_fails(e1.decide_scenario(history(evals=())), expected="inconclusive")
 
 
-@pytest.mark.slow
+@pytest.mark.etrm_slow
 def test_live_frozen_decoder_run_decides_a_scenario(artifacts, tmp_path, record_check):
     """The experiment itself: load the TRM decoder, freeze it, train the encoder, decide."""
     trm, data = artifacts.require_matching("trm_checkpoint", "data_dir")

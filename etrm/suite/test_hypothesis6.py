@@ -14,7 +14,7 @@ pytestmark = pytest.mark.hypothesis6
 
 @pytest.fixture(scope="module")
 def evaluation_set(artifacts):
-    """The test split of the user's built dataset when given (--data), else the 400 real
+    """The test split of the user's built dataset when given (--etrm-data), else the 400 real
     ARC-AGI-1 evaluation tasks with one augmentation each."""
     if artifacts.source("data_dir") == "user":
         return h6.dataset_evaluation_set(artifacts.require("data_dir"))

