@@ -116,11 +116,15 @@ def test_unknown_or_unsupported_keys_are_errors_naming_file_and_key(tmp_path, mu
     assert str(path) in str(err.value)
 
 
-def test_unknown_encoder_type_is_an_error(tmp_path):
+def test_origin_encoder_etrm_lacks_still_reads_its_decoder_and_recipe(tmp_path):
+    """F2's hybrid_variational: the decoder settings and training recipe still audit (H1, H4),
+    but no etrm model can be built from it (load_model says to use --model-code)."""
     doc = origin_etrm_all_config()
     doc["arch"]["encoder_type"] = "hybrid_variational"
-    with pytest.raises(ConfigError, match="hybrid_variational"):
-        import_training_config(write(tmp_path, doc))
+    imported = import_training_config(write(tmp_path, doc))
+    assert imported.foreign_encoder == "hybrid_variational"
+    assert imported.ignored["arch.encoder_type"] == "hybrid_variational"
+    assert imported.model_config.L_cycles == doc["arch"]["L_cycles"]
 
 
 def test_model_type_override_reads_a_renamed_class(tmp_path):
