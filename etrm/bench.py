@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from etrm.cli import UsageError
 from etrm.config import ModelConfig, tiny_config
 from etrm.layers import CastedLinear, onednn_linear_available, use_onednn_linear
 from etrm.models import LossHead, build_model
@@ -265,15 +265,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _recursion_command(args: argparse.Namespace) -> int:
     if args.repeat < 1 or (args.threads is not None and args.threads < 1):
-        print("etrm bench recursion: error: --repeat and --threads must be at least 1", file=sys.stderr)
-        return 2
+        raise UsageError("--repeat and --threads must be at least 1")
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("etrm bench recursion: error: --device cuda but CUDA is not available on this machine", file=sys.stderr)
-        return 2
+        raise UsageError("--device cuda but CUDA is not available on this machine")
     if args.onednn and not onednn_linear_available():
-        print("etrm bench recursion: error: --onednn but oneDNN's linear kernel is not in this torch build",
-              file=sys.stderr)
-        return 2
+        raise UsageError("--onednn but oneDNN's linear kernel is not in this torch build")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     previous = use_onednn_linear(CastedLinear.onednn if args.onednn is None else args.onednn)

@@ -22,7 +22,6 @@ import json
 import math
 import os
 import pickle
-import sys
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -804,7 +803,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "NaN/Inf, 2 when the file cannot be read.")
     inspect.add_argument("checkpoint", type=Path, help="checkpoint file (e.g. step_518071)")
     inspect.add_argument("--stats-all", action="store_true", help="also read puzzle_emb.* tables for statistics")
-    inspect.set_defaults(func=_inspect_command)
+    inspect.set_defaults(func=_inspect_command, error_status=2)  # 1 is a finding (NaN/Inf)
 
     verify = subparsers.add_parser(
         "verify-decoder", help="compare the decoder tensors of a TRM and an ETRM checkpoint",
@@ -812,25 +811,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "Exit status: 0 when every decoder parameter is equal, 1 when any differs, 2 on a read error.")
     verify.add_argument("--trm", required=True, type=Path, metavar="P", help="TRM checkpoint (the pretrained decoder)")
     verify.add_argument("--etrm", required=True, type=Path, metavar="P", help="ETRM checkpoint")
-    verify.set_defaults(func=_verify_command)
+    verify.set_defaults(func=_verify_command, error_status=2)  # 1 is a finding (a decoder differs)
 
 
 def _inspect_command(args: argparse.Namespace) -> int:
-    try:
-        result = inspect_checkpoint(args.checkpoint, stats_all=args.stats_all)
-    except (CheckpointError, ConfigError) as err:
-        print(f"etrm inspect: error: {err}", file=sys.stderr)
-        return 2
+    result = inspect_checkpoint(args.checkpoint, stats_all=args.stats_all)  # errors: etrm.cli.main
     print(result.summary())
     return 1 if result.nonfinite_keys else 0
 
 
 def _verify_command(args: argparse.Namespace) -> int:
-    try:
-        result = compare_decoders(args.trm, args.etrm)
-    except (CheckpointError, ConfigError) as err:
-        print(f"etrm verify-decoder: error: {err}", file=sys.stderr)
-        return 2
+    result = compare_decoders(args.trm, args.etrm)  # errors: etrm.cli.main
     print(result.summary())
     return 0 if result.all_params_equal else 1
 

@@ -1,9 +1,19 @@
 """The `etrm` command. Each subcommand lives beside the code it drives and
-exposes `add_parser(subparsers)`, which registers it with a `func` default."""
+exposes `add_parser(subparsers)`, which registers it with a `func` default.
+
+Errors: a bad input of any command ends in one line on stderr,
+`etrm <command>: error: <message>`, with no traceback (`ETRM_DEBUG=1` shows it).
+Exit status 2 for usage (argparse's own, a `UsageError`, or a path that cannot be
+used: a missing file, an occupied output folder), 1 for content (a file that exists
+but is wrong: every etrm error type is a `ValueError`). A command whose status 1
+means a finding (`inspect`: NaN/Inf; `verify-decoder`: the decoders differ) sets
+`error_status=2` so the two cannot be confused.
+"""
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Modules providing subcommands, in the order `etrm --help` lists them.
@@ -15,6 +25,12 @@ COMMAND_MODULES = [
     "etrm.checkpoints",
     "etrm.bench",
 ]
+DEBUG_ENV = "ETRM_DEBUG"
+USAGE_STATUS, CONTENT_STATUS = 2, 1
+
+
+class UsageError(ValueError):
+    """The command line asks for something that cannot be done (exit status 2)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_parser(subparsers)
+    _name_commands(parser)
     return parser
+
+
+def _name_commands(parser: argparse.ArgumentParser) -> None:
+    # Each (sub)command records its own name ("etrm bench recursion") for its error line;
+    # the innermost subparser's default wins.
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub.set_defaults(command_prog=sub.prog)
+                _name_commands(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,8 +58,22 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, OSError) as err:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        lines = str(err).strip().splitlines() or [type(err).__name__]
+        # etrm's messages are one line; a third-party text inside one (torch's) may not be.
+        more = f" (more with {DEBUG_ENV}=1)" if len(lines) > 1 else ""
+        print(f"{args.command_prog}: error: {lines[0]}{more}", file=sys.stderr)
+        if isinstance(err, (UsageError, OSError)):
+            return USAGE_STATUS
+        return getattr(args, "error_status", CONTENT_STATUS)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m etrm.cli`: run the importable module, whose UsageError the commands raise.
+    from etrm.cli import main as _main
+
+    sys.exit(_main())

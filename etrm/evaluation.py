@@ -29,7 +29,6 @@ import argparse
 import hashlib
 import json
 import math
-import sys
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -493,10 +492,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _score_command(args: argparse.Namespace) -> int:
-    try:
-        result = score_prediction_files(args.predictions, args.data, save_dir=args.save_dir, pass_ks=args.pass_ks)
-    except (EvaluationError, ValueError) as err:
-        print(f"etrm score: error: {err}", file=sys.stderr)
-        return 1
+    # A bad dump or dataset raises; etrm.cli.main prints it as one line.
+    result = score_prediction_files(args.predictions, args.data, save_dir=args.save_dir, pass_ks=args.pass_ks)
     print(result.summary())
     return 0

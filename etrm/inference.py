@@ -91,24 +91,21 @@ def add_parser(subparsers) -> None:
 
 
 def _evaluate_command(args) -> int:
-    from etrm.checkpoints import CheckpointError, load_model
+    from etrm.checkpoints import load_model
     from etrm.data.datasets import DatasetFormatError, FewShotPuzzleDataset, PuzzleDataset
-    from etrm.evaluation import ArcEvaluator, EvaluationError
+    from etrm.evaluation import ArcEvaluator
 
-    try:
-        head = load_model(args.checkpoint).to(args.device)
-        config = head.config
-        options = dict(test_mode=True, max_groups=args.max_eval_groups)
-        dataset = (FewShotPuzzleDataset(args.data, "test", args.batch_size, max_demos=config.max_demos, **options)
-                   if config.uses_encoder else PuzzleDataset(args.data, "test", args.batch_size, **options))
-        if dataset.metadata.seq_len != config.seq_len:
-            raise DatasetFormatError(f"{args.data}: seq_len {dataset.metadata.seq_len}, but the checkpoint's model "
-                                     f"expects {config.seq_len}")
-        result = evaluate(head, _to_device(dataset, args.device), ArcEvaluator.from_data_dir(args.data),
-                          save_dir=args.save_dir)
-    except (CheckpointError, DatasetFormatError, EvaluationError, FileNotFoundError, ValueError) as err:
-        print(f"etrm evaluate: error: {err}")
-        return 1
+    # A bad checkpoint or dataset raises; etrm.cli.main prints it as one line.
+    head = load_model(args.checkpoint).to(args.device)
+    config = head.config
+    options = dict(test_mode=True, max_groups=args.max_eval_groups)
+    dataset = (FewShotPuzzleDataset(args.data, "test", args.batch_size, max_demos=config.max_demos, **options)
+               if config.uses_encoder else PuzzleDataset(args.data, "test", args.batch_size, **options))
+    if dataset.metadata.seq_len != config.seq_len:
+        raise DatasetFormatError(f"{args.data}: seq_len {dataset.metadata.seq_len}, but the checkpoint's model "
+                                 f"expects {config.seq_len}")
+    result = evaluate(head, _to_device(dataset, args.device), ArcEvaluator.from_data_dir(args.data),
+                      save_dir=args.save_dir)
     print(result.summary())
     return 0
 

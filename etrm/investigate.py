@@ -4,7 +4,8 @@ user's artifacts, print the verdict table and optionally write a report.
 It runs `pytest --pyargs etrm.suite` in isolation from any checkout's configuration
 (`-c` an empty config, the rootdir set to the installed package's parent), so it
 behaves the same from a wheel as from the repository. Exit status: pytest's, i.e. 0
-when no check failed and 1 when some did; "no tests selected" is an error (5).
+when no check failed and 1 when some did; a missing artifact or a `-m` that selects
+no check is a usage error (2), an unusable metrics log for the report 1.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ import pytest
 
 import etrm
 from etrm.checks.result import HYPOTHESES
-from etrm.testing.artifacts import CLI_PREFIX, OPTIONS, add_artifact_options, plugin_args
+from etrm.cli import UsageError
+from etrm.testing.artifacts import CLI_PREFIX, OPTIONS, Artifacts, add_artifact_options, plugin_args
 from etrm.testing.plugin import INVESTIGATE_FLAG
 
 DEFAULT_SELECTION = " or ".join(HYPOTHESES)
@@ -69,6 +71,9 @@ def _given(args: argparse.Namespace) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    # The plugin resolves them again inside pytest; here a mistyped path is one error line
+    # of this command (etrm.cli.main) before any check runs.
+    artifacts = Artifacts.resolve(_given(args), device=args.etrm_device, prefix=CLI_PREFIX)
     with tempfile.TemporaryDirectory(prefix="etrm-investigate-") as tmp:
         # The report needs the verdict: ask pytest for the JSON even when the user did not.
         verdict_json = args.etrm_verdict_json or (str(Path(tmp) / "verdict.json") if args.report else None)
@@ -76,30 +81,24 @@ def run(args: argparse.Namespace) -> int:
             verdict_json = str(Path(verdict_json).expanduser().resolve())
         status = int(pytest.main(pytest_args(args, verdict_json)))
         if status == pytest.ExitCode.NO_TESTS_COLLECTED:
-            print(f"etrm investigate: no checks selected by -m {args.markexpr!r} in {args.suite}",
-                  file=sys.stderr)
-            return status
+            raise UsageError(f"no checks selected by -m {args.markexpr!r} in {args.suite}")
         if args.report and status in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
-            return _write_report(args, Path(verdict_json)) or status
+            _write_report(args, artifacts, Path(verdict_json))
     return status
 
 
-def _write_report(args: argparse.Namespace, verdict_json: Path) -> int:
+def _write_report(args: argparse.Namespace, artifacts: Artifacts, verdict_json: Path) -> None:
     from etrm.report import PLOTS_MISSING, ReportError, write_report
-    from etrm.testing.artifacts import Artifacts
     from etrm.testing.verdict import VerdictTable
 
     verdict = VerdictTable.from_dict(json.loads(verdict_json.read_text()))
-    artifacts = Artifacts.resolve(_given(args), device=args.etrm_device, prefix=CLI_PREFIX)
     used = {name: f"`{getattr(artifacts, name)}` ({artifacts.source(name)})"
             for name, (stem, *_) in OPTIONS.items() if stem is not None and getattr(artifacts, name) is not None}
     used["device"] = f"`{args.etrm_device}`"
     try:
         target = write_report(Path(args.report).expanduser().resolve(), verdict, artifacts.metrics_log, used)
-    except ReportError as err:
-        print(f"etrm investigate: report not written: {err}", file=sys.stderr)
-        return 1
+    except ReportError as err:  # the verdict above stands; etrm.cli.main prints this line
+        raise ReportError(f"report not written: {err}") from err
     if PLOTS_MISSING in target.read_text():
         print(f"etrm investigate: {PLOTS_MISSING}", file=sys.stderr)
     print(f"etrm investigate: report written to {target}")
-    return 0

@@ -26,4 +26,4 @@ def test_a_dataset_of_another_canvas_is_a_clear_error(tmp_path, capsys):
 
     other = build_dataset(tmp_path / "c12", mode="fewshot", canvas=12, task_ids=["00576224"], progress=False)
     assert main(["evaluate", "--checkpoint", str(ETRM), "--data", str(other)]) == 1
-    assert "seq_len 144, but the checkpoint's model expects 100" in capsys.readouterr().out
+    assert "seq_len 144, but the checkpoint's model expects 100" in capsys.readouterr().err

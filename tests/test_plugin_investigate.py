@@ -11,6 +11,7 @@ import pytest
 
 import etrm
 from etrm import investigate
+from etrm.cli import main
 
 SUITE_MODULE = '''
 import pytest
@@ -76,15 +77,21 @@ def test_pytest_args_isolate_the_run_and_forward_options(clean_env, monkeypatch)
     assert default[3] == " or ".join(f"hypothesis{i}" for i in range(1, 8)) + " or experiment1"
 
 
-def test_runs_a_check_package_and_writes_verdict_and_report(clean_env, tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def fake_suite(tmp_path, monkeypatch) -> str:
+    """An importable check package, named for `--suite`."""
     package = tmp_path / "pkgs" / "etrm_fake_suite"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
     (package / "test_fake.py").write_text(SUITE_MODULE)
     monkeypatch.syspath_prepend(str(package.parent))
+    return package.name
+
+
+def test_runs_a_check_package_and_writes_verdict_and_report(clean_env, fake_suite, capsys):
     (clean_env / "m.jsonl").write_text('{"step": 1, "train/lm_loss": 2.0}\n{"step": 2, "train/lm_loss": 1.0}\n')
 
-    status = investigate.run(_parse("--suite", "etrm_fake_suite", "--metrics-log", "m.jsonl",
+    status = investigate.run(_parse("--suite", fake_suite, "--metrics-log", "m.jsonl",
                                     "--verdict-json", "v.json", "--report", "rep"))
     out = capsys.readouterr().out
     assert status == pytest.ExitCode.TESTS_FAILED  # a check failed: evidence for H2
@@ -104,13 +111,21 @@ def test_runs_a_check_package_and_writes_verdict_and_report(clean_env, tmp_path,
     assert f"report written to {clean_env / 'rep' / 'report.md'}" in out
 
 
-def test_no_selected_checks_is_an_error_with_a_message(clean_env, capsys):
-    status = investigate.run(_parse("-m", "hypothesis1 and not hypothesis1"))
-    assert status == pytest.ExitCode.NO_TESTS_COLLECTED
-    assert "etrm investigate: no checks selected by -m 'hypothesis1 and not hypothesis1' in etrm.suite" \
-        in capsys.readouterr().err
+def test_no_selected_checks_is_a_usage_error(clean_env, capsys):
+    assert main(["investigate", "-m", "hypothesis1 and not hypothesis1"]) == 2
+    assert capsys.readouterr().err.endswith("etrm investigate: error: no checks selected by "
+                                            "-m 'hypothesis1 and not hypothesis1' in etrm.suite\n")
 
 
-def test_a_missing_artifact_is_a_usage_error(clean_env, capsys):
-    assert investigate.run(_parse("--data", "no_such_dir")) == pytest.ExitCode.USAGE_ERROR
-    assert "--data" in capsys.readouterr().err
+def test_a_missing_artifact_is_a_usage_error_naming_its_flag(clean_env, capsys):
+    assert main(["investigate", "--data", "no_such_dir"]) == 2
+    assert capsys.readouterr().err == "etrm investigate: error: --data no_such_dir: built dataset directory not found\n"
+
+
+def test_an_unusable_metrics_log_leaves_the_verdict_and_writes_no_report(clean_env, fake_suite, capsys):
+    (clean_env / "m.jsonl").write_text("")
+    assert main(["investigate", "--suite", fake_suite, "--metrics-log", "m.jsonl", "--report", "rep"]) == 1
+    captured = capsys.readouterr()
+    assert "etrm verdict" in captured.out and not (clean_env / "rep" / "report.md").exists()
+    assert captured.err.endswith(f"etrm investigate: error: report not written: {clean_env / 'm.jsonl'}: "
+                                 "metrics log has no lines\n")

