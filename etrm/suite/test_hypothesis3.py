@@ -41,12 +41,12 @@ def test_context_finite_even_without_demos(name, tiny_batch, record_check):
 
 @pytest.mark.parametrize("name", TINY_ENCODER_MODELS)
 def test_context_ignores_demo_order(name, tiny_batch, record_check):
-    record_check(h3.check_demo_order_invariance(tiny_model(name).model.encoder, tiny_batch))
+    record_check(h3.check_demo_order_invariance(tiny_model(name), tiny_batch))
 
 
 @pytest.mark.parametrize("name", TINY_ENCODER_MODELS)
 def test_context_ignores_padded_demo_slots(name, tiny_batch, record_check):
-    record_check(h3.check_padding_invariance(tiny_model(name).model.encoder, tiny_batch))
+    record_check(h3.check_padding_invariance(tiny_model(name), tiny_batch))
 
 
 def test_checkpoint_context_well_formed(checkpoint_case, record_check):
@@ -73,13 +73,13 @@ def test_control_nan_for_a_sample_without_demos_is_caught(tiny_batch, expect_che
 
 
 def test_control_order_sensitive_encoder_is_caught(tiny_batch, expect_check_fails):
-    encoder = broken.OrderSensitiveEncoder(tiny_model("etrm-standard").model.encoder)
-    expect_check_fails(h3.check_demo_order_invariance(encoder, tiny_batch))
+    head = broken.with_encoder(tiny_model("etrm-standard"), broken.OrderSensitiveEncoder)
+    expect_check_fails(h3.check_demo_order_invariance(head, tiny_batch))
 
 
 def test_control_encoder_reading_padded_slots_is_caught(tiny_batch, expect_check_fails):
-    encoder = broken.PaddingReadingEncoder(tiny_model("etrm-standard").model.encoder)
-    expect_check_fails(h3.check_padding_invariance(encoder, tiny_batch))
+    head = broken.with_encoder(tiny_model("etrm-standard"), broken.PaddingReadingEncoder)
+    expect_check_fails(h3.check_padding_invariance(head, tiny_batch))
 
 
 def test_control_context_far_off_the_prefix_scale_is_caught(tiny_batch, expect_check_fails):
