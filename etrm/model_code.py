@@ -25,7 +25,6 @@ origin ETRM trainer (pretrain_etrm.py `create_model_encoder`) build it, from the
 from __future__ import annotations
 
 import importlib
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,19 +58,12 @@ class ModelCode:
     checkpoint: Path | None = None
 
     @property
+    def seq_len(self) -> int:
+        return int(self.config["seq_len"])
+
+    @property
     def max_demos(self) -> int:
         return int(self.saved.get("max_demos", 10))  # the origin trainer's default
-
-    def decoder_frozen(self) -> bool | None:
-        """Whether the run kept the decoder frozen up to this checkpoint, by the origin
-        trainer's rule (frozen on step s iff 0 < s <= freeze_decoder_steps); None when the
-        config or the checkpoint's name (`step_<N>`) does not say."""
-        freeze = self.saved.get("freeze_decoder_steps")
-        match = re.fullmatch(r"step_(\d+)", self.checkpoint.name) if self.checkpoint else None
-        step = int(match.group(1)) if match else self.saved.get("total_steps")
-        if not isinstance(freeze, int) or not isinstance(step, int):
-            return None
-        return 0 < step <= freeze
 
 
 def build_model_code(root: str | Path, config_path: str | Path, data_dir: str | Path, *,
