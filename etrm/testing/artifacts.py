@@ -126,7 +126,7 @@ def plugin_args(values: Mapping[str, Any]) -> list[str]:
         if keywords.get("action") == "store_true":
             argv.append(flag(stem))
         else:
-            is_path = keywords.get("metavar") in ("PATH", "DIR")
+            is_path = keywords.get("metavar") in ("PATH", "DIR", "ROOT")
             argv += [flag(stem), str(Path(value).expanduser().resolve()) if is_path else str(value)]
     return argv
 
