@@ -31,13 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
+from etrm.config_import import CONFIG_FILE
 from etrm.interface import ENCODER_MODULE, TRMInterface, find_encoder
 
 WORLD_SIZE = 1  # the checks run in one process: the trainer's per-rank batch_size is the global one
 MODEL_PACKAGE = "models"
-CONFIG_FILE = "all_config.yaml"
 # The official and origin config classes' defaults for keys a saved config may lack.
 ARCH_DEFAULTS = {"puzzle_emb_len": 16, "forward_dtype": "bfloat16"}
 
@@ -137,14 +136,15 @@ def load_model_code(root: str | Path, checkpoint: str | Path, data_dir: str | Pa
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ModelCodeError(f"{path}: not found; the model is built from the all_config.yaml the trainer saves beside "
-                             "its checkpoints")
+    from etrm.config import ConfigError
+    from etrm.config_import import _read_yaml
+
     try:
-        saved = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ModelCodeError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(saved, dict) or not isinstance(saved.get("arch"), dict):
+        saved = _read_yaml(path)
+    except ConfigError as err:
+        raise ModelCodeError(f"{err} (the model is built from the all_config.yaml the trainer saves beside its "
+                             "checkpoints)") from None
+    if not isinstance(saved.get("arch"), dict):
         raise ModelCodeError(f"{path}: no 'arch' mapping (the model settings, arch.name and arch.loss)")
     return saved
 

@@ -82,7 +82,7 @@ def check_effective_learning_rates(trainer) -> CheckResult:
         {f"{p}_lr": v[0] for p, v in seen.items()} | {f"{p}_wd": v[1] for p, v in seen.items()})
 
 
-def check_halting_rate(model: nn.Module, batch: dict, samples: int = 256, seed: int = 0, tolerance: float = 0.1) -> CheckResult:
+def check_halting_rate(model, batch: dict, samples: int = 256, seed: int = 0, tolerance: float = 0.1) -> CheckResult:
     """With every sample wanting to halt (Q biased), the share halting at step 1 in training
     is 1 - halt_exploration_prob: the exploration veto works at the configured rate."""
     from etrm.interface import as_interface

@@ -114,20 +114,21 @@ class TRMEncoderInner(nn.Module):
         flag = reset_flag.view(-1, 1, 1)
         return TRMEncoderInnerCarry(z_H=torch.where(flag, self.H_init, carry.z_H), z_L=torch.where(flag, self.L_init, carry.z_L))
 
+    def _cycle(self, z_H, z_L, input_embeddings, seq_info):
+        for _ in range(self.config.L_cycles):
+            z_L = self.L_level(z_L, z_H + input_embeddings, **seq_info)
+        return self.L_level(z_H, z_L, **seq_info), z_L
+
     def forward(self, carry: TRMEncoderInnerCarry, batch: Dict[str, torch.Tensor], context: torch.Tensor
                 ) -> Tuple[TRMEncoderInnerCarry, torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         seq_info = dict(cos_sin=self.rotary_emb())
         embedding = torch.cat((context, self.embed_tokens(batch["inputs"].to(torch.int32))), dim=-2)
         input_embeddings = self.embed_scale * embedding
         z_H, z_L = carry.z_H, carry.z_L
-        with torch.no_grad():
+        with torch.no_grad():  # H_cycles - 1 cycles without gradient, the last one with
             for _ in range(self.config.H_cycles - 1):
-                for _ in range(self.config.L_cycles):
-                    z_L = self.L_level(z_L, z_H + input_embeddings, **seq_info)
-                z_H = self.L_level(z_H, z_L, **seq_info)
-        for _ in range(self.config.L_cycles):
-            z_L = self.L_level(z_L, z_H + input_embeddings, **seq_info)
-        z_H = self.L_level(z_H, z_L, **seq_info)
+                z_H, z_L = self._cycle(z_H, z_L, input_embeddings, seq_info)
+        z_H, z_L = self._cycle(z_H, z_L, input_embeddings, seq_info)
         q_logits = self.q_head(z_H[:, 0]).to(torch.float32)
         new_carry = TRMEncoderInnerCarry(z_H=z_H.detach(), z_L=z_L.detach())
         return new_carry, self.lm_head(z_H)[:, self.puzzle_emb_len:], (q_logits[..., 0], q_logits[..., 1])
