@@ -72,7 +72,8 @@ def build_model_code(root: str | Path, config_path: str | Path, data_dir: str | 
 
     root, config_path = Path(root).resolve(), Path(config_path)
     if not (root / MODEL_PACKAGE).is_dir():
-        raise ModelCodeError(f"--model-code {root}: no {MODEL_PACKAGE}/ folder there (give the repository root that holds it)")
+        raise ModelCodeError(f"model code root {root}: no {MODEL_PACKAGE}/ folder there (give the repository root that "
+                             "holds it)")
     saved = _read_config(config_path)
     arch = dict(saved["arch"])
     arch_name, loss = arch.pop("name", None), arch.pop("loss", None)

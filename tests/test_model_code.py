@@ -113,7 +113,7 @@ def test_an_unresolvable_model_class_is_an_error_naming_it(arch_name, error, tmp
 
 
 def test_unusable_roots_and_configs_are_errors_naming_them(tmp_path):
-    with pytest.raises(ModelCodeError, match=f"--model-code {tmp_path}: no models/ folder"):
+    with pytest.raises(ModelCodeError, match=f"model code root {tmp_path}: no models/ folder"):
         build_model_code(tmp_path, BASE_CONFIG, DATA)
     with pytest.raises(ModelCodeError, match="all_config.yaml: training config not found"):
         build_model_code(FOREIGN, tmp_path / "all_config.yaml", DATA)

@@ -56,7 +56,7 @@ def load_checkpoint_model(path: Path, artifacts) -> LossHead:
     saved = find_saved_config(path)
     if saved is not None and saved.foreign_encoder is not None and artifacts.model_config is None:
         pytest.skip(f"{NOT_RUN}{path}: encoder_type {saved.foreign_encoder!r} has no etrm implementation; "
-                    "pass --model-code ROOT to run the origin's own code")
+                    f"pass {artifacts.flag('model_code')} ROOT to run the origin's own code")
     config = None if artifacts.model_config is None else ModelConfig.load(artifacts.model_config)
     return load_model(path, config).to(artifacts.device)
 
