@@ -35,6 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_artifact_options(p.add_argument, CLI_PREFIX)
     p.add_argument("-m", dest="markexpr", metavar="EXPR", default=DEFAULT_SELECTION,
                    help="pytest marker expression (default: every hypothesis and experiment1)")
+    p.add_argument("-k", dest="keyword", metavar="EXPR", help="pytest -k expression on test names, e.g. checkpoint")
     p.add_argument("--report", metavar="DIR", help="write DIR/report.md with the verdict and metric plots")
     p.add_argument("-n", dest="workers", metavar="N", help="pytest-xdist workers (needs the 'test' extra)")
     p.add_argument("--suite", default=SUITE, metavar="PACKAGE",
@@ -57,6 +58,8 @@ def pytest_args(args: argparse.Namespace, verdict_json: str | None) -> list[str]
             # torch's own warning when torch.compile is imported (used for key layouts only).
             "-W", "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"]
     argv += plugin_args({**vars(args), "etrm_verdict_json": verdict_json})
+    if args.keyword:
+        argv += ["-k", args.keyword]
     autoload_off = bool(os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"))
     if autoload_off:  # else the pytest11 entry point loads it; loading it twice is an error
         argv += ["-p", "etrm.testing.plugin"]

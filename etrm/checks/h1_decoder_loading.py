@@ -148,6 +148,24 @@ def step_from_name(path: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def decoder_frozen_in_run(etrm_path: Path) -> bool | None:
+    """Whether the run kept its decoder frozen up to this checkpoint, read from the raw
+    all_config.yaml beside it (so a config of a model etrm does not implement serves too),
+    by the trainers' rule, the step from the file name or else `total_steps`; None when
+    the config does not say."""
+    import yaml
+
+    from etrm.config_import import CONFIG_FILE
+
+    path = Path(etrm_path).parent / CONFIG_FILE
+    saved = yaml.safe_load(path.read_text()) if path.is_file() else None
+    saved = saved if isinstance(saved, dict) else {}
+    freeze, steps = saved.get("freeze_decoder_steps"), step_from_name(etrm_path) or saved.get("total_steps")
+    if not isinstance(freeze, int) or not isinstance(steps, int):
+        return None
+    return freeze > 0 and steps <= freeze
+
+
 def check_frozen_decoder_unchanged(head: nn.Module, batches: Iterable[dict], steps: int = 3,
                                    trainer_class: type | None = None) -> CheckResult:
     """Train `steps` steps with the decoder frozen (weight decay on): every decoder tensor
@@ -192,3 +210,39 @@ def check_log_records_decoder_load(metrics: list[dict]) -> CheckResult:
         f"(sha256 {str(load.get('pretrained_decoder/sha256', '?'))[:12]}) at step "
         f"{load['step']} (first training step {first_train}); config {load.get('pretrained_decoder/config')}",
         {"params_loaded": load["pretrained_decoder/params_loaded"], "load_step": load["step"]})
+
+
+def check_model_decoder_matches_trm(model, trm_path: Path, frozen: bool | None) -> CheckResult:
+    """The decoder a model holds (any model behind `etrm.interface`, loaded from its ETRM
+    checkpoint) vs the TRM checkpoint it started from, bitwise, parameters and buffers apart.
+    Every decoder tensor must exist in the TRM checkpoint with its shape (else the pretrained
+    decoder cannot have loaded); all must be equal if the run kept the decoder `frozen`;
+    drift is expected when it did not; `frozen` None (unknown) is inconclusive."""
+    from etrm.checkpoints import normalize_key, read_state_dict
+    from etrm.interface import as_interface
+
+    model = as_interface(model)
+    trm = {normalize_key(k): v for k, v in read_state_dict(trm_path).items()}
+    params, buffers = model.decoder_tensors()
+    absent = [n for n, t in {**params, **buffers}.items() if n not in trm or trm[n].shape != t.shape]
+    differ = lambda part: [n for n, t in part.items() if n not in absent and not torch.equal(trm[n].to(t), t.detach())]  # noqa: E731
+    bad_params, bad_buffers = differ(params), differ(buffers)
+    unused = len(set(trm) - set(params) - set(buffers))
+    numbers = {"params": len(params), "params_equal": len(params) - len(bad_params) - len(set(absent) & set(params)),
+               "buffers": len(buffers), "buffers_equal": len(buffers) - len(bad_buffers) - len(set(absent) & set(buffers)),
+               "absent_or_reshaped": len(absent), "trm_tensors_unused": unused}
+    counts = (f"{model.name}: {numbers['params_equal']}/{len(params)} decoder parameters and {numbers['buffers_equal']}/"
+              f"{len(buffers)} buffers ({', '.join(k.rsplit('.', 1)[-1] for k in buffers)}) equal {Path(trm_path).name} "
+              f"bitwise; {unused} TRM tensors not in this decoder (puzzle embedding)")
+    if absent:
+        return CheckResult.fail(H, "model_decoder_matches_trm", f"{counts}; missing from the TRM checkpoint or shaped "
+                                f"differently: {absent[:4]}: the pretrained decoder cannot have loaded into them", numbers)
+    if frozen is None:
+        return CheckResult.inconclusive(H, "model_decoder_matches_trm", f"{counts}; the run's all_config.yaml does not say "
+                                        "whether the decoder was frozen (freeze_decoder_steps, step)", numbers)
+    if frozen:
+        return CheckResult.from_condition(H, "model_decoder_matches_trm", not bad_params and not bad_buffers,
+                                          f"{counts}; the run kept the decoder frozen, so all must be equal"
+                                          + (f"; differing: {(bad_params + bad_buffers)[:4]}" if bad_params or bad_buffers else ""),
+                                          numbers)
+    return CheckResult.ok(H, "model_decoder_matches_trm", f"{counts}; expected: the run trained its decoder", numbers)

@@ -8,17 +8,20 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
-from etrm.checks.probes import act_step_losses, encoder_of, eval_mode
+from etrm.checks.probes import act_step_losses, episode_loss
 from etrm.checks.result import CheckResult
+from etrm.interface import TRMInterface, as_interface
 
 H = "hypothesis2"
 
 
-def check_encoder_requires_grad(head: nn.Module) -> CheckResult:
+def check_encoder_requires_grad(model: TRMInterface) -> CheckResult:
     """Every encoder parameter is trainable (not frozen by accident)."""
-    params = list(encoder_of(head).named_parameters())
+    model = as_interface(model)
+    if why := model.missing("encoder"):
+        return CheckResult.inconclusive(H, "encoder_requires_grad", why)
+    params = model.encoder_parameters()
     frozen = [n for n, p in params if not p.requires_grad]
     return CheckResult.from_condition(
         H, "encoder_requires_grad", not frozen,
@@ -27,17 +30,20 @@ def check_encoder_requires_grad(head: nn.Module) -> CheckResult:
         {"encoder_params": len(params), "frozen": len(frozen)})
 
 
-def check_encoder_gradient_every_step(head: nn.Module, batch: dict[str, torch.Tensor], steps: int = 3) -> CheckResult:
+def check_encoder_gradient_every_step(model: TRMInterface, batch: dict[str, torch.Tensor], steps: int = 3) -> CheckResult:
     """Each ACT step's loss gives every encoder parameter a non-zero, finite gradient,
     including steps on which no sample was reset (where a carried or cached context
     would starve the encoder)."""
-    encoder = encoder_of(head)
-    steps = min(steps, head.config.halt_max_steps)
-    named = [(n, p) for n, p in encoder.named_parameters() if p.requires_grad]
+    model = as_interface(model)
+    if why := model.missing("encoder"):
+        return CheckResult.inconclusive(H, "encoder_gradient_every_step", why)
+    steps = min(steps, model.halt_max_steps)
+    named = [(n, p) for n, p in model.encoder_parameters() if p.requires_grad]
     starved: dict[int, list[str]] = {}
     min_norm = math.inf
-    for step, (loss, _) in enumerate(act_step_losses(head, batch, steps), start=1):
-        grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+    for step, loss in enumerate(act_step_losses(model, batch, steps), start=1):
+        # The graph is kept: a model whose steps share one (an undetached carry) must not crash the check.
+        grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True, retain_graph=True) if named else []
         bad = [n for (n, _), g in zip(named, grads) if g is None or not torch.isfinite(g).all() or not g.abs().sum() > 0]
         if bad:
             starved[step] = bad
@@ -56,36 +62,31 @@ def check_encoder_gradient_every_step(head: nn.Module, batch: dict[str, torch.Te
                                        "min_param_grad_norm": min_norm if not starved else 0.0})
 
 
-def check_loss_responds_to_encoder(head: nn.Module, batch: dict[str, torch.Tensor], scale: float = 0.05,
+def check_loss_responds_to_encoder(model: TRMInterface, batch: dict[str, torch.Tensor], scale: float = 0.05,
                                    seed: int = 0) -> CheckResult:
     """Perturbing the encoder's weights changes the loss: the decoder reads the context."""
-    encoder = encoder_of(head)
+    model = as_interface(model)
+    if why := model.missing("encoder"):
+        return CheckResult.inconclusive(H, "loss_responds_to_encoder", why)
+    params = [p for _, p in model.encoder_parameters()]
     gen = torch.Generator().manual_seed(seed)
-    with eval_mode(head), torch.no_grad():
-        before = _episode_loss(head, batch)
-        saved = {n: p.detach().clone() for n, p in encoder.named_parameters()}
-        try:
-            for p in encoder.parameters():
+    before = episode_loss(model, batch)
+    saved = [p.detach().clone() for p in params]
+    try:
+        with torch.no_grad():
+            for p in params:
                 rms = p.float().square().mean().sqrt().item() or 1.0
                 p.add_(torch.randn(p.shape, generator=gen).to(p) * scale * rms)
-            after = _episode_loss(head, batch)
-        finally:
-            for n, p in encoder.named_parameters():
-                p.copy_(saved[n])
+        after = episode_loss(model, batch)
+    finally:
+        with torch.no_grad():
+            for p, value in zip(params, saved):
+                p.copy_(value)
     change = abs(after - before) / max(abs(before), 1e-12)
     return CheckResult.from_condition(
         H, "loss_responds_to_encoder", change > 1e-6,
         f"perturbing encoder weights by {scale:.0%} of their RMS changed the loss by {change:.2e} (relative)",
         {"loss_before": before, "loss_after": after, "relative_change": change})
-
-
-def _episode_loss(head: nn.Module, batch: dict[str, torch.Tensor]) -> float:
-    carry = head.initial_carry(batch)
-    total = 0.0
-    for _ in range(head.config.halt_max_steps):
-        carry, loss, *_ = head(carry, batch)
-        total += loss.item()
-    return total
 
 
 def check_preclip_norms_logged(metrics: list[dict]) -> CheckResult:

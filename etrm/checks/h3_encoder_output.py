@@ -8,10 +8,10 @@ valid demos (not their order, not what fills padded slots).
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from etrm.checks.probes import context_of, eval_mode
+from etrm.checks.probes import with_demos
 from etrm.checks.result import CheckResult
+from etrm.interface import TRMInterface, as_interface
 
 H = "hypothesis3"
 # The context may differ from the prefix the decoder was trained with by this factor in
@@ -19,23 +19,27 @@ H = "hypothesis3"
 SCALE_TOLERANCE = 4.0
 
 
-def check_context_shape_and_dtype(head: nn.Module, batch: dict[str, torch.Tensor]) -> CheckResult:
-    cfg = head.config
-    ctx = context_of(head, batch)
-    expected = (batch["inputs"].shape[0], cfg.puzzle_emb_len, cfg.hidden_size)
-    ok = tuple(ctx.shape) == expected and ctx.dtype == getattr(torch, cfg.forward_dtype)
+def check_context_shape_and_dtype(model: TRMInterface, batch: dict[str, torch.Tensor]) -> CheckResult:
+    model = as_interface(model)
+    if why := model.missing("encoder", "context_shape"):
+        return CheckResult.inconclusive(H, "context_shape_dtype", why)
+    ctx = model.first_context(batch)
+    expected = (batch["inputs"].shape[0], model.puzzle_emb_len, model.hidden_size)
+    ok = tuple(ctx.shape) == expected and ctx.dtype == getattr(torch, model.forward_dtype)
     return CheckResult.from_condition(
         H, "context_shape_dtype", ok,
         f"context {tuple(ctx.shape)} {str(ctx.dtype).removeprefix('torch.')}, decoder prefix expects "
-        f"{expected} {cfg.forward_dtype}", {"tokens": ctx.shape[1], "width": ctx.shape[-1]})
+        f"{expected} {model.forward_dtype}", {"tokens": ctx.shape[1], "width": ctx.shape[-1]})
 
 
-def check_context_finite(head: nn.Module, batch: dict[str, torch.Tensor]) -> CheckResult:
+def check_context_finite(model: TRMInterface, batch: dict[str, torch.Tensor]) -> CheckResult:
     """Finite for every sample, including one whose demo slots are all padding."""
-    probe = dict(batch)
-    probe["demo_mask"] = batch["demo_mask"].clone()
-    probe["demo_mask"][0] = False  # the origin encoder returned NaN here
-    ctx = context_of(head, probe).float()
+    model = as_interface(model)
+    if why := model.missing("encoder"):
+        return CheckResult.inconclusive(H, "context_finite", why)
+    mask = batch["demo_mask"].clone()
+    mask[0] = False  # the origin encoder returned NaN here
+    ctx = model.first_context(with_demos(batch, batch["demo_inputs"], batch["demo_labels"], mask)).float()
     bad = (~torch.isfinite(ctx)).flatten(1).any(1)
     return CheckResult.from_condition(
         H, "context_finite", not bad.any(),
@@ -52,10 +56,13 @@ def prefix_rms(puzzle_emb_weights: torch.Tensor, hidden_size: int, ids: torch.Te
     return float(used.mean()) if used.numel() else 0.0
 
 
-def check_context_scale(head: nn.Module, batch: dict[str, torch.Tensor], reference_rms: float | None) -> CheckResult:
+def check_context_scale(model: TRMInterface, batch: dict[str, torch.Tensor], reference_rms: float | None) -> CheckResult:
     """Per-token RMS of the context vs the RMS of the puzzle-embedding prefix the decoder
     was trained with (from the TRM checkpoint). Without a reference: inconclusive."""
-    ctx = context_of(head, batch).float()
+    model = as_interface(model)
+    if why := model.missing("encoder"):
+        return CheckResult.inconclusive(H, "context_scale", why)
+    ctx = model.first_context(batch).float()
     rms = float(ctx.square().mean(-1).sqrt().mean())
     if reference_rms is None or reference_rms <= 0:
         return CheckResult.inconclusive(H, "context_scale",
@@ -69,22 +76,24 @@ def check_context_scale(head: nn.Module, batch: dict[str, torch.Tensor], referen
         {"context_rms": rms, "prefix_rms": reference_rms, "ratio": ratio})
 
 
-def _encode(encoder: nn.Module, inputs, labels, mask) -> torch.Tensor:
-    with eval_mode(encoder), torch.no_grad():
-        return encoder(inputs, labels, mask).context.float()
+def _encode(model: TRMInterface, batch, inputs, labels, mask) -> torch.Tensor:
+    return model.first_context(with_demos(batch, inputs, labels, mask)).float()
 
 
-def check_demo_order_invariance(encoder: nn.Module, batch: dict[str, torch.Tensor], trials: int = 6,
+def check_demo_order_invariance(model: TRMInterface, batch: dict[str, torch.Tensor], trials: int = 6,
                                 seed: int = 0, atol: float = 1e-4) -> CheckResult:
     """Shuffling the demo slots (valid and padded together) leaves the context unchanged,
     over `trials` random permutations; reports the worst one."""
+    model = as_interface(model)
+    if why := model.missing("encoder"):
+        return CheckResult.inconclusive(H, "demo_order_invariance", why)
     d = batch["demo_mask"].shape[1]
     gen = torch.Generator().manual_seed(seed)
-    base = _encode(encoder, batch["demo_inputs"], batch["demo_labels"], batch["demo_mask"])
+    base = model.first_context(batch).float()
     worst, worst_perm = 0.0, list(range(d))
     for _ in range(trials):
         perm = torch.randperm(d, generator=gen).to(batch["demo_mask"].device)
-        other = _encode(encoder, batch["demo_inputs"][:, perm], batch["demo_labels"][:, perm], batch["demo_mask"][:, perm])
+        other = _encode(model, batch, batch["demo_inputs"][:, perm], batch["demo_labels"][:, perm], batch["demo_mask"][:, perm])
         diff = float((base - other).abs().max())
         if diff >= worst:
             worst, worst_perm = diff, perm.tolist()
@@ -94,17 +103,20 @@ def check_demo_order_invariance(encoder: nn.Module, batch: dict[str, torch.Tenso
         f"worst permutation {worst_perm})", {"max_abs_diff": worst, "trials": trials})
 
 
-def check_padding_invariance(encoder: nn.Module, batch: dict[str, torch.Tensor], trials: int = 3,
+def check_padding_invariance(model: TRMInterface, batch: dict[str, torch.Tensor], trials: int = 3,
                              seed: int = 0) -> CheckResult:
     """Random tokens written into padded demo slots leave the context bit-identical."""
+    model = as_interface(model)
+    if why := model.missing("encoder"):
+        return CheckResult.inconclusive(H, "padding_invariance", why)
     gen = torch.Generator().manual_seed(seed)
     pad = ~batch["demo_mask"].bool()
-    base = _encode(encoder, batch["demo_inputs"], batch["demo_labels"], batch["demo_mask"])
+    base = model.first_context(batch).float()
     worst = 0.0
     for _ in range(trials):
         noise_in = torch.randint(0, 12, batch["demo_inputs"].shape, generator=gen).to(batch["demo_inputs"])
         noise_out = torch.randint(0, 12, batch["demo_labels"].shape, generator=gen).to(batch["demo_labels"])
-        other = _encode(encoder, torch.where(pad[..., None], noise_in, batch["demo_inputs"]),
+        other = _encode(model, batch, torch.where(pad[..., None], noise_in, batch["demo_inputs"]),
                         torch.where(pad[..., None], noise_out, batch["demo_labels"]), batch["demo_mask"])
         worst = max(worst, float((base - other).abs().max()))
     padded = int(pad.sum())

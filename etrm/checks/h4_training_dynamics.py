@@ -82,29 +82,28 @@ def check_effective_learning_rates(trainer) -> CheckResult:
         {f"{p}_lr": v[0] for p, v in seen.items()} | {f"{p}_wd": v[1] for p, v in seen.items()})
 
 
-def check_halting_rate(head: nn.Module, batch: dict, samples: int = 256, seed: int = 0, tolerance: float = 0.1) -> CheckResult:
+def check_halting_rate(model, batch: dict, samples: int = 256, seed: int = 0, tolerance: float = 0.1) -> CheckResult:
     """With every sample wanting to halt (Q biased), the share halting at step 1 in training
     is 1 - halt_exploration_prob: the exploration veto works at the configured rate."""
-    from etrm.checks.probes import decoder_of
+    from etrm.interface import as_interface
 
-    p = head.config.halt_exploration_prob
-    if head.config.halt_max_steps < 2:
+    model = as_interface(model)
+    if why := model.missing("etrm"):  # biasing the Q head needs etrm's decoder
+        return CheckResult.inconclusive(H, "halting_rate", why)
+    p = model.halt_exploration_prob
+    if model.halt_max_steps < 2:
         return CheckResult.inconclusive(H, "halting_rate", "halt_max_steps 1: nothing to explore")
     big = {k: v[torch.arange(samples) % len(v)] for k, v in batch.items()}
-    q_head = decoder_of(head).q_head
+    q_head = model.etrm_model.inner.q_head
     saved_bias = q_head.bias.detach().clone()
-    was_training = head.training
     try:
-        with torch.no_grad(), torch.random.fork_rng():
+        with torch.no_grad(), torch.random.fork_rng(), model.mode(training=True):
             torch.manual_seed(seed)
             q_head.bias.fill_(20.0)
-            head.train()
-            carry, *_ = head(head.initial_carry(big), big)
-            observed = float(carry.halted.float().mean())
+            observed = float(model.step(model.initial_carry(big), big).carry.halted.float().mean())
     finally:
         with torch.no_grad():
             q_head.bias.copy_(saved_bias)
-        head.train(was_training)
     expected = 1 - p
     return CheckResult.from_condition(
         H, "halting_rate", abs(observed - expected) <= tolerance,

@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from etrm.checks.probes import context_of, eval_mode
+from etrm.checks.probes import eval_mode
 from etrm.checks.result import CheckResult
+from etrm.interface import TRMInterface, as_interface
 
 H = "hypothesis7"
 # Contexts of different tasks whose spread is below this fraction of their RMS are "nearly identical".
@@ -35,8 +36,11 @@ def _pairwise(ctx: torch.Tensor) -> torch.Tensor:
     return torch.cdist(flat, flat)
 
 
-def check_context_varies_across_tasks(head: nn.Module, batch: dict[str, torch.Tensor], tasks: list[str]) -> CheckResult:
-    ctx = context_of(head, batch).float()
+def check_context_varies_across_tasks(model: TRMInterface, batch: dict[str, torch.Tensor], tasks: list[str]) -> CheckResult:
+    model = as_interface(model)
+    if why := model.missing("encoder"):
+        return CheckResult.inconclusive(H, "context_varies_across_tasks", why)
+    ctx = model.first_context(batch).float()
     distinct = sorted(set(tasks))
     if len(distinct) < 2:
         return CheckResult.inconclusive(H, "context_varies_across_tasks",
@@ -49,9 +53,12 @@ def check_context_varies_across_tasks(head: nn.Module, batch: dict[str, torch.Te
         f"(nearly identical below {MIN_RELATIVE_SPREAD:g})", {"tasks": len(distinct), "relative_spread": spread})
 
 
-def check_context_agrees_within_task(head: nn.Module, batch: dict[str, torch.Tensor], tasks: list[str]) -> CheckResult:
+def check_context_agrees_within_task(model: TRMInterface, batch: dict[str, torch.Tensor], tasks: list[str]) -> CheckResult:
     """Mean distance between contexts of one task's augmentations vs between tasks (< 1 passes)."""
-    ctx = context_of(head, batch)
+    model = as_interface(model)
+    if why := model.missing("encoder"):
+        return CheckResult.inconclusive(H, "context_agrees_within_task", why)
+    ctx = model.first_context(batch)
     dist = _pairwise(ctx)
     same = torch.tensor([[a == b for b in tasks] for a in tasks])
     off_diag = ~torch.eye(len(tasks), dtype=torch.bool)

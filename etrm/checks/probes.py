@@ -1,4 +1,4 @@
-"""Controlled runs of a model that several checks share."""
+"""Controlled runs of a model that several checks share, all through `etrm.interface`."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -6,6 +6,8 @@ from typing import Iterator
 
 import torch
 from torch import nn
+
+from etrm.interface import TRMInterface, as_interface
 
 
 @contextmanager
@@ -19,41 +21,41 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
         module.train(was_training)
 
 
-def encoder_of(head: nn.Module) -> nn.Module:
-    model = getattr(head, "model", head)
-    if not hasattr(model, "encoder"):
-        raise TypeError(f"{type(model).__name__} has no demo encoder: the check needs an ETRM or ETRMTRM model")
-    return model.encoder
-
-
-def decoder_of(head: nn.Module) -> nn.Module:
-    return getattr(head, "model", head).inner
-
-
-def act_step_losses(head: nn.Module, batch: dict[str, torch.Tensor], steps: int,
-                    seed: int = 0) -> list[tuple[torch.Tensor, dict]]:
-    """`steps` consecutive training-mode ACT steps on one batch, keeping each step's graph.
-    Step 1 resets every sample; no sample is let halt afterwards, so steps 2+ have no
+def act_step_losses(model: TRMInterface, batch: dict[str, torch.Tensor], steps: int,
+                    seed: int = 0) -> list[torch.Tensor]:
+    """The losses of `steps` consecutive training-mode ACT steps on one batch, each with its
+    graph. Step 1 resets every sample; no sample is let halt afterwards, so steps 2+ have no
     resets (where a cached or carried context would starve the encoder)."""
-    results = []
-    was_training = head.training
-    head.train()
-    try:
-        with torch.random.fork_rng(), torch.enable_grad():
-            torch.manual_seed(seed)
-            carry = head.initial_carry(batch)
-            for _ in range(steps):
-                carry, loss, _metrics, outputs, _ = head(carry, batch)
-                carry.halted = torch.zeros_like(carry.halted)
-                results.append((loss, outputs))
-    finally:
-        head.train(was_training)
-    return results
+    model = as_interface(model)
+    losses = []
+    with model.mode(training=True), torch.random.fork_rng(), torch.enable_grad():
+        torch.manual_seed(seed)
+        carry = model.initial_carry(batch)
+        for _ in range(steps):
+            step = model.step(carry, batch)
+            carry = model.without_resets(step.carry)
+            losses.append(step.loss)
+    return losses
 
 
-def context_of(head: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The context the encoder gives the decoder on a sample's first ACT step (no gradient).
-    The encoder is called directly so that a malformed context is reported, not crashed on."""
-    encoder = encoder_of(head)
-    with eval_mode(encoder), torch.no_grad():
-        return encoder(batch["demo_inputs"], batch["demo_labels"], batch["demo_mask"]).context
+def episode_loss(model: TRMInterface, batch: dict[str, torch.Tensor]) -> float:
+    """Summed loss of one evaluation-mode episode (halt_max_steps steps), without gradient."""
+    model = as_interface(model)
+    total = 0.0
+    with model.mode(training=False), torch.no_grad():
+        carry = model.initial_carry(batch)
+        for _ in range(model.halt_max_steps):
+            step = model.step(carry, batch)
+            carry, total = step.carry, total + step.loss.item()
+    return total
+
+
+def context_of(model: TRMInterface, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The context the encoder gives the decoder on a sample's first ACT step (no gradient)."""
+    return as_interface(model).first_context(batch)
+
+
+def with_demos(batch: dict[str, torch.Tensor], inputs: torch.Tensor, labels: torch.Tensor,
+               mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`batch` with other demo slots (everything else unchanged)."""
+    return {**batch, "demo_inputs": inputs, "demo_labels": labels, "demo_mask": mask}

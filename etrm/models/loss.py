@@ -1,6 +1,8 @@
 """The ACT loss head: stablemax cross-entropy, halting BCE, KL, and official-style metrics."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -47,9 +49,10 @@ class LossHead(nn.Module):
     def initial_carry(self, batch: dict[str, torch.Tensor]) -> ACTCarry:
         return self.model.initial_carry(batch)
 
-    def forward(self, carry: ACTCarry, batch: dict[str, torch.Tensor]):
+    def forward(self, carry: ACTCarry, batch: dict[str, torch.Tensor], return_keys: Sequence[str] | None = None):
         """Returns (new_carry, loss, metrics, outputs, all_halted). The loss is a sum over
-        the batch: the training step divides it by the global batch size."""
+        the batch: the training step divides it by the global batch size. Called with
+        `return_keys` (as the official trainer calls its loss head), outputs hold only those."""
         carry, outputs = self.model(carry, batch)
         labels = carry.current_data["labels"]
         logits = outputs["logits"]
@@ -79,5 +82,5 @@ class LossHead(nn.Module):
             kl_loss = outputs["kl"].sum()  # summed over samples like the LM loss: kl_weight is per sample
             loss = loss + self.config.kl_weight * kl_loss
             metrics["kl_loss"] = kl_loss.detach()
-        detached = {k: v.detach() for k, v in outputs.items()}
+        detached = {k: v.detach() for k, v in outputs.items() if return_keys is None or k in return_keys}
         return carry, loss, metrics, detached, bool(carry.halted.all())

@@ -16,6 +16,20 @@ class DetachedEncoderETRM(ETRM):
         return context.detach(), extras
 
 
+class CachedContextETRM(ETRM):
+    """Encodes a sample's demos on its first step only, then reuses that context from the
+    (detached) carry: no encoder gradient once no sample resets (H2)."""
+
+    def prefix(self, data, carry, reset):
+        context, extras = super().prefix(data, carry, reset)
+        if carry.context is not None:
+            context = torch.where(reset.view(-1, 1, 1), context, carry.context)
+        return context, {**extras, "context": context}
+
+    def next_context(self, outputs):
+        return outputs["context"].detach()
+
+
 class PrefixIgnoringETRM(ETRM):
     """The decoder is fed zeros instead of the context, so the encoder cannot matter (H2, H7)."""
 

@@ -1,4 +1,5 @@
-"""Suite-wide rules for the shipped check modules (fixtures come from the etrm plugin)."""
+"""Suite-wide rules and shared fixtures of the shipped check modules (the artifact fixtures
+come from the etrm plugin)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,3 +20,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if unmarked:
         raise pytest.UsageError(f"{len(unmarked)} test(s) in {_SUITE} carry no hypothesis marker "
                                 f"({', '.join(HYPOTHESES)}): {', '.join(unmarked[:5])}")
+
+
+@pytest.fixture(scope="session")
+def checkpoint_model(artifacts) -> "etrm.suite.support.CheckpointModel":  # noqa: F821
+    """The user's ETRM checkpoint behind the adapter, built by their code with --model-code
+    (which imports and runs it), else by etrm's models; skips naming what to pass."""
+    from etrm.suite.support import checkpoint_model as build
+
+    return build(artifacts)

@@ -1,13 +1,17 @@
 """Helpers shared by the shipped suite modules: tiny models of every class and encoder
-type, and rebuilding models from checkpoints. Batches come from one door,
-`artifacts.batch_for` (etrm.testing.artifacts), never from a fixed folder."""
+type, and rebuilding models from checkpoints (by etrm's models, or by the user's own code
+behind the adapter). Batches come from one door, `artifacts.batch_for`
+(etrm.testing.artifacts), never from a fixed folder."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from etrm.config import ModelConfig, tiny_config
+from etrm.interface import TRMInterface
 from etrm.models import LossHead, build_model
 
 # Every encoder model class and encoder type, at the tiny size of DESIGN.md section 9.
@@ -52,6 +56,31 @@ def load_checkpoint_model(path: Path, artifacts) -> LossHead:
     saved = find_saved_config(path)
     if saved is not None and saved.foreign_encoder is not None and artifacts.model_config is None:
         pytest.skip(f"{NOT_RUN}{path}: encoder_type {saved.foreign_encoder!r} has no etrm implementation; "
-                    "pass --model-code ROOT to run the origin's own code")
+                    f"pass {artifacts.flag('model_code')} ROOT to run the origin's own code")
     config = None if artifacts.model_config is None else ModelConfig.load(artifacts.model_config)
     return load_model(path, config).to(artifacts.device)
+
+
+@dataclass(frozen=True)
+class CheckpointModel:
+    """The ETRM checkpoint under investigation behind the adapter, built by the user's own
+    code (`--model-code`) or else by etrm's models. `config` has the `seq_len` and
+    `max_demos` that `artifacts.batch_for(config, "etrm_checkpoint")` needs."""
+
+    model: TRMInterface
+    checkpoint: Path
+    config: Any
+
+
+def checkpoint_model(artifacts) -> CheckpointModel:
+    """With --model-code the model is built by the user's code, which is imported and run,
+    from their checkpoint and the dataset.json of their --data (never bundled ones)."""
+    if artifacts.model_code is not None:
+        from etrm.model_code import load_model_code
+
+        root, ckpt, data_dir = artifacts.require_matching("model_code", "etrm_checkpoint", "data_dir")
+        code = load_model_code(root, ckpt, data_dir, device=artifacts.device)
+        return CheckpointModel(code.model, ckpt, code)
+    ckpt = artifacts.require("etrm_checkpoint")
+    head = load_checkpoint_model(ckpt, artifacts)
+    return CheckpointModel(TRMInterface.from_etrm(head), ckpt, head.config)

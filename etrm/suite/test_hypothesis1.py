@@ -118,3 +118,20 @@ def test_control_log_without_a_load_record_is_inconclusive(expect_check_fails):
 def test_control_load_logged_after_training_started_is_caught(expect_check_fails):
     log = [{"step": 1, "train/lm_loss": 1.0}, {"step": 5, "pretrained_decoder/params_loaded": 6}]
     expect_check_fails(h1.check_log_records_decoder_load(log))
+
+
+# --- the ETRM checkpoint as a model (built by --model-code when given) ---------------------------
+
+def test_checkpoint_model_decoder_matches_the_trm(checkpoint_model, artifacts, record_check):
+    trm, _ = artifacts.require_matching("trm_checkpoint", "etrm_checkpoint")
+    frozen = h1.decoder_frozen_in_run(checkpoint_model.checkpoint)
+    record_check(h1.check_model_decoder_matches_trm(checkpoint_model.model, trm, frozen))
+
+
+def test_control_model_decoder_drifted_in_a_frozen_run_is_caught(trm, expect_check_fails):
+    head = etrm_for(trm)
+    h1.check_decoder_loads_bitwise(head, trm)
+    with torch.no_grad():
+        head.model.inner.lm_head.weight.add_(1e-3)
+    expect_check_fails(h1.check_model_decoder_matches_trm(head, trm, frozen=True))
+    expect_check_fails(h1.check_model_decoder_matches_trm(head, trm, frozen=None), expected="inconclusive")

@@ -6,8 +6,9 @@ import json
 import pytest
 
 from etrm.checks import h2_gradient_flow as h2
+from etrm.interface import TRMInterface
 from etrm.suite import broken
-from etrm.suite.support import TINY_ENCODER_MODELS, load_checkpoint_model, tiny_model
+from etrm.suite.support import TINY_ENCODER_MODELS, tiny_model
 from etrm.testing.artifacts import TINY
 
 pytestmark = pytest.mark.hypothesis2
@@ -19,9 +20,8 @@ def tiny_batch(artifacts):
 
 
 @pytest.fixture(scope="module")
-def checkpoint_model_and_batch(artifacts):
-    head = load_checkpoint_model(artifacts.require("etrm_checkpoint"), artifacts)
-    return head, artifacts.batch_for(head.config, "etrm_checkpoint", batch_size=2)
+def checkpoint_model_and_batch(checkpoint_model, artifacts):
+    return checkpoint_model.model, artifacts.batch_for(checkpoint_model.config, "etrm_checkpoint", batch_size=2)
 
 
 @pytest.mark.parametrize("name", TINY_ENCODER_MODELS)
@@ -60,6 +60,11 @@ def test_training_log_has_healthy_preclip_encoder_norms(artifacts, record_check)
 def test_control_detached_encoder_output_is_caught(tiny_batch, expect_check_fails):
     head = broken.rebuild_as(tiny_model("etrm-standard"), broken.DetachedEncoderETRM)
     expect_check_fails(h2.check_encoder_gradient_every_step(head, tiny_batch))
+
+
+def test_control_context_cached_after_a_samples_first_step_is_caught(tiny_batch, expect_check_fails):
+    head = broken.rebuild_as(tiny_model("etrm-standard"), broken.CachedContextETRM)
+    expect_check_fails(h2.check_encoder_gradient_every_step(TRMInterface.from_etrm(head), tiny_batch))
 
 
 def test_control_frozen_encoder_is_caught(expect_check_fails):

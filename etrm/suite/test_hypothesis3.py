@@ -5,7 +5,7 @@ import pytest
 
 from etrm.checks import h3_encoder_output as h3
 from etrm.suite import broken
-from etrm.suite.support import TINY_ENCODER_MODELS, load_checkpoint_model, tiny_model
+from etrm.suite.support import TINY_ENCODER_MODELS, tiny_model
 from etrm.testing.artifacts import TINY
 
 pytestmark = pytest.mark.hypothesis3
@@ -18,15 +18,15 @@ def tiny_batch(artifacts):
 
 
 @pytest.fixture(scope="module")
-def checkpoint_case(artifacts):
-    ckpt, trm_ckpt = artifacts.require_matching("etrm_checkpoint", "trm_checkpoint")
+def checkpoint_case(checkpoint_model, artifacts):
+    _, trm_ckpt = artifacts.require_matching("etrm_checkpoint", "trm_checkpoint")
     from etrm.checkpoints import read_state_dict, normalize_key
 
-    head = load_checkpoint_model(ckpt, artifacts)
+    model = checkpoint_model.model
     trm_state = {normalize_key(k): v for k, v in read_state_dict(trm_ckpt).items()}
     weights = trm_state.get("model.inner.puzzle_emb.weights")
-    reference = None if weights is None else h3.prefix_rms(weights, head.config.hidden_size)
-    return head, artifacts.batch_for(head.config, "etrm_checkpoint", batch_size=2), reference
+    reference = None if weights is None or model.hidden_size is None else h3.prefix_rms(weights, model.hidden_size)
+    return model, artifacts.batch_for(checkpoint_model.config, "etrm_checkpoint", batch_size=2), reference
 
 
 @pytest.mark.parametrize("name", TINY_ENCODER_MODELS)
@@ -41,23 +41,33 @@ def test_context_finite_even_without_demos(name, tiny_batch, record_check):
 
 @pytest.mark.parametrize("name", TINY_ENCODER_MODELS)
 def test_context_ignores_demo_order(name, tiny_batch, record_check):
-    record_check(h3.check_demo_order_invariance(tiny_model(name).model.encoder, tiny_batch))
+    record_check(h3.check_demo_order_invariance(tiny_model(name), tiny_batch))
 
 
 @pytest.mark.parametrize("name", TINY_ENCODER_MODELS)
 def test_context_ignores_padded_demo_slots(name, tiny_batch, record_check):
-    record_check(h3.check_padding_invariance(tiny_model(name).model.encoder, tiny_batch))
+    record_check(h3.check_padding_invariance(tiny_model(name), tiny_batch))
 
 
 def test_checkpoint_context_well_formed(checkpoint_case, record_check):
-    head, batch, _ = checkpoint_case
-    record_check(h3.check_context_shape_and_dtype(head, batch))
-    record_check(h3.check_context_finite(head, batch))
+    model, batch, _ = checkpoint_case
+    record_check(h3.check_context_shape_and_dtype(model, batch))
+    record_check(h3.check_context_finite(model, batch))
+
+
+def test_checkpoint_context_ignores_demo_order(checkpoint_case, record_check):
+    model, batch, _ = checkpoint_case
+    record_check(h3.check_demo_order_invariance(model, batch))
+
+
+def test_checkpoint_context_ignores_padded_demo_slots(checkpoint_case, record_check):
+    model, batch, _ = checkpoint_case
+    record_check(h3.check_padding_invariance(model, batch))
 
 
 def test_checkpoint_context_scale_matches_the_trained_prefix(checkpoint_case, record_check):
-    head, batch, reference = checkpoint_case
-    record_check(h3.check_context_scale(head, batch, reference))
+    model, batch, reference = checkpoint_case
+    record_check(h3.check_context_scale(model, batch, reference))
 
 
 # --- negative controls ---------------------------------------------------------------------
@@ -73,13 +83,13 @@ def test_control_nan_for_a_sample_without_demos_is_caught(tiny_batch, expect_che
 
 
 def test_control_order_sensitive_encoder_is_caught(tiny_batch, expect_check_fails):
-    encoder = broken.OrderSensitiveEncoder(tiny_model("etrm-standard").model.encoder)
-    expect_check_fails(h3.check_demo_order_invariance(encoder, tiny_batch))
+    head = broken.with_encoder(tiny_model("etrm-standard"), broken.OrderSensitiveEncoder)
+    expect_check_fails(h3.check_demo_order_invariance(head, tiny_batch))
 
 
 def test_control_encoder_reading_padded_slots_is_caught(tiny_batch, expect_check_fails):
-    encoder = broken.PaddingReadingEncoder(tiny_model("etrm-standard").model.encoder)
-    expect_check_fails(h3.check_padding_invariance(encoder, tiny_batch))
+    head = broken.with_encoder(tiny_model("etrm-standard"), broken.PaddingReadingEncoder)
+    expect_check_fails(h3.check_padding_invariance(head, tiny_batch))
 
 
 def test_control_context_far_off_the_prefix_scale_is_caught(tiny_batch, expect_check_fails):

@@ -8,7 +8,7 @@ from etrm.checks import h7_encoder_capacity as h7
 from etrm.config import tiny_config
 from etrm.models import build_encoder
 from etrm.suite import broken
-from etrm.suite.support import TINY_ENCODER_MODELS, fewshot_batch, load_checkpoint_model, tiny_model
+from etrm.suite.support import TINY_ENCODER_MODELS, fewshot_batch, tiny_model
 from etrm.testing.artifacts import TINY
 
 pytestmark = pytest.mark.hypothesis7
@@ -26,13 +26,13 @@ def tiny_case(artifacts):
 
 
 @pytest.fixture(scope="module")
-def checkpoint_case(artifacts):
+def checkpoint_case(checkpoint_model, artifacts):
     from etrm.data.datasets import load_identifiers
 
-    head = load_checkpoint_model(artifacts.require("etrm_checkpoint"), artifacts)
-    data_dir = artifacts.data_for(head.config, "etrm_checkpoint")
-    batch = fewshot_batch(data_dir, head.config, batch_size=16, device=artifacts.device)
-    return head, batch, h7.task_ids_of(batch, load_identifiers(data_dir))
+    config = checkpoint_model.config
+    data_dir = artifacts.data_for(config, "etrm_checkpoint")
+    batch = fewshot_batch(data_dir, config, batch_size=16, device=artifacts.device)
+    return checkpoint_model.model, batch, h7.task_ids_of(batch, load_identifiers(data_dir))
 
 
 @pytest.mark.parametrize("name", TINY_ENCODER_MODELS)

@@ -22,7 +22,9 @@ exactly these):
   `<set>__num_demos.npy`);
 - trm_data_dir: `data/trm/`, the TRM build of the same tasks;
 - metrics_log: `metrics/experiment1.jsonl`, the metrics of the frozen-decoder run;
-- model_config: none bundled (a ModelConfig file given by the user).
+- model_config: none bundled (a ModelConfig file given by the user);
+- model_code: none bundled (the user's repository, whose `models/` package builds the
+  model of their ETRM checkpoint: see `etrm.model_code`; it pairs with user checkpoints only).
 
 `etrm_frozen_checkpoint` and `trm_data_dir` have no option: they exist to pair with
 the other bundled artifacts. A bundled path that does not exist (yet) resolves to
@@ -70,6 +72,8 @@ OPTIONS: dict[str, tuple[str | None, str, bool, str]] = {
     "trm_data_dir": (None, "", True, "TRM dataset build"),
     "metrics_log": ("metrics-log", "PATH", False, "metrics log"),
     "model_config": ("model-config", "PATH", False, "model config"),
+    "model_code": ("model-code", "ROOT", True, "model code repository (the folder holding models/; its code is "
+                   "imported and run)"),
 }
 
 PLUGIN_PREFIX = "etrm-"  # pytest: --etrm-data
@@ -92,7 +96,8 @@ def flag(stem: str, prefix: str = PLUGIN_PREFIX) -> str:
 def run_options() -> dict[str, tuple[str, dict[str, Any]]]:
     """dest -> (flag stem, argparse keywords) of every option of an etrm run."""
     options = {f"etrm_{name}": (stem, {"metavar": metavar, "default": None,
-                                       "help": f"{what} to investigate (default: the bundled fixture)"})
+                                       "help": f"{what} to investigate (default: "
+                                               f"{'the bundled fixture' if name in BUNDLED else 'none'})"})
                for name, (stem, metavar, _, what) in OPTIONS.items() if stem is not None}
     options["etrm_device"] = ("device", {"choices": DEVICES, "default": "cpu",
                                          "help": "device the checks run on (default: cpu)"})
@@ -121,7 +126,7 @@ def plugin_args(values: Mapping[str, Any]) -> list[str]:
         if keywords.get("action") == "store_true":
             argv.append(flag(stem))
         else:
-            is_path = keywords.get("metavar") in ("PATH", "DIR")
+            is_path = keywords.get("metavar") in ("PATH", "DIR", "ROOT")
             argv += [flag(stem), str(Path(value).expanduser().resolve()) if is_path else str(value)]
     return argv
 
@@ -137,6 +142,7 @@ class Artifacts:
     trm_data_dir: Path | None = None
     metrics_log: Path | None = None
     model_config: Path | None = None
+    model_code: Path | None = None
     device: str = "cpu"
     sources: dict[str, str] = field(default_factory=dict)
     prefix: str = PLUGIN_PREFIX  # of the flags that messages name
