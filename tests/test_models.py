@@ -71,8 +71,9 @@ def test_init_statistics():
     assert torch.count_nonzero(inner.puzzle_emb.weights) == 0  # zero-initialised
 
 
-def test_recursion_runs_h_minus_one_cycles_without_grad_then_one_with():
-    head = make("trm")
+@pytest.mark.parametrize("H_cycles, L_cycles", [(2, 2), (3, 4), (3, 6)])  # tiny; official TRM; origin ETRM
+def test_recursion_runs_h_minus_one_cycles_without_grad_then_one_with(H_cycles, L_cycles):
+    head = make("trm", H_cycles=H_cycles, L_cycles=L_cycles)
     cfg = head.config
     grad_modes = []
     head.model.inner.L_level.register_forward_hook(lambda *_: grad_modes.append(torch.is_grad_enabled()))
