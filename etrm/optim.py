@@ -1,8 +1,8 @@
 """Optimizers and the learning-rate schedule of the official TRM recipe, in plain torch.
 
-* `AdamATan2`: Adam with `atan2(m_hat, sqrt(v_hat))` in place of `m_hat / (sqrt(v_hat) + eps)`
-  (no epsilon, bounded update) and decoupled weight decay. The official trainer uses the
-  CUDA-only `adam_atan2` package; this one runs anywhere, with float32 moments.
+* `AdamATan2`: Adam with an `atan2` in place of `m / (sqrt(v) + eps)` (no epsilon, bounded
+  update) and decoupled weight decay, computed as the CUDA-only `adam-atan2` package (0.0.3)
+  that the official trainer imports does; this one runs anywhere, with float32 moments.
 * `SparseSignSGD`: the puzzle-embedding optimizer. Only rows used by the batch move:
   `w[ids] = w[ids] * (1 - lr * wd) - lr * sign(sum of the rows' gradients)`.
 * `lr_schedule`: linear warmup, then cosine decay to `min_ratio * base_lr`
@@ -38,10 +38,14 @@ def lr_schedule(step: int, base_lr: float, warmup_steps: int, total_steps: int, 
 
 
 class AdamATan2(torch.optim.Optimizer):
-    """`p *= 1 - lr * wd; p -= lr * atan2(m_hat, sqrt(v_hat))` with bias-corrected moments.
+    """`p *= 1 - lr * wd; p -= lr / (1 - beta1^t) * atan2(m, sqrt(v) / sqrt(1 - beta2^t))`.
 
-    Moments are kept in float32 whatever the parameter dtype. A parameter without a
-    gradient this step is left alone: no decay, no moment update, no step count.
+    As the `adam-atan2` kernel: the first moment's bias correction scales the step outside
+    the atan2, not `m` inside it, so the first update is `lr * atan(1 - beta1) / (1 - beta1)`
+    (0.997 lr at beta1 0.9), not `lr * pi/4`. Moments are kept in float32 whatever the
+    parameter dtype (the package keeps them in the parameter's dtype; ours are float32).
+    A parameter without a gradient this step is left alone: no decay, no moment update,
+    no step count.
     """
 
     def __init__(self, params: Iterable[torch.Tensor] | Iterable[dict], lr: float = 1e-4,
@@ -75,9 +79,9 @@ class AdamATan2(torch.optim.Optimizer):
                 grad = p.grad.float()
                 m, v = state["exp_avg"], state["exp_avg_sq"]
                 m.lerp_(grad, 1.0 - beta1)
-                v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-                update = torch.atan2(m / (1.0 - beta1 ** t), (v / (1.0 - beta2 ** t)).sqrt())
-                new = p.float().mul_(1.0 - lr * wd).add_(update, alpha=-lr)
+                v.lerp_(grad.square(), 1.0 - beta2)
+                update = torch.atan2(m, v.sqrt() / math.sqrt(1.0 - beta2 ** t))
+                new = p.float().mul_(1.0 - lr * wd).add_(update, alpha=-lr / (1.0 - beta1 ** t))
                 p.copy_(new)
         return loss
 

@@ -16,14 +16,16 @@ from etrm.synthetic import random_batch
 
 # The rewrites reorder a few float32 roundings (one fused norm reduction, RoPE by roll and
 # multiply-add); through a recursion of 12 post-norm blocks that grows to ~1e-5 on O(1)
-# logits, as does merely changing the thread count. A real fault differs by O(1).
+# logits, as does merely changing the thread count. A real fault differs by O(1). At the
+# official recursion (H_cycles 3, L_cycles 4: 30 blocks) a few states of 10k reach 2e-4.
 FLOAT32 = dict(rtol=1e-4, atol=1e-4)
+DEEP_FLOAT32 = dict(rtol=1e-3, atol=1e-3)
 
 
-def pair(dtype: str):
+def pair(dtype: str, **overrides):
     """Our TRM decoder and the reference with the same weights (a non-zero puzzle embedding)."""
     torch.manual_seed(0)
-    ours = build_model(tiny_config("trm", L_layers=2, forward_dtype=dtype)).model.inner
+    ours = build_model(tiny_config("trm", L_layers=2, forward_dtype=dtype, **overrides)).model.inner
     with torch.no_grad():
         ours.puzzle_emb.weights.normal_()
     theirs = ref.OfficialStyleDecoder(ours.config)
@@ -48,18 +50,21 @@ def test_reference_has_our_state_dict_layout():
     assert all(theirs.state_dict()[k].shape == v.shape for k, v in ours.state_dict().items())
 
 
-@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
-def test_recursion_step_equals_the_reference(grad):
-    ours, theirs = pair("float32")
+@pytest.mark.parametrize("grad, cycles, tol", [
+    (False, dict(), FLOAT32), (True, dict(), FLOAT32),  # the tiny default
+    (False, dict(H_cycles=3, L_cycles=4), DEEP_FLOAT32),  # the official TRM's
+], ids=["no_grad", "grad", "H3L4"])
+def test_recursion_step_equals_the_reference(grad, cycles, tol):
+    ours, theirs = pair("float32", **cycles)
     carry, batch = inputs(ours)
     with torch.set_grad_enabled(grad):
         new, logits, q_halt, q_cont = ours(carry, batch["inputs"], ours.puzzle_prefix(batch["puzzle_identifiers"]))
         ref_new, ref_logits, (ref_halt, ref_cont) = theirs(carry, batch)
-    torch.testing.assert_close(logits, ref_logits, **FLOAT32)
-    torch.testing.assert_close(new.z_H, ref_new.z_H, **FLOAT32)
-    torch.testing.assert_close(new.z_L, ref_new.z_L, **FLOAT32)
-    torch.testing.assert_close(q_halt, ref_halt, **FLOAT32)
-    torch.testing.assert_close(q_cont, ref_cont, **FLOAT32)
+    torch.testing.assert_close(logits, ref_logits, **tol)
+    torch.testing.assert_close(new.z_H, ref_new.z_H, **tol)
+    torch.testing.assert_close(new.z_L, ref_new.z_L, **tol)
+    torch.testing.assert_close(q_halt, ref_halt, **tol)
+    torch.testing.assert_close(q_cont, ref_cont, **tol)
     assert logits.requires_grad == grad
 
 

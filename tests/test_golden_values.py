@@ -1,6 +1,7 @@
 """Golden regression values: any change to the numerics of a model class, encoder type,
 data build or evaluator fails here with a readable diff until it is recorded on purpose
-with `pytest --update-golden` (and so shows up in review). CPU float32 only."""
+with `pytest --update-golden` (and so shows up in review). CPU float32 only (bfloat16 kernels
+round differently by CPU instruction set); the official recursion and canvas are in one record."""
 from __future__ import annotations
 
 import numpy as np
@@ -26,11 +27,8 @@ def batch():
     return fewshot_batch(BUNDLED_DATA, tiny_config("etrm"), batch_size=2)
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_model_numerics_match_golden(name, batch, golden):
-    settings = dict(MODELS[name])
-    torch.manual_seed(0)
-    head = build_model(tiny_config(settings.pop("model_type"), **settings)).eval()
+def episode_values(head, batch) -> dict:
+    """Initial weights' digest, then every evaluation ACT step's outputs and loss."""
     values = {"init/state_dict_sha256": digest_array(state_dict_digest(head.state_dict()))}
     with torch.no_grad():
         carry = head.initial_carry(batch)
@@ -40,7 +38,23 @@ def test_model_numerics_match_golden(name, batch, golden):
                        f"step{step}/q_continue_logits": out["q_continue_logits"], f"step{step}/loss": loss}
             if "context" in out:
                 values[f"step{step}/context"] = out["context"]
-    golden.check(f"model-{name}", values)
+    return values
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_model_numerics_match_golden(name, batch, golden):
+    settings = dict(MODELS[name])
+    torch.manual_seed(0)
+    head = build_model(tiny_config(settings.pop("model_type"), **settings)).eval()
+    golden.check(f"model-{name}", episode_values(head, batch))
+
+
+def test_official_recursion_at_canvas_30_matches_golden(canvas30_batch, golden):
+    # H_cycles 3, L_cycles 4 as the official ARC-AGI-1 run, on real 30x30 queries; two ACT
+    # steps, so the second starts from a carried state.
+    torch.manual_seed(0)
+    head = build_model(tiny_config("etrm", seq_len=900, H_cycles=3, L_cycles=4, halt_max_steps=2, max_demos=1)).eval()
+    golden.check("model-etrm-official-recursion-canvas30", episode_values(head, canvas30_batch))
 
 
 def test_data_build_matches_golden(tmp_path, golden):

@@ -223,6 +223,29 @@ def test_adamatan2_step_cuda_matches_cpu():
         assert not torch.equal(got, start)  # the steps did move it
 
 
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_adamatan2_matches_the_adam_atan2_package(weight_decay):
+    package = pytest.importorskip("adam_atan2", reason="the adam-atan2 package (0.0.3, what the official trainer "
+                                  "imports) is not installed: `pip install adam-atan2==0.0.3` builds its CUDA kernel")
+    from etrm.optim import AdamATan2
+
+    torch.manual_seed(0)
+    weights = [torch.randn(shape) for shape in [(1,), (64, 32), (7, 3, 5)]]
+    grads = [[torch.randn_like(w) * scale for w in weights] for scale in (1.0, 0.1, 3.0, 1e-3, 0.5)]
+    results = {}
+    for name, cls in (("etrm", AdamATan2), ("package", package.AdamATan2)):
+        params = [torch.nn.Parameter(w.clone().to(CUDA)) for w in weights]
+        opt = cls(params, lr=1e-2, betas=(0.9, 0.95), weight_decay=weight_decay)
+        for step_grads in grads:
+            for p, g in zip(params, step_grads):
+                p.grad = g.to(CUDA)
+            opt.step()
+        results[name] = [p.detach().cpu() for p in params]
+    for ours, theirs, start in zip(results["etrm"], results["package"], weights):
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+        assert not torch.equal(ours, start)
+
+
 def test_pretrained_decoder_loads_directly_to_cuda(tmp_path):
     from etrm.checkpoints import load_pretrained_decoder, save_checkpoint
 

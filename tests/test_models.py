@@ -71,8 +71,9 @@ def test_init_statistics():
     assert torch.count_nonzero(inner.puzzle_emb.weights) == 0  # zero-initialised
 
 
-def test_recursion_runs_h_minus_one_cycles_without_grad_then_one_with():
-    head = make("trm")
+@pytest.mark.parametrize("H_cycles, L_cycles", [(2, 2), (3, 4), (3, 6)])  # tiny; official TRM; origin ETRM
+def test_recursion_runs_h_minus_one_cycles_without_grad_then_one_with(H_cycles, L_cycles):
+    head = make("trm", H_cycles=H_cycles, L_cycles=L_cycles)
     cfg = head.config
     grad_modes = []
     head.model.inner.L_level.register_forward_hook(lambda *_: grad_modes.append(torch.is_grad_enabled()))
@@ -172,6 +173,23 @@ def test_stablemax_against_hand_computed_values():
     assert loss[0, 1].item() == 0.0
     big = stablemax_cross_entropy(torch.tensor([[[1e4, -1e4]]]), torch.tensor([[1]]))
     assert torch.isfinite(big).all()
+
+
+def test_stablemax_gradient_is_finite_at_a_logit_of_exactly_one():
+    # `where` differentiates both branches: 1/(1-x) at x = 1 gave a NaN gradient (the
+    # official s(x) adds 1e-30). Expected values: d/dx of -log(s_1 / sum s), s = (2, 1.5, 1/3).
+    logits = torch.tensor([[[1.0, 0.5, -2.0]]], dtype=torch.float64, requires_grad=True)
+    stablemax_cross_entropy(logits, torch.tensor([[1]])).sum().backward()
+    torch.testing.assert_close(logits.grad, torch.tensor([[[0.2609, -0.4058, 0.0290]]], dtype=torch.float64),
+                               rtol=0, atol=1e-4)
+
+
+def test_stablemax_gradient_of_an_ignored_bfloat16_token_at_one_is_zero():
+    # In bfloat16 a logit of exactly 1.0 is common, and ignored (PAD) tokens are most of a canvas.
+    logits = torch.tensor([[[1.0, -0.5, 2.0], [1.0, 1.0, 0.0]]], dtype=torch.bfloat16, requires_grad=True)
+    stablemax_cross_entropy(logits, torch.tensor([[2, IGNORE_LABEL_ID]])).sum().backward()
+    assert torch.isfinite(logits.grad).all()
+    assert torch.equal(logits.grad[0, 1], torch.zeros(3, dtype=torch.bfloat16))
 
 
 def test_metrics_count_only_halted_labelled_samples_and_padding_rows_count_as_correct():

@@ -10,35 +10,48 @@ from etrm.models.trm import PuzzleEmbedding
 from etrm.optim import AdamATan2, SparseSignSGD, lr_schedule
 
 
-def hand_adam_atan2(p0: list[float], grads: list[list[float]], lr: float, betas: tuple[float, float],
-                    wd: float) -> list[float]:
-    """The update rule written out per element in float64 Python arithmetic."""
+def package_adam_atan2(p0: list[float], grads: list[list[float]], lr: float, betas: tuple[float, float],
+                       wd: float) -> list[float]:
+    """The `adam-atan2` 0.0.3 kernel's update, per element in float64 Python arithmetic:
+    moments by lerp, then `p *= 1 - lr*wd; p -= lr/bc1 * atan2(m, sqrt(v)/sqrt(bc2))`."""
     b1, b2 = betas
     p, m, v = list(p0), [0.0] * len(p0), [0.0] * len(p0)
     for t, g in enumerate(grads, start=1):
+        step_size, bc2_sqrt = lr / (1 - b1 ** t), math.sqrt(1 - b2 ** t)
         for i, gi in enumerate(g):
-            m[i] = b1 * m[i] + (1 - b1) * gi
-            v[i] = b2 * v[i] + (1 - b2) * gi * gi
-            m_hat, v_hat = m[i] / (1 - b1 ** t), v[i] / (1 - b2 ** t)
-            p[i] = p[i] * (1 - lr * wd) - lr * math.atan2(m_hat, math.sqrt(v_hat))
+            m[i] += (1 - b1) * (gi - m[i])
+            v[i] += (1 - b2) * (gi * gi - v[i])
+            p[i] = p[i] * (1 - lr * wd) - step_size * math.atan2(m[i], math.sqrt(v[i]) / bc2_sqrt)
     return p
 
 
-def run_adam(p0: list[float], grads: list[list[float]], **kwargs) -> torch.Tensor:
-    param = torch.nn.Parameter(torch.tensor(p0))
+def run_adam(p0: torch.Tensor | list[float], grads: list, **kwargs) -> torch.Tensor:
+    param = torch.nn.Parameter(torch.as_tensor(p0).clone())
     opt = AdamATan2([param], **kwargs)
     for g in grads:
-        param.grad = torch.tensor(g)
+        param.grad = torch.as_tensor(g).reshape(param.shape).to(param.dtype)
         opt.step()
     return param.detach()
 
 
-def test_adam_atan2_matches_hand_computation_over_three_steps():
-    p0 = [1.0, -2.0, 0.5, 0.0]
-    grads = [[0.3, -1.0, 0.0, 2.0], [-0.2, -0.5, 0.1, 2.0], [0.4, 0.25, -0.3, -1.0]]
-    got = run_adam(p0, grads, lr=0.1, betas=(0.9, 0.95), weight_decay=0.1)
-    want = hand_adam_atan2(p0, grads, lr=0.1, betas=(0.9, 0.95), wd=0.1)
-    torch.testing.assert_close(got, torch.tensor(want), rtol=1e-6, atol=1e-6)
+@pytest.mark.parametrize("wd", [0.0, 0.1])
+@pytest.mark.parametrize("shape", [(1,), (3, 4), (2, 3, 5)])
+def test_adam_atan2_matches_the_package_update_over_several_steps(shape, wd):
+    gen = torch.Generator().manual_seed(sum(shape))
+    p0 = torch.randn(shape, generator=gen)
+    grads = [torch.randn(shape, generator=gen) * scale for scale in (1.0, 0.1, 3.0, 1e-3, 0.5, 1.0)]
+    got = run_adam(p0, grads, lr=0.05, betas=(0.9, 0.95), weight_decay=wd)
+    want = package_adam_atan2(p0.flatten().tolist(), [g.flatten().tolist() for g in grads], lr=0.05,
+                              betas=(0.9, 0.95), wd=wd)
+    torch.testing.assert_close(got, torch.tensor(want).reshape(shape), rtol=1e-6, atol=1e-6)
+
+
+def test_adam_atan2_first_update_is_lr_atan_of_one_minus_beta1_over_one_minus_beta1():
+    # bc1 scales the step outside the atan2: atan(0.1)/0.1 = 0.997 lr, not atan(1) = 0.785 lr.
+    got = run_adam([1.0, 1.0], [[0.3, -2.0]], lr=0.01, betas=(0.9, 0.95), weight_decay=0.0)
+    step = 0.01 * math.atan(0.1) / 0.1
+    torch.testing.assert_close(got, torch.tensor([1.0 - step, 1.0 + step]), rtol=0, atol=1e-7)
+    assert step == pytest.approx(0.00996687, rel=1e-5)
 
 
 def test_adam_atan2_has_no_epsilon_so_tiny_gradients_move_as_much_as_large_ones():
@@ -66,8 +79,9 @@ def test_adam_atan2_keeps_float32_moments_for_bfloat16_parameters():
     opt = AdamATan2([param], lr=0.01, weight_decay=0.0)
     opt.step()
     assert opt.state[param]["exp_avg"].dtype == torch.float32 and param.dtype == torch.bfloat16
-    # First step: m_hat = g, v_hat = g^2, so the update is atan2(g, |g|) = pi/4.
-    torch.testing.assert_close(param.detach().float(), torch.full((3,), 1 - 0.01 * math.pi / 4), atol=4e-3, rtol=0)
+    # First step: 0.997 lr; bfloat16 holds 1 - 0.00997 as 0.9922 (spacing 2^-8 below 1).
+    want = torch.full((3,), 1 - 0.01 * math.atan(0.1) / 0.1).bfloat16()
+    assert torch.equal(param.detach(), want)
 
 
 @pytest.mark.parametrize("kwargs", [dict(lr=-1.0), dict(weight_decay=-0.1), dict(betas=(0.9, 1.0))])

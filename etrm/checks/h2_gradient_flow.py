@@ -33,33 +33,51 @@ def check_encoder_requires_grad(model: TRMInterface) -> CheckResult:
 def check_encoder_gradient_every_step(model: TRMInterface, batch: dict[str, torch.Tensor], steps: int = 3) -> CheckResult:
     """Each ACT step's loss gives every encoder parameter a non-zero, finite gradient,
     including steps on which no sample was reset (where a carried or cached context
-    would starve the encoder)."""
+    would starve the encoder). A missing or zero gradient and a non-finite one have
+    different causes, so they are counted and reported apart."""
     model = as_interface(model)
     if why := model.missing("encoder"):
         return CheckResult.inconclusive(H, "encoder_gradient_every_step", why)
     steps = min(steps, model.halt_max_steps)
     named = [(n, p) for n, p in model.encoder_parameters() if p.requires_grad]
     starved: dict[int, list[str]] = {}
+    nonfinite: dict[int, list[str]] = {}
     min_norm = math.inf
     for step, loss in enumerate(act_step_losses(model, batch, steps), start=1):
         # The graph is kept: a model whose steps share one (an undetached carry) must not crash the check.
         grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True, retain_graph=True) if named else []
-        bad = [n for (n, _), g in zip(named, grads) if g is None or not torch.isfinite(g).all() or not g.abs().sum() > 0]
-        if bad:
-            starved[step] = bad
-        norms = [g.norm().item() for g in grads if g is not None]
+        for (n, _), g in zip(named, grads):
+            if g is not None and not torch.isfinite(g).all():
+                nonfinite.setdefault(step, []).append(n)
+            elif g is None or not g.abs().sum() > 0:
+                starved.setdefault(step, []).append(n)
+        norms = [g.norm().item() for g in grads if g is not None and torch.isfinite(g).all()]
         min_norm = min([min_norm, *norms]) if norms else 0.0
     if not named:
         return CheckResult.fail(H, "encoder_gradient_every_step", "the encoder has no trainable parameters", {"steps": steps})
-    message = (f"all {len(named)} encoder parameters got a non-zero gradient on each of {steps} ACT steps "
-               f"(steps 2+ had no resets); smallest per-parameter norm {min_norm:.3g}")
+    problems = []
     if starved:
-        first = min(starved)
-        message = (f"no (or non-finite) gradient on step(s) {sorted(starved)} for {len(starved[first])} of {len(named)} "
-                   f"encoder parameters, e.g. {', '.join(starved[first][:4])}: look for .detach() or no_grad on the encoder path")
-    return CheckResult.from_condition(H, "encoder_gradient_every_step", not starved, message,
+        problems.append(_bad_steps("no gradient", starved, len(named))
+                        + ": look for .detach() or no_grad on the encoder path")
+    if nonfinite:
+        problems.append(_bad_steps("a non-finite (NaN/inf) gradient", nonfinite, len(named))
+                        + ": the path is connected but its numerics are not; look for a division by zero, log(0) "
+                          "or an overflow in the loss or the encoder (e.g. stablemax without its epsilon at a "
+                          "bfloat16 logit of exactly 1)")
+    message = "; ".join(problems) or (
+        f"all {len(named)} encoder parameters got a non-zero, finite gradient on each of {steps} ACT steps "
+        f"(steps 2+ had no resets); smallest per-parameter norm {min_norm:.3g}")
+    ok = not starved and not nonfinite
+    return CheckResult.from_condition(H, "encoder_gradient_every_step", ok, message,
                                       {"steps": steps, "params": len(named), "starved_steps": len(starved),
-                                       "min_param_grad_norm": min_norm if not starved else 0.0})
+                                       "nonfinite_steps": len(nonfinite),
+                                       "min_param_grad_norm": min_norm if ok else 0.0})
+
+
+def _bad_steps(what: str, by_step: dict[int, list[str]], total: int) -> str:
+    first = by_step[min(by_step)]
+    return (f"{what} on step(s) {sorted(by_step)} for {len(first)} of {total} encoder parameters, "
+            f"e.g. {', '.join(first[:4])}")
 
 
 def check_loss_responds_to_encoder(model: TRMInterface, batch: dict[str, torch.Tensor], scale: float = 0.05,

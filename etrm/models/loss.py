@@ -13,8 +13,12 @@ IGNORE_LABEL_ID = -100
 
 
 def stablemax_s(x: torch.Tensor) -> torch.Tensor:
-    """s(x) = 1/(1-x) for x < 0, x + 1 otherwise: a softmax alternative that cannot overflow."""
-    return torch.where(x < 0, 1.0 / (1.0 - x), x + 1.0)
+    """s(x) = 1/(1-x+eps) for x < 0, x + 1 otherwise: a softmax alternative that cannot overflow.
+
+    `where` differentiates both branches: without the official 1e-30 the unused one is
+    1/0 at x = 1 (a common bfloat16 logit), and its NaN gradient survives the `where`.
+    """
+    return torch.where(x < 0, 1.0 / (1.0 - x + 1e-30), x + 1.0)
 
 
 def log_stablemax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:

@@ -38,6 +38,17 @@ class PrefixIgnoringETRM(ETRM):
         return torch.zeros_like(context), extras
 
 
+class NaNGradientETRM(ETRM):
+    """The encoder output's gradient turns NaN on the way back, as a loss whose unused `where`
+    branch is infinite makes it (the stablemax without its epsilon) (H2)."""
+
+    def prefix(self, data, carry, reset):
+        context, extras = super().prefix(data, carry, reset)
+        if context.requires_grad:
+            context.register_hook(lambda grad: torch.full_like(grad, torch.nan))
+        return context, extras
+
+
 class DemoBlindEncoder(torch.nn.Module):
     """Wraps an encoder so it sees blank demos: same output for every task (H7)."""
 

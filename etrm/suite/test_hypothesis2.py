@@ -59,7 +59,15 @@ def test_training_log_has_healthy_preclip_encoder_norms(artifacts, record_check)
 
 def test_control_detached_encoder_output_is_caught(tiny_batch, expect_check_fails):
     head = broken.rebuild_as(tiny_model("etrm-standard"), broken.DetachedEncoderETRM)
-    expect_check_fails(h2.check_encoder_gradient_every_step(head, tiny_batch))
+    result = expect_check_fails(h2.check_encoder_gradient_every_step(head, tiny_batch))
+    assert ".detach()" in result.message and "non-finite" not in result.message, result.message
+
+
+def test_control_nan_encoder_gradient_is_caught_and_not_blamed_on_detach(tiny_batch, expect_check_fails):
+    head = broken.rebuild_as(tiny_model("etrm-standard"), broken.NaNGradientETRM)
+    result = expect_check_fails(h2.check_encoder_gradient_every_step(head, tiny_batch, steps=2))
+    assert "non-finite" in result.message and ".detach()" not in result.message, result.message
+    assert result.numbers["nonfinite_steps"] == 2 and result.numbers["starved_steps"] == 0
 
 
 def test_control_context_cached_after_a_samples_first_step_is_caught(tiny_batch, expect_check_fails):

@@ -1,0 +1,21 @@
+"""Batches shared by the unit tests that run at the official canvas."""
+from __future__ import annotations
+
+import pytest
+
+# The origin ETRM builder's few-shot build of real ARC-AGI-1 tasks (fixtures/interop/README.md).
+INTEROP_FEWSHOT = "interop/origin/fewshot"
+
+
+@pytest.fixture(scope="session")
+def canvas30_batch():
+    """The first two queries of the interop few-shot test split at seq_len 900, one demo each
+    (one demo keeps the 1800-token encoder pass affordable); most labels are ignored PAD."""
+    from etrm.bundled import fixtures_root
+    from etrm.data.datasets import FewShotPuzzleDataset
+    from etrm.models.loss import IGNORE_LABEL_ID
+
+    dataset = FewShotPuzzleDataset(fixtures_root() / INTEROP_FEWSHOT, "test", 2, max_demos=1, test_mode=True)
+    batch = dataset.first_batch()
+    assert batch["inputs"].shape == (2, 900) and (batch["labels"] == IGNORE_LABEL_ID).any(), "not a padded canvas-30 batch"
+    return batch
