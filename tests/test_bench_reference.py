@@ -1,4 +1,5 @@
-"""Our recursion computes what the official-style reference computes, so the side-by-side
+"""Our recursion computes what the optimised official-style re-implementation
+(tests/reference/official_style.py) computes, so the side-by-side
 timings in tests/test_bench_recursion.py compare equal work (and the hot-path rewrites in
 etrm/layers.py keep the official numerics)."""
 from __future__ import annotations

@@ -63,13 +63,14 @@ class GridPairEncoder(nn.Module):
             x = rms_norm(x, self.eps)
         keep = tokens != PAD_ID  # EOS counts as content: it marks the grid's extent
         if self.pooling == "mean":
-            weights = keep.to(x.dtype) / keep.sum(-1, keepdim=True).clamp_min(1).to(x.dtype)
-        else:
-            scores = (x @ self.pool_query.to(x.dtype)) / self.scale if self.pooling == "attention" else self.pool_score(x).squeeze(-1)
-            weights = torch.softmax(scores.float().masked_fill(~keep, float("-inf")), dim=-1)
-            weights = torch.nan_to_num(weights).to(x.dtype)  # an all-PAD pair pools to zero
-        pooled = torch.einsum("ns,nsh->nh", weights, x)
-        return self.pool_proj(pooled)
+            # Sum, then divide by the count (as the origin ETRM): a bfloat16-rounded 1/count
+            # weight would scale every demo vector by up to 1 +- 2^-9.
+            count = keep.sum(-1, keepdim=True).clamp_min(1).to(x.dtype)
+            return self.pool_proj(torch.einsum("ns,nsh->nh", keep.to(x.dtype), x) / count)
+        scores = (x @ self.pool_query.to(x.dtype)) / self.scale if self.pooling == "attention" else self.pool_score(x).squeeze(-1)
+        weights = torch.softmax(scores.float().masked_fill(~keep, float("-inf")), dim=-1)
+        weights = torch.nan_to_num(weights).to(x.dtype)  # an all-PAD pair pools to zero
+        return self.pool_proj(torch.einsum("ns,nsh->nh", weights, x))
 
 
 class SetAttentionLayer(nn.Module):

@@ -11,11 +11,21 @@ DATA_KEYS_FEWSHOT = ("inputs", "labels", "puzzle_identifiers", "demo_inputs", "d
 
 
 class ETRM(ACTModel):
-    """The encoder re-reads the current demos of every sample at every ACT step, so its
-    parameters get gradient at every step (not only on the step a sample starts)."""
+    """In training the encoder re-reads the current demos of every sample at every ACT
+    step, so its parameters get gradient at every step (not only on the step a sample
+    starts).
+
+    In evaluation without autograd the context is a pure function of the demos (the
+    variational encoder uses its mean), so it is computed once and carried: a step where
+    no slot takes a new sample reuses the carried context, a step where any slot does
+    re-encodes the whole batch. Every context is then the one recomputing would give, bit
+    for bit (the encoder sees the same inputs), and an evaluation episode, whose samples
+    all start together, runs the encoder once instead of `halt_max_steps` times.
+    `reuse_eval_context = False` turns this off (for comparisons)."""
 
     data_keys = DATA_KEYS_FEWSHOT
     model_type = "etrm"
+    reuse_eval_context = True
 
     def __init__(self, config: ModelConfig):
         if config.model_type != self.model_type:
@@ -33,13 +43,21 @@ class ETRM(ACTModel):
     def encoder_query(self, carry: ACTCarry, reset: torch.Tensor) -> torch.Tensor | None:
         return None
 
+    def caches_context(self) -> bool:
+        return self.reuse_eval_context and not self.training and not torch.is_grad_enabled()
+
     def prefix(self, data, carry, reset):
+        if self.caches_context() and carry.context is not None and not bool(reset.any()):
+            return carry.context, dict(carry.extras)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.encoder_frozen):
             out = self.encoder(data["demo_inputs"], data["demo_labels"], data["demo_mask"], self.encoder_query(carry, reset))
         extras = {"context": out.context}
         if out.kl is not None:
             extras["kl"] = out.kl
         return out.context, extras
+
+    def carried(self, extras):
+        return {"context": extras["context"], "extras": extras} if self.caches_context() else {}
 
 
 class ETRMTRM(ETRM):
@@ -55,5 +73,8 @@ class ETRMTRM(ETRM):
             return None
         return torch.where(reset.view(-1, 1, 1), torch.zeros_like(carry.context), carry.context)
 
-    def next_context(self, outputs):
-        return outputs["context"].detach()
+    def caches_context(self) -> bool:
+        return False  # the context changes every step
+
+    def carried(self, extras):
+        return {"context": extras["context"].detach()}

@@ -35,7 +35,9 @@ class ACTCarry:
     steps: torch.Tensor  # (B,) int32 ACT steps taken by the sample now in the slot
     halted: torch.Tensor  # (B,) bool: the slot takes the next batch's sample on the next call
     current_data: dict[str, torch.Tensor]  # the data of the sample now in each slot
-    context: torch.Tensor | None = None  # ETRMTRM only: previous step's detached encoder context
+    # Encoder models: ETRMTRM's previous-step context (detached), or ETRM's context
+    # reused in evaluation, with its other prefix outputs (`extras`, e.g. the KL).
+    context: torch.Tensor | None = None  # (B, puzzle_emb_len, hidden)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -166,8 +168,9 @@ class ACTModel(nn.Module):
         """Return the decoder prefix and extra outputs (e.g. the encoder context, KL)."""
         return self.inner.puzzle_prefix(data["puzzle_identifiers"]), {}
 
-    def next_context(self, outputs: dict) -> torch.Tensor | None:
-        return None
+    def carried(self, extras: dict[str, torch.Tensor]) -> dict:
+        """What the next step's carry keeps of this step's prefix outputs (ACTCarry fields)."""
+        return {}
 
     # --- ACT ---------------------------------------------------------------------------
     def initial_carry(self, batch: dict[str, torch.Tensor]) -> ACTCarry:
@@ -204,8 +207,7 @@ class ACTModel(nn.Module):
                 explore = torch.rand_like(q_halt) < self.config.halt_exploration_prob
                 min_steps = explore * torch.randint_like(steps, low=2, high=self.config.halt_max_steps + 1)
                 halted = halted & (steps >= min_steps)
-        new_carry = ACTCarry(inner=inner, steps=steps, halted=halted, current_data=data,
-                             context=self.next_context(outputs))
+        new_carry = ACTCarry(inner=inner, steps=steps, halted=halted, current_data=data, **self.carried(extras))
         return new_carry, outputs
 
 

@@ -1,8 +1,13 @@
-"""The official TRM recursion, re-expressed for side-by-side timing and numerics checks.
+"""An optimised official-style re-implementation of the TRM recursion, for side-by-side
+timing and numerics checks. It is not the official code, and it is faster than it: timed
+alternately at the mid size, the official TRM code itself took 356 ms per inference step
+and ours 260 ms (0.73x), while against this re-implementation ours takes 0.92-0.99x. So
+ratios against it understate our gain over the official code; they bound what our own
+hot-path rewrites (etrm/layers.py) add over a straightforward version of the same ops.
 
 Written from the facts of the official implementation (models/layers.py and
-models/recursive_reasoning/trm.py of SamsungSAILMontreal/TinyRecursiveModels), keeping
-the things that cost time there:
+models/recursive_reasoning/trm.py of SamsungSAILMontreal/TinyRecursiveModels). It keeps
+the official operations that cost time:
 
 - every linear/embedding casts its weight with `.to(dtype)` on every call;
 - q and k are rotated in (B, S, H, D) layout, cast to float32 around RoPE and back,
@@ -14,8 +19,8 @@ the things that cost time there:
 
 Parameter and buffer names equal `etrm.models.TRMDecoder`'s, so
 `OfficialStyleDecoder(config).load_state_dict(decoder.state_dict())` copies a decoder.
-Only the recursion is here (no ACT wrapper, no sparse-embedding training path): that is
-what the benchmarks compare.
+Only the recursion is here (no ACT wrapper, no loss head, no sparse-embedding training
+path, heads rearranged by `permute` rather than einops): that is what the benchmarks compare.
 """
 from __future__ import annotations
 
