@@ -63,34 +63,27 @@ def build_experiment_model(config):
     return build_model(config)
 
 
-def _input_errors() -> tuple[type[Exception], ...]:
-    """What bad input raises (each names the file or key at fault); anything else is a bug."""
-    from etrm.checkpoints import CheckpointError
-    from etrm.config import ConfigError
-    from etrm.data.datasets import DatasetFormatError
-    from etrm.evaluation import EvaluationError
-
-    return CheckpointError, ConfigError, DatasetFormatError, EvaluationError, FileExistsError
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from etrm.checks.experiment1 import experiment_config_for_data
+    from etrm.cli import UsageError
 
     if args.device == "cuda" and not torch.cuda.is_available():
-        return _error("--device cuda: CUDA is not available to this torch build")
+        raise UsageError("--device cuda but CUDA is not available to this torch build")
+    for path, what in ((args.trm_checkpoint, "--trm-checkpoint"), (args.data, "--data")):
+        if not Path(path).exists():
+            raise UsageError(f"{path}: not found ({what})")
     runs = [("frozen decoder", Path(args.out), True)]
     if args.with_unfrozen:
         runs.append(("unfrozen decoder (comparison)", Path(args.out) / UNFROZEN_DIR, False))
     taken = [str(folder / LOG_NAME) for _, folder, _ in runs if (folder / LOG_NAME).exists()]
     if taken:
-        return _error(f"{', '.join(taken)} exists; a new run never overwrites a log: choose another --out")
-    try:
-        dtype = {"forward_dtype": args.forward_dtype} if args.forward_dtype else {}
-        config = experiment_config_for_data(args.trm_checkpoint, args.data, **dtype)
-    except _input_errors() as err:
-        return _error(str(err))
+        raise UsageError(f"{', '.join(taken)} exists; a new run never overwrites a log: choose another --out")
+    # Bad content (a TRM-layout build, a canvas the checkpoint was not trained on, a decoder
+    # that does not load) raises etrm's errors, which `etrm.cli.main` prints as one line.
+    config = experiment_config_for_data(args.trm_checkpoint, args.data,
+                                        **({"forward_dtype": args.forward_dtype} if args.forward_dtype else {}))
     for label, folder, frozen in runs:
         status = _run_one(args, config, label, folder, frozen)
         if status:
@@ -112,8 +105,6 @@ def _run_one(args: argparse.Namespace, config, label: str, folder: Path, frozen:
             freeze_decoder=frozen, model_config=config, seed=args.seed, device=args.device,
             eval_at_start=True, max_train_groups=args.max_train_groups, max_eval_groups=args.max_eval_groups,
             model_factory=build_experiment_model)
-    except _input_errors() as err:
-        return _error(str(err))
     except KeyboardInterrupt:
         interrupted = True
         print("\netrm experiment1: interrupted; reporting the steps done", file=sys.stderr, flush=True)
@@ -160,8 +151,3 @@ def _describe(config) -> str:
     return ", ".join(f"{name} {getattr(config, name)}" for name in
                      ("H_cycles", "L_cycles", "L_layers", "hidden_size", "halt_max_steps", "forward_dtype", "seq_len",
                       "max_demos"))
-
-
-def _error(message: str) -> int:
-    print(f"etrm experiment1: error: {message}", file=sys.stderr)
-    return 1

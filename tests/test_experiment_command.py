@@ -116,14 +116,16 @@ def test_the_same_seed_gives_the_same_log(tmp_path):
     assert log("c.jsonl", 1)[1:] != first[1:]  # the seed matters (line 0: what was loaded)
 
 
-@pytest.mark.parametrize("trm, data, message", [
-    (TRM, INTEROP / "origin" / "fewshot",
+@pytest.mark.parametrize("trm, data, status, message", [
+    (TRM, INTEROP / "origin" / "fewshot", 1,
      r"origin/fewshot/train/dataset.json: seq_len 900, but the checkpoint .*trm/step_final was trained at seq_len 100"),
-    (TRM, fixtures_root() / BUNDLED["trm_data_dir"], r"data/trm/train/all__num_demos.npy: not found, so .* TRM-layout"),
-    (TRM.parent, FEWSHOT, r"checkpoints/trm: checkpoint not found"),
+    (TRM, fixtures_root() / BUNDLED["trm_data_dir"], 1, r"data/trm/train/all__num_demos.npy: not found, so .* TRM-layout"),
+    (TRM.parent, FEWSHOT, 1, r"checkpoints/trm: is a directory; give the checkpoint file inside it"),
+    (TRM.parent / "step_9", FEWSHOT, 2, r"trm/step_9: not found \(--trm-checkpoint\)"),
+    (TRM, FEWSHOT / "nope", 2, r"fewshot/nope: not found \(--data\)"),
 ])
-def test_bad_input_is_one_clear_error(tmp_path, capsys, trm, data, message):
-    assert experiment1(trm, data, tmp_path) == 1
+def test_bad_input_is_one_clear_error(tmp_path, capsys, trm, data, status, message):
+    assert experiment1(trm, data, tmp_path) == status
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("etrm experiment1: error: ")
     assert re.search(message, err), err
@@ -132,8 +134,9 @@ def test_bad_input_is_one_clear_error(tmp_path, capsys, trm, data, message):
 
 def test_an_existing_log_is_never_overwritten(tmp_path, capsys):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')
-    assert experiment1(TRM, FEWSHOT, tmp_path) == 1
+    assert experiment1(TRM, FEWSHOT, tmp_path) == 2
     assert "exists; a new run never overwrites a log" in capsys.readouterr().err
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1}\n'
 
 
 def test_the_official_trm_layout_build_is_refused_with_the_reason(tmp_path, capsys):

@@ -143,8 +143,10 @@ def experiment_config_for_data(trm_checkpoint, data_dir, **overrides):
     from etrm.checkpoints import CheckpointError, find_saved_config
     from etrm.data.datasets import DatasetFormatError, load_split
 
+    if Path(trm_checkpoint).is_dir():
+        raise CheckpointError(f"{trm_checkpoint}: is a directory; give the checkpoint file inside it (step_N)")
     if not Path(trm_checkpoint).is_file():
-        raise CheckpointError(f"{trm_checkpoint}: checkpoint not found (give the checkpoint file, e.g. step_N)")
+        raise CheckpointError(f"{trm_checkpoint}: checkpoint not found")
     data_dir = Path(data_dir)
     metas, demos = [], []
     for split in ("train", "test"):
