@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "etrm.evaluation",
     "etrm.checkpoints",
     "etrm.bench",
+    "etrm.experiment",
 ]
 DEBUG_ENV = "ETRM_DEBUG"
 USAGE_STATUS, CONTENT_STATUS = 2, 1

@@ -17,7 +17,6 @@ The investigation's mistakes this module rules out: gradient norms read after cl
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -31,6 +30,8 @@ from tqdm.auto import tqdm
 
 from etrm.config import ConfigError
 from etrm.diagnostics import DIAGNOSTIC_KEYS, encoder_diagnostics
+# The log's writer and reader live in etrm.metrics_log; re-exported here, where the trainer's users look.
+from etrm.metrics_log import MetricsLog, MetricsLogError, eval_record, read_metrics_log
 from etrm.optim import AdamATan2, SparseSignSGD, lr_schedule
 
 PARTS = ("encoder", "decoder")
@@ -142,69 +143,6 @@ def parameter_part(name: str) -> str:
             return part
     raise ValueError(f"parameter {name!r} belongs to neither model.encoder.* nor model.inner.*: "
                      f"the trainer cannot tell which part it trains, freezes or measures")
-
-
-# --- metrics log -----------------------------------------------------------------------------
-
-class MetricsLogError(ValueError):
-    """A metrics log line is not a JSON object with an integer 'step'; names file and line."""
-
-
-class MetricsLog:
-    """Metrics as JSON lines, one object per record, each with an integer `step`.
-
-    Training records carry `train/*`, `grad/*`, `encoder/*`, `lr*`, `frozen/*`;
-    evaluation records carry `eval/*`. NaN marks a value that is undefined at that step
-    (e.g. accuracies when no sample halted). An existing non-empty file is refused
-    unless `append=True`, so a new run never overwrites an old run's log.
-    """
-
-    def __init__(self, path: str | Path, *, append: bool = False):
-        self.path = Path(path)
-        if not append and self.path.exists() and self.path.stat().st_size > 0:
-            raise FileExistsError(f"{self.path}: metrics log exists; pass append=True or choose another path")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a")
-
-    def write(self, record: Mapping[str, Any]) -> None:
-        if not isinstance(record.get("step"), int):
-            raise MetricsLogError(f"{self.path}: a record needs an integer 'step', got {record.get('step')!r}")
-        self._file.write(json.dumps(dict(record)) + "\n")
-        self._file.flush()  # a crashed run keeps every finished step
-
-    def read(self) -> list[dict[str, Any]]:
-        return read_metrics_log(self.path)
-
-    def close(self) -> None:
-        self._file.close()
-
-    def __enter__(self) -> MetricsLog:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def read_metrics_log(path: str | Path) -> list[dict[str, Any]]:
-    """Every record of a JSON-lines metrics log, in file order (blank lines skipped)."""
-    path = Path(path)
-    if not path.is_file():
-        raise MetricsLogError(f"{path}: metrics log not found")
-    records = []
-    with path.open() as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise MetricsLogError(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(record, dict):
-                raise MetricsLogError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-            if not isinstance(record.get("step"), int) or isinstance(record.get("step"), bool):
-                raise MetricsLogError(f"{path}:{number}: no integer 'step' in the record (keys: {sorted(record)})")
-            records.append(record)
-    return records
 
 
 # --- trainer ---------------------------------------------------------------------------------
@@ -424,9 +362,7 @@ class Trainer:
 
     def log_eval(self, result: Any) -> dict[str, Any]:
         """Log an `EvaluationResult` as an `eval/*` record at the current step."""
-        record: dict[str, Any] = {"step": self.step_count}
-        record.update({f"eval/{k}": float(v) for k, v in result.metrics.items()})
-        record["eval/tasks_evaluated"] = len(result.tasks_evaluated)
+        record = eval_record(self.step_count, result)
         if self.metrics_log is not None:
             self.metrics_log.write(record)
         return record

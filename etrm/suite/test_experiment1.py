@@ -40,9 +40,22 @@ def test_scenario_of_the_frozen_decoder_run(artifacts, record_check):
 
 # --- negative controls ---------------------------------------------------------------------
 
+def postclip_only(log):
+    """The log as the origin trainer wrote it: encoder norms after clipping only."""
+    return [{k: v for k, v in line.items() if k != "grad/encoder_norm_preclip"} for line in log]
+
+
 def test_control_postclip_only_log_cannot_decide(expect_check_fails):
-    # The origin logged grad/encoder_norm after clipping: its "1.0" says nothing about flow.
-    expect_check_fails(e1.decide_scenario(history(key="grad/encoder_norm")), expected="inconclusive")
+    # The origin logged grad/encoder_norm after clipping: its "1.0" is the threshold, not a measurement.
+    result = e1.decide_scenario(postclip_only(history(norm=3.0)))
+    assert "only post-clip encoder norms" in result.message and "100% of steps at 1" in result.message
+    expect_check_fails(result, expected="inconclusive")
+
+
+def test_a_flat_loss_is_scenario_b_even_without_preclip_norms():
+    result = e1.decide_scenario(postclip_only(history(loss=(8.0, 7.9))))
+    assert result.passed and result.numbers["scenario"] == "B: encoder stuck", result.message
+    assert result.numbers["gradient_criterion"] == "post-clip norms only"
 
 
 def test_control_log_without_evaluations_cannot_decide(expect_check_fails):
