@@ -26,8 +26,8 @@ class CachedContextETRM(ETRM):
             context = torch.where(reset.view(-1, 1, 1), context, carry.context)
         return context, {**extras, "context": context}
 
-    def next_context(self, outputs):
-        return outputs["context"].detach()
+    def carried(self, extras):
+        return {"context": extras["context"].detach()}
 
 
 class PrefixIgnoringETRM(ETRM):
