@@ -206,6 +206,8 @@ def import_training_config(path: str | Path, *, model_type: str | None = None, *
     if model.get("encoder_type") is not None and model["encoder_type"] not in ENCODER_TYPES:
         foreign = model.pop("encoder_type")
         ignored["arch.encoder_type"] = foreign
+    if arch.get("recurrent_encoder_type") is not None:  # the origin ETRMTRM's own recurrent encoders
+        foreign = str(arch["recurrent_encoder_type"])
     if "expansion" in model and isinstance(model["expansion"], int):
         model["expansion"] = float(model["expansion"])
     model.update(overrides)

@@ -185,3 +185,15 @@ def test_training_vocabularies_normalise_to_official_names():
         normalize_training_hparams({"momentum": 0.9})
     with pytest.raises(ConfigError, match="betas"):
         normalize_training_hparams({"betas": 0.9})
+
+
+def test_origin_etrmtrm_recurrent_encoders_are_foreign():
+    """The origin ETRMTRM's recurrent encoders (trm_style, recurrent_standard) have no etrm
+    implementation: read the decoder and recipe, build nothing (origin ETRMTRM checkpoints
+    are not a compatibility target)."""
+    from pathlib import Path
+
+    corpus = Path(__file__).resolve().parents[1] / "fixtures" / "interop" / "origin"
+    for run, encoder in (("etrmtrm-trm-style", "trm_style"), ("etrmtrm-recurrent-standard", "recurrent_standard")):
+        imported = import_training_config(corpus / run / "all_config.yaml")
+        assert imported.foreign_encoder == encoder and imported.model_config.L_cycles == 4
