@@ -12,7 +12,6 @@ from etrm.config import tiny_config
 from etrm.models import build_model
 from etrm.suite.support import TINY_ENCODER_MODELS, fewshot_batch
 from etrm.testing.artifacts import BUNDLED, fixtures_root
-from etrm.testing.golden import state_dict_digest
 
 BUNDLED_DATA = fixtures_root() / BUNDLED["data_dir"]  # the 10x10 data the tiny models are sized for
 MODELS = {"trm": dict(model_type="trm", num_puzzle_identifiers=64), **TINY_ENCODER_MODELS}
@@ -27,9 +26,19 @@ def batch():
     return fewshot_batch(BUNDLED_DATA, tiny_config("etrm"), batch_size=2)
 
 
+def init_fingerprint(tensor: torch.Tensor) -> torch.Tensor:
+    """Mean, std, min, max and the first 8 values of one initial weight, compared at float32's
+    tolerance: initialisers round by CPU instruction set (trunc_normal on AVX-512 and on AVX2
+    differ in the last bit), so an exact digest of the weights fails on another CPU, while any
+    change to an initialiser's distribution, scale or draw order moves these by far more."""
+    flat = tensor.detach().double().flatten()
+    stats = [flat.mean(), flat.std(correction=0), flat.min(), flat.max()] if flat.numel() else []
+    return torch.cat([torch.stack(stats) if stats else flat[:0], flat[:8]]).float()
+
+
 def episode_values(head, batch) -> dict:
-    """Initial weights' digest, then every evaluation ACT step's outputs and loss."""
-    values = {"init/state_dict_sha256": digest_array(state_dict_digest(head.state_dict()))}
+    """Initial weights' fingerprints, then every evaluation ACT step's outputs and loss."""
+    values = {f"init/{key}": init_fingerprint(value) for key, value in head.state_dict().items()}
     with torch.no_grad():
         carry = head.initial_carry(batch)
         for step in range(1, head.config.halt_max_steps + 1):
@@ -54,7 +63,10 @@ def test_official_recursion_at_canvas_30_matches_golden(canvas30_batch, golden):
     # steps, so the second starts from a carried state.
     torch.manual_seed(0)
     head = build_model(tiny_config("etrm", seq_len=900, H_cycles=3, L_cycles=4, halt_max_steps=2, max_demos=1)).eval()
-    golden.check("model-etrm-official-recursion-canvas30", episode_values(head, canvas30_batch))
+    # 30 layer applications amplify kernel rounding: AVX-512, AVX2 and scalar kernels give logits
+    # up to 1e-3 apart (measured with ATEN_CPU_CAPABILITY), a changed recursion moves them far more.
+    golden.check("model-etrm-official-recursion-canvas30", episode_values(head, canvas30_batch),
+                 tolerances={"float32": (1e-3, 3e-3), "float64": (1e-5, 1e-5)})
 
 
 def test_data_build_matches_golden(tmp_path, golden):

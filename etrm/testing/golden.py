@@ -123,17 +123,6 @@ def compare_to_golden(name: str, tensors: Mapping[str, Any], *, update: bool,
     return GoldenDiff(name, npz_path, "mismatch" if diffs else "match", diffs, len(new))
 
 
-def state_dict_digest(state_dict: Mapping[str, Any]) -> str:
-    """sha256 over sorted keys, dtypes, shapes and raw bytes of a state dict's tensors
-    (torch tensors or numpy arrays; the same values give the same digest either way)."""
-    h = hashlib.sha256()
-    for key in sorted(state_dict):
-        dtype, shape, raw = _raw_bytes(key, state_dict[key])
-        h.update(f"{key}\0{dtype}\0{shape}\0".encode())
-        h.update(raw)
-    return h.hexdigest()
-
-
 def tensor_summary(array: np.ndarray, dtype: str) -> dict[str, Any]:
     """Shape, dtype, digest and statistics of one stored array, as in `<name>.json`."""
     stats: dict[str, Any] = {"shape": list(array.shape), "dtype": dtype,
@@ -240,21 +229,6 @@ def _read(npz_path: Path, json_path: Path) -> dict[str, _Value]:
         raise GoldenError(f"{npz_path} and {json_path.name} list different tensors; "
                           "run `pytest --update-golden` to rewrite both")
     return {key: _Value(arrays[key], summary[key]["dtype"]) for key in arrays}
-
-
-def _raw_bytes(key: str, value: Any) -> tuple[str, tuple[int, ...], bytes]:
-    if isinstance(value, np.ndarray):
-        return str(value.dtype), tuple(value.shape), np.ascontiguousarray(value).tobytes()
-    import torch
-
-    if not isinstance(value, torch.Tensor):
-        raise GoldenError(f"state dict entry {key!r} is a {type(value).__name__}, not a tensor")
-    if value.is_meta:
-        raise GoldenError(f"state dict entry {key!r} is on the meta device and has no values")
-    t = value.detach().cpu().contiguous()
-    # Reinterpret as bytes so dtypes numpy lacks (bfloat16) hash exactly too.
-    raw = t.reshape(-1).view(torch.uint8).numpy().tobytes()
-    return str(t.dtype).removeprefix("torch."), tuple(t.shape), raw
 
 
 def _format_stats(stats: Mapping[str, Any]) -> str:
