@@ -81,21 +81,22 @@ def _bad_steps(what: str, by_step: dict[int, list[str]], total: int) -> str:
 
 
 def check_loss_responds_to_encoder(model: TRMInterface, batch: dict[str, torch.Tensor], scale: float = 0.05,
-                                   seed: int = 0) -> CheckResult:
-    """Perturbing the encoder's weights changes the loss: the decoder reads the context."""
+                                   seed: int = 0, steps: int | None = None) -> CheckResult:
+    """Perturbing the encoder's weights changes the loss of the first `steps` evaluation ACT
+    steps (default: a whole episode): the decoder reads the context."""
     model = as_interface(model)
     if why := model.missing("encoder"):
         return CheckResult.inconclusive(H, "loss_responds_to_encoder", why)
     params = [p for _, p in model.encoder_parameters()]
     gen = torch.Generator().manual_seed(seed)
-    before = episode_loss(model, batch)
+    before = episode_loss(model, batch, steps)
     saved = [p.detach().clone() for p in params]
     try:
         with torch.no_grad():
             for p in params:
                 rms = p.float().square().mean().sqrt().item() or 1.0
                 p.add_(torch.randn(p.shape, generator=gen).to(p) * scale * rms)
-        after = episode_loss(model, batch)
+        after = episode_loss(model, batch, steps)
     finally:
         with torch.no_grad():
             for p, value in zip(params, saved):

@@ -36,11 +36,19 @@ def _pairwise(ctx: torch.Tensor) -> torch.Tensor:
     return torch.cdist(flat, flat)
 
 
-def check_context_varies_across_tasks(model: TRMInterface, batch: dict[str, torch.Tensor], tasks: list[str]) -> CheckResult:
+def _first_context(model: TRMInterface, batch: dict[str, torch.Tensor], context: torch.Tensor | None) -> torch.Tensor:
+    # Both checks read the same contexts; a caller that runs both on one large batch computes
+    # them once (`first_context` at the official width costs seconds) and passes them in.
+    return model.first_context(batch) if context is None else context
+
+
+def check_context_varies_across_tasks(model: TRMInterface, batch: dict[str, torch.Tensor], tasks: list[str],
+                                      context: torch.Tensor | None = None) -> CheckResult:
+    """The per-task mean contexts spread apart. `context`: `first_context(batch)` if known."""
     model = as_interface(model)
     if why := model.missing("encoder"):
         return CheckResult.inconclusive(H, "context_varies_across_tasks", why)
-    ctx = model.first_context(batch).float()
+    ctx = _first_context(model, batch, context).float()
     distinct = sorted(set(tasks))
     if len(distinct) < 2:
         return CheckResult.inconclusive(H, "context_varies_across_tasks",
@@ -53,12 +61,14 @@ def check_context_varies_across_tasks(model: TRMInterface, batch: dict[str, torc
         f"(nearly identical below {MIN_RELATIVE_SPREAD:g})", {"tasks": len(distinct), "relative_spread": spread})
 
 
-def check_context_agrees_within_task(model: TRMInterface, batch: dict[str, torch.Tensor], tasks: list[str]) -> CheckResult:
-    """Mean distance between contexts of one task's augmentations vs between tasks (< 1 passes)."""
+def check_context_agrees_within_task(model: TRMInterface, batch: dict[str, torch.Tensor], tasks: list[str],
+                                     context: torch.Tensor | None = None) -> CheckResult:
+    """Mean distance between contexts of one task's augmentations vs between tasks (< 1 passes).
+    `context`: `first_context(batch)` if known."""
     model = as_interface(model)
     if why := model.missing("encoder"):
         return CheckResult.inconclusive(H, "context_agrees_within_task", why)
-    ctx = model.first_context(batch)
+    ctx = _first_context(model, batch, context)
     dist = _pairwise(ctx)
     same = torch.tensor([[a == b for b in tasks] for a in tasks])
     off_diag = ~torch.eye(len(tasks), dtype=torch.bool)

@@ -38,13 +38,14 @@ def act_step_losses(model: TRMInterface, batch: dict[str, torch.Tensor], steps: 
     return losses
 
 
-def episode_loss(model: TRMInterface, batch: dict[str, torch.Tensor]) -> float:
-    """Summed loss of one evaluation-mode episode (halt_max_steps steps), without gradient."""
+def episode_loss(model: TRMInterface, batch: dict[str, torch.Tensor], steps: int | None = None) -> float:
+    """Summed loss of the first `steps` evaluation-mode ACT steps (default: the whole
+    episode, halt_max_steps), without gradient."""
     model = as_interface(model)
     total = 0.0
     with model.mode(training=False), torch.no_grad():
         carry = model.initial_carry(batch)
-        for _ in range(model.halt_max_steps):
+        for _ in range(min(steps or model.halt_max_steps, model.halt_max_steps)):
             step = model.step(carry, batch)
             carry, total = step.carry, total + step.loss.item()
     return total

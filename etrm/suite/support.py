@@ -45,6 +45,34 @@ def fewshot_batch(data_dir: Path, config: ModelConfig, batch_size: int = 4, spli
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def task_balanced_batch(data_dir: Path, config: ModelConfig, per_task: int = 2, num_tasks: int = 4,
+                        device: str = "cpu", scan_rows: int = 16384) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """`per_task` test queries of each of the first `num_tasks` tasks in the test split, as one
+    batch, with each sample's base task id. A split's first rows are often all augmentations of
+    one task (1000 per task in the official build), so the first batch would hold one task."""
+    from etrm.checks.h7_encoder_capacity import task_ids_of
+    from etrm.data.datasets import FewShotPuzzleDataset, load_identifiers
+
+    identifiers = load_identifiers(data_dir)
+    picked: dict[str, list[dict[str, torch.Tensor]]] = {}
+    for number, batch in enumerate(FewShotPuzzleDataset(data_dir, "test", 64, max_demos=config.max_demos, test_mode=True)):
+        if batch["inputs"].shape[-1] != config.seq_len:
+            raise ValueError(f"{data_dir}: sequences of {batch['inputs'].shape[-1]} tokens, but the model expects "
+                             f"seq_len {config.seq_len}: pass a dataset built for this model's canvas")
+        real = batch["puzzle_identifiers"] > 0  # the last batch is padded with blank-identifier rows
+        for row, task in zip(real.nonzero().flatten().tolist(), task_ids_of({"puzzle_identifiers": batch["puzzle_identifiers"][real]}, identifiers)):
+            if len(picked.get(task, ())) < per_task and (task in picked or len(picked) < num_tasks):
+                picked.setdefault(task, []).append({k: v[row] for k, v in batch.items()})
+        full = len(picked) == num_tasks and all(len(rows) == per_task for rows in picked.values())
+        if full or (number + 1) * 64 >= scan_rows:
+            break
+    samples = [sample for rows in picked.values() for sample in rows]
+    if not samples:
+        raise ValueError(f"{data_dir}/test: no puzzles")
+    tasks = [task for task, rows in picked.items() for _ in rows]
+    return {k: torch.stack([s[k] for s in samples]).to(device) for k in samples[0]}, tasks
+
+
 def load_checkpoint_model(path: Path, artifacts) -> LossHead:
     """A model rebuilt from a checkpoint of ours or of the official/origin trainers, on the
     artifacts' device; its config from `--etrm-model-config` if given, else saved beside it."""

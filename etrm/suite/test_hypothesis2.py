@@ -14,6 +14,14 @@ from etrm.testing.artifacts import TINY
 pytestmark = pytest.mark.hypothesis2
 
 
+# ACT steps run on a checkpoint, and by the controls that show those checks still fail on a
+# broken model. Step 1 resets every sample, step 2 carries: a context carried or cached after a
+# sample's first step starves the encoder from step 2 on, and a decoder that ignores the
+# context ignores it on every step. Each further step is a full recursion at the user's width
+# and dtype (about 1.5 s at the official size on 2 cores) that adds no power.
+STEPS = 2
+
+
 @pytest.fixture(scope="module")
 def tiny_batch(artifacts):
     return artifacts.batch_for(tiny_model("etrm-standard").config, TINY, batch_size=3)
@@ -40,12 +48,12 @@ def test_checkpoint_encoder_requires_grad(checkpoint_model_and_batch, record_che
 
 def test_checkpoint_encoder_gets_gradient_every_act_step(checkpoint_model_and_batch, record_check):
     head, batch = checkpoint_model_and_batch
-    record_check(h2.check_encoder_gradient_every_step(head, batch, steps=3))
+    record_check(h2.check_encoder_gradient_every_step(head, batch, steps=STEPS))
 
 
 def test_checkpoint_loss_responds_to_encoder(checkpoint_model_and_batch, record_check):
     head, batch = checkpoint_model_and_batch
-    record_check(h2.check_loss_responds_to_encoder(head, batch))
+    record_check(h2.check_loss_responds_to_encoder(head, batch, steps=STEPS))
 
 
 def test_training_log_has_healthy_preclip_encoder_norms(artifacts, record_check):
@@ -59,20 +67,20 @@ def test_training_log_has_healthy_preclip_encoder_norms(artifacts, record_check)
 
 def test_control_detached_encoder_output_is_caught(tiny_batch, expect_check_fails):
     head = broken.rebuild_as(tiny_model("etrm-standard"), broken.DetachedEncoderETRM)
-    result = expect_check_fails(h2.check_encoder_gradient_every_step(head, tiny_batch))
+    result = expect_check_fails(h2.check_encoder_gradient_every_step(head, tiny_batch, steps=STEPS))
     assert ".detach()" in result.message and "non-finite" not in result.message, result.message
 
 
 def test_control_nan_encoder_gradient_is_caught_and_not_blamed_on_detach(tiny_batch, expect_check_fails):
     head = broken.rebuild_as(tiny_model("etrm-standard"), broken.NaNGradientETRM)
-    result = expect_check_fails(h2.check_encoder_gradient_every_step(head, tiny_batch, steps=2))
+    result = expect_check_fails(h2.check_encoder_gradient_every_step(head, tiny_batch, steps=STEPS))
     assert "non-finite" in result.message and ".detach()" not in result.message, result.message
-    assert result.numbers["nonfinite_steps"] == 2 and result.numbers["starved_steps"] == 0
+    assert result.numbers["nonfinite_steps"] == STEPS and result.numbers["starved_steps"] == 0
 
 
 def test_control_context_cached_after_a_samples_first_step_is_caught(tiny_batch, expect_check_fails):
     head = broken.rebuild_as(tiny_model("etrm-standard"), broken.CachedContextETRM)
-    expect_check_fails(h2.check_encoder_gradient_every_step(TRMInterface.from_etrm(head), tiny_batch))
+    expect_check_fails(h2.check_encoder_gradient_every_step(TRMInterface.from_etrm(head), tiny_batch, steps=STEPS))
 
 
 def test_control_frozen_encoder_is_caught(expect_check_fails):
@@ -83,7 +91,7 @@ def test_control_frozen_encoder_is_caught(expect_check_fails):
 
 def test_control_decoder_ignoring_the_context_is_caught(tiny_batch, expect_check_fails):
     head = broken.rebuild_as(tiny_model("etrm-standard"), broken.PrefixIgnoringETRM)
-    expect_check_fails(h2.check_loss_responds_to_encoder(head, tiny_batch))
+    expect_check_fails(h2.check_loss_responds_to_encoder(head, tiny_batch, steps=STEPS))
 
 
 def test_control_log_with_only_postclip_norms_is_inconclusive(expect_check_fails):

@@ -6,9 +6,10 @@ import torch
 
 from etrm.checks import h7_encoder_capacity as h7
 from etrm.config import tiny_config
+from etrm.interface import as_interface
 from etrm.models import build_encoder
 from etrm.suite import broken
-from etrm.suite.support import TINY_ENCODER_MODELS, fewshot_batch, tiny_model
+from etrm.suite.support import TINY_ENCODER_MODELS, fewshot_batch, task_balanced_batch, tiny_model
 from etrm.testing.artifacts import TINY
 
 pytestmark = pytest.mark.hypothesis7
@@ -27,12 +28,14 @@ def tiny_case(artifacts):
 
 @pytest.fixture(scope="module")
 def checkpoint_case(checkpoint_model, artifacts):
-    from etrm.data.datasets import load_identifiers
-
     config = checkpoint_model.config
     data_dir = artifacts.data_for(config, "etrm_checkpoint")
-    batch = fewshot_batch(data_dir, config, batch_size=16, device=artifacts.device)
-    return checkpoint_model.model, batch, h7.task_ids_of(batch, load_identifiers(data_dir))
+    # Two augmentations each of four tasks: what both checks compare, in 8 samples.
+    batch, tasks = task_balanced_batch(data_dir, config, per_task=2, num_tasks=4, device=artifacts.device)
+    model = as_interface(checkpoint_model.model)
+    # Computed once for both checks: every sample's demos through the user's encoder.
+    context = None if model.missing("encoder") else model.first_context(batch)
+    return model, batch, tasks, context
 
 
 @pytest.mark.parametrize("name", TINY_ENCODER_MODELS)
@@ -46,11 +49,13 @@ def test_context_agrees_within_task(name, tiny_case, record_check):
 
 
 def test_checkpoint_context_varies_across_tasks(checkpoint_case, record_check):
-    record_check(h7.check_context_varies_across_tasks(*checkpoint_case))
+    model, batch, tasks, context = checkpoint_case
+    record_check(h7.check_context_varies_across_tasks(model, batch, tasks, context=context))
 
 
 def test_checkpoint_context_agrees_within_task(checkpoint_case, record_check):
-    record_check(h7.check_context_agrees_within_task(*checkpoint_case))
+    model, batch, tasks, context = checkpoint_case
+    record_check(h7.check_context_agrees_within_task(model, batch, tasks, context=context))
 
 
 def test_encoder_can_separate_two_rules(record_check):
