@@ -30,7 +30,8 @@ CLEAN = (NO_EVIDENCE,)
 def investigate(tmp_path: Path, *args: str, markers: str) -> tuple[int, dict[str, dict], str]:
     """Run `etrm investigate` and return its exit status, rows by hypothesis and output."""
     out = tmp_path / "verdict.json"
-    cmd = [sys.executable, "-m", "etrm.cli", "investigate", "-m", markers, "--verdict-json", str(out), *args]
+    # -n 0: in one process, as the suite's own workers already fill the cores.
+    cmd = [sys.executable, "-m", "etrm.cli", "investigate", "-m", markers, "-n", "0", "--verdict-json", str(out), *args]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     rows = {r["hypothesis"]: r for r in json.loads(out.read_text())["rows"]} if out.is_file() else {}
     return run.returncode, rows, run.stdout + run.stderr

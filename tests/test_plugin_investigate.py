@@ -75,6 +75,16 @@ def test_pytest_args_isolate_the_run_and_forward_options(clean_env, monkeypatch)
     assert "-p etrm.testing.plugin" in argv and "-p xdist.plugin -n 2" in argv
     default = investigate.pytest_args(_parse(), None)
     assert default[3] == " or ".join(f"hypothesis{i}" for i in range(1, 8)) + " or experiment1"
+    # Only the suite's own conftest files load, wherever the command runs from.
+    assert f"--confcutdir {Path(etrm.__file__).resolve().parent / 'suite'}" in " ".join(default)
+
+
+@pytest.mark.parametrize("cores, device, workers", [(1, "cpu", 0), (2, "cpu", 2), (16, "cpu", 4), (16, "cuda", 0)])
+def test_workers_default_to_one_per_core_on_the_cpu(monkeypatch, cores, device, workers):
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    argv = investigate.pytest_args(_parse("--device", device), None)
+    assert (argv[-2:] == ["-n", str(workers)]) if workers else "-n" not in argv
+    assert "-n" not in investigate.pytest_args(_parse("-n", "0"), None)  # -n 0: in this process
 
 
 @pytest.fixture
@@ -92,7 +102,7 @@ def test_runs_a_check_package_and_writes_verdict_and_report(clean_env, fake_suit
     (clean_env / "m.jsonl").write_text('{"step": 1, "train/lm_loss": 2.0}\n{"step": 2, "train/lm_loss": 1.0}\n')
 
     status = investigate.run(_parse("--suite", fake_suite, "--metrics-log", "m.jsonl",
-                                    "--verdict-json", "v.json", "--report", "rep"))
+                                    "--verdict-json", "v.json", "--report", "rep", "-n", "0"))
     out = capsys.readouterr().out
     assert status == pytest.ExitCode.TESTS_FAILED  # a check failed: evidence for H2
     assert f"rootdir: {Path(etrm.__file__).resolve().parent.parent}" in out and "pyproject.toml" not in out
@@ -112,7 +122,7 @@ def test_runs_a_check_package_and_writes_verdict_and_report(clean_env, fake_suit
 
 
 def test_no_selected_checks_is_a_usage_error(clean_env, capsys):
-    assert main(["investigate", "-m", "hypothesis1 and not hypothesis1"]) == 2
+    assert main(["investigate", "-m", "hypothesis1 and not hypothesis1", "-n", "0"]) == 2
     assert capsys.readouterr().err.endswith("etrm investigate: error: no checks selected by "
                                             "-m 'hypothesis1 and not hypothesis1' in etrm.suite\n")
 
@@ -124,7 +134,7 @@ def test_a_missing_artifact_is_a_usage_error_naming_its_flag(clean_env, capsys):
 
 def test_an_unusable_metrics_log_leaves_the_verdict_and_writes_no_report(clean_env, fake_suite, capsys):
     (clean_env / "m.jsonl").write_text("")
-    assert main(["investigate", "--suite", fake_suite, "--metrics-log", "m.jsonl", "--report", "rep"]) == 1
+    assert main(["investigate", "--suite", fake_suite, "--metrics-log", "m.jsonl", "--report", "rep", "-n", "0"]) == 1
     captured = capsys.readouterr()
     assert "etrm verdict" in captured.out and not (clean_env / "rep" / "report.md").exists()
     assert captured.err.endswith(f"etrm investigate: error: report not written: {clean_env / 'm.jsonl'}: "
