@@ -95,6 +95,16 @@ def test_known_buffer_names_match_the_modules():
 
 # --- loading a pretrained decoder -------------------------------------------------------------
 
+def test_the_suites_compiled_stand_in_has_torch_compiles_layout():
+    from etrm.suite.support import CompiledLayout
+
+    head = seeded_head("etrm", seed=1)
+    real, stand_in = torch.compile(head), CompiledLayout(head)
+    assert list(stand_in.state_dict()) == list(real.state_dict())
+    assert [n for n, _ in stand_in.named_parameters()] == [n for n, _ in real.named_parameters()]
+    assert stand_in._orig_mod is real._orig_mod is head
+
+
 @pytest.mark.parametrize("target", ["head", "act", "compiled"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_decoder_loads_bitwise_from_every_layout_into_every_target(tmp_path, trm_state, layout, target):

@@ -4,8 +4,9 @@ gives no evidence, every true finding is found, and variants made from corpus fi
 (a renamed key, a NaN tensor, a drifted decoder under a frozen config, a leaked
 evaluation puzzle) give evidence from the check that should find it.
 
-Each case is one `etrm investigate` run in a subprocess, as a user would type it. One
-runs in the default suite; the others are `slow` (`pytest --runslow`)."""
+Each case is one `etrm investigate` run in a subprocess, as a user would type it, except the
+one in the default suite, which calls the same command in-process; the others are `slow`
+(`pytest --runslow`)."""
 from __future__ import annotations
 
 import json
@@ -27,14 +28,27 @@ NO_EVIDENCE, EVIDENCE = "no evidence", "evidence found"
 CLEAN = (NO_EVIDENCE,)
 
 
-def investigate(tmp_path: Path, *args: str, markers: str) -> tuple[int, dict[str, dict], str]:
-    """Run `etrm investigate` and return its exit status, rows by hypothesis and output."""
+def investigate(tmp_path: Path, *args: str, markers: str, in_process: bool = False) -> tuple[int, dict[str, dict], str]:
+    """Run `etrm investigate` (a subprocess, or `etrm.cli.main` in this one) and return its
+    exit status, rows by hypothesis and output."""
     out = tmp_path / "verdict.json"
     # -n 0: in one process, as the suite's own workers already fill the cores.
-    cmd = [sys.executable, "-m", "etrm.cli", "investigate", "-m", markers, "-n", "0", "--verdict-json", str(out), *args]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    argv = ["investigate", "-m", markers, "-n", "0", "--verdict-json", str(out), *args]
+    if in_process:  # the default run's case: the same command without a second torch start-up
+        from contextlib import redirect_stderr, redirect_stdout
+        from io import StringIO
+
+        from etrm.cli import main
+
+        text = StringIO()
+        with redirect_stdout(text), redirect_stderr(text):
+            status = main(argv)
+        output = text.getvalue()
+    else:
+        run = subprocess.run([sys.executable, "-m", "etrm.cli", *argv], capture_output=True, text=True, timeout=900)
+        status, output = run.returncode, run.stdout + run.stderr
     rows = {r["hypothesis"]: r for r in json.loads(out.read_text())["rows"]} if out.is_file() else {}
-    return run.returncode, rows, run.stdout + run.stderr
+    return status, rows, output
 
 
 def verdicts(rows: dict[str, dict]) -> dict[str, str]:
@@ -44,7 +58,7 @@ def verdicts(rows: dict[str, dict]) -> dict[str, str]:
 def test_clean_official_checkpoint_alone_reads_no_evidence(tmp_path):
     """The issue's example: a clean official-trainer TRM checkpoint alone gives
     'hypothesis1: no evidence' and exit 0 (checks needing an ETRM are listed as not run)."""
-    status, rows, output = investigate(tmp_path, "--trm-checkpoint", str(TRM_FP32), markers="hypothesis1")
+    status, rows, output = investigate(tmp_path, "--trm-checkpoint", str(TRM_FP32), markers="hypothesis1", in_process=True)
     assert rows["hypothesis1"]["verdict"] == NO_EVIDENCE, output[-3000:]
     assert status == 0, output[-3000:]
     assert rows["hypothesis1"]["not_run"] >= 1 and rows["hypothesis1"]["reads"]["trm_checkpoint"] == "user"

@@ -112,9 +112,10 @@ def check_halting_rate(model, batch: dict, samples: int = 256, seed: int = 0, to
         {"observed": observed, "expected": expected, "exploration": p})
 
 
-def check_tiny_overfit(head: nn.Module, batch: dict, config=None, steps: int = 40, min_drop: float = 0.3) -> CheckResult:
+def check_tiny_overfit(head: nn.Module, batch: dict, config=None, steps: int = 20, min_drop: float = 0.3) -> CheckResult:
     """Trained on one batch, the model's loss must fall by `min_drop` (relative) in `steps`
-    steps: the optimizer, schedule and loss scaling can move the model at all."""
+    steps: the optimizer, schedule and loss scaling can move the model at all. (The tiny
+    models drop 38-39% in 20 steps and 42% in 40; a dead optimizer drops 0%.)"""
     from etrm.training import Trainer, TrainingConfig
 
     config = config or TrainingConfig(lr=1e-3, warmup_steps=0, global_batch_size=len(batch["inputs"]), total_steps=steps)

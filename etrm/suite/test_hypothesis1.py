@@ -10,6 +10,7 @@ from etrm.checks import h1_decoder_loading as h1
 from etrm.checks.experiment1 import experiment_model_config
 from etrm.models import build_model
 from etrm.suite import broken
+from etrm.suite.support import CompiledLayout
 
 pytestmark = pytest.mark.hypothesis1
 
@@ -22,7 +23,7 @@ def trm(artifacts):
 def etrm_for(trm_path, compiled=False, **overrides):
     torch.manual_seed(0)
     head = build_model(experiment_model_config(trm_path, **overrides))
-    return torch.compile(head) if compiled else head  # compile only for its key layout: no forward runs
+    return CompiledLayout(head) if compiled else head  # the key layout only: no forward runs
 
 
 @pytest.fixture(scope="module")

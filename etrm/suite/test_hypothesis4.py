@@ -5,7 +5,7 @@ import pytest
 
 from etrm.checks import h4_training_dynamics as h4
 from etrm.suite import broken
-from etrm.suite.support import tiny_model
+from etrm.suite.support import CompiledLayout, tiny_model
 from etrm.testing.artifacts import TINY
 from etrm.training import Trainer, TrainingConfig
 
@@ -39,10 +39,8 @@ def test_run_config_audit(run_configs, record_check):
 @pytest.mark.parametrize("compiled", [False, True], ids=["plain-head", "compiled-head"])
 @pytest.mark.parametrize("layout", ["single", "split"])
 def test_effective_learning_rates_and_decay_per_part(layout, compiled, record_check):
-    import torch
-
     head = tiny_model("etrm-standard")
-    head = torch.compile(head) if compiled else head  # parameter names gain `_orig_mod.`; nothing runs
+    head = CompiledLayout(head) if compiled else head  # parameter names gain `_orig_mod.`; nothing runs
     trainer = Trainer(head, TrainingConfig(**ORIGIN_LIKE, optimizer_layout=layout))
     record_check(h4.check_effective_learning_rates(trainer))
 
