@@ -19,6 +19,7 @@ from etrm.cli import main
 from etrm.config import tiny_config
 from etrm.config_import import DECODER_SETTINGS, import_training_config, write_training_config
 from etrm.models import build_model
+from etrm.suite.support import CompiledLayout
 
 TRM_CFG = tiny_config("trm")
 OFFICIAL = "_orig_mod.model."
@@ -34,12 +35,12 @@ def seeded_head(model_type: str = "trm", seed: int = 0, **overrides):
 
 @pytest.fixture(scope="module")
 def trm_state() -> dict[str, torch.Tensor]:
-    """A "trained" tiny TRM in the official layout, made by torch.compile (for the key layout only)."""
+    """A "trained" tiny TRM in the official layout (torch.compile's, through the stand-in)."""
     head = seeded_head("trm", seed=0)
     with torch.no_grad():
         head.model.inner.q_head.weight.normal_()  # so no decoder tensor is left at a constant init
         head.model.inner.puzzle_emb.weights.normal_()
-    state = {k: v.detach().clone() for k, v in torch.compile(head).state_dict().items()}
+    state = {k: v.detach().clone() for k, v in CompiledLayout(head).state_dict().items()}
     assert PUZZLE_KEY in state and all(k.startswith(OFFICIAL) for k in state)
     return state
 
@@ -95,14 +96,22 @@ def test_known_buffer_names_match_the_modules():
 
 # --- loading a pretrained decoder -------------------------------------------------------------
 
-def test_the_suites_compiled_stand_in_has_torch_compiles_layout():
-    from etrm.suite.support import CompiledLayout
-
+def test_the_compiled_stand_in_has_torch_compiles_layout_and_loads_alike(tmp_path, trm_state):
+    """The one test here that wraps with real torch.compile (importing dynamo costs ~3 s per
+    process); the others use CompiledLayout, held to it here."""
     head = seeded_head("etrm", seed=1)
     real, stand_in = torch.compile(head), CompiledLayout(head)
     assert list(stand_in.state_dict()) == list(real.state_dict())
     assert [n for n, _ in stand_in.named_parameters()] == [n for n, _ in real.named_parameters()]
     assert stand_in._orig_mod is real._orig_mod is head
+    path = save(tmp_path, trm_state)
+    states = []
+    for wrap in (torch.compile, CompiledLayout):
+        target = seeded_head("etrm", seed=1)
+        load_pretrained_decoder(wrap(target), path)
+        states.append(target.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert torch.equal(states[0]["model.inner.lm_head.weight"], decoder_of(trm_state)["lm_head.weight"])
 
 
 @pytest.mark.parametrize("target", ["head", "act", "compiled"])
@@ -112,7 +121,7 @@ def test_decoder_loads_bitwise_from_every_layout_into_every_target(tmp_path, trm
     head = seeded_head("etrm", seed=1)
     assert not torch.equal(head.model.inner.lm_head.weight, decoder_of(trm_state)["lm_head.weight"])
     encoder_before = {k: v.clone() for k, v in head.model.encoder.state_dict().items()}
-    model = {"head": head, "act": head.model, "compiled": torch.compile(head)}[target]
+    model = {"head": head, "act": head.model, "compiled": CompiledLayout(head)}[target]
     file_bytes = path.read_bytes()
 
     report = load_pretrained_decoder(model, path)
@@ -323,7 +332,7 @@ def test_legacy_format_loads_with_a_clear_warning_or_is_refused(tmp_path, trm_st
 @pytest.mark.parametrize("wrap", ["head", "act", "compiled"])
 def test_save_writes_the_official_layout_with_metadata_and_all_config(tmp_path, wrap):
     head = seeded_head("etrm", seed=2)
-    module = {"head": head, "act": head.model, "compiled": torch.compile(head)}[wrap]
+    module = {"head": head, "act": head.model, "compiled": CompiledLayout(head)}[wrap]
     path = save_checkpoint(tmp_path / "run" / "step_10", module, step=10, ema_rate=0.999, is_ema=True,
                            training_config={"lr": 3e-4, "freeze_decoder_steps": 5})
     assert zipfile.is_zipfile(path)

@@ -7,6 +7,7 @@ import torch
 from etrm.config import tiny_config
 from etrm.ema import EMA
 from etrm.models import build_model
+from etrm.suite.support import CompiledLayout
 
 
 def make_head(seed: int = 0, model_type: str = "etrm"):
@@ -96,7 +97,7 @@ def test_copy_to_another_instance_takes_shadow_params_and_raw_buffers():
 
 def test_names_are_independent_of_compile_wrapping():
     head = make_head()
-    ema = EMA(torch.compile(head), 0.9)  # compile only wraps here: no compiled forward runs
+    ema = EMA(CompiledLayout(head), 0.9)  # torch.compile's key layout (tests/test_checkpoints.py)
     ema.register()
     assert all(not n.startswith("_orig_mod.") for n in ema.shadow)
     perturb(head)

@@ -12,6 +12,7 @@ from etrm.config import ConfigError, official_arc1_config, tiny_config
 from etrm.models import ETRM, ETRMTRM, TRM, build_encoder, build_model
 from etrm.models.loss import IGNORE_LABEL_ID, stablemax_cross_entropy
 from etrm.synthetic import random_batch
+from etrm.suite.support import CompiledLayout
 
 MODEL_TYPES = ["trm", "etrm", "etrmtrm"]
 ENCODER_VARIANTS = [
@@ -368,7 +369,7 @@ def official_head():
 
 
 def test_official_arc_agi_1_key_layout(official_head):
-    compiled = torch.compile(official_head)  # compile is lazy: only the key layout is used
+    compiled = CompiledLayout(official_head)  # torch.compile's key layout (tests/test_checkpoints.py)
     state = compiled.state_dict()
     prefix = "_orig_mod.model.inner."
     assert set(state) == {prefix + k for k in OFFICIAL_KEYS}
@@ -381,6 +382,6 @@ def test_official_arc_agi_1_key_layout(official_head):
 
 def test_official_layout_state_dict_loads_strictly_with_and_without_compile_prefix(official_head):
     official = {f"_orig_mod.model.inner.{k}": torch.empty(shape, device="meta") for k, (shape, _) in OFFICIAL_KEYS.items()}
-    torch.compile(official_head).load_state_dict(official, strict=True)
+    CompiledLayout(official_head).load_state_dict(official, strict=True)
     plain = {k.removeprefix("_orig_mod."): v for k, v in official.items()}
     official_head.load_state_dict(plain, strict=True)
