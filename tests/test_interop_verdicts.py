@@ -51,6 +51,12 @@ def investigate(tmp_path: Path, *args: str, markers: str, in_process: bool = Fal
     return status, rows, output
 
 
+def failed_checks(tmp_path: Path) -> set[str]:
+    """Names of the checks (not negative controls) that failed in the last run's verdict JSON."""
+    tests = json.loads((tmp_path / "verdict.json").read_text())["tests"]
+    return {c["name"] for t in tests for c in t["checks"] if c["status"] == "fail" and not c.get("negative_control")}
+
+
 def verdicts(rows: dict[str, dict]) -> dict[str, str]:
     return {h: r["verdict"] for h, r in rows.items()}
 
@@ -140,7 +146,9 @@ def test_frozen_config_with_a_drifted_decoder_gives_h1_evidence(tmp_path):
     status, rows, output = investigate(tmp_path, "--trm-checkpoint", str(TRM_BF16), "--etrm-checkpoint",
                                        str(mislabelled), "--data", str(FEWSHOT), markers="hypothesis1")
     assert rows["hypothesis1"]["verdict"] == EVIDENCE, output[-3000:]
-    assert rows["hypothesis1"]["first_failure"]["check"] == "decoder_drift_matches_freezing"
+    # Two checks rightly fail (which one the row shows first depends on test order): the
+    # drift check, from the config's freezing, and the decoder-vs-TRM comparison.
+    assert failed_checks(tmp_path) == {"decoder_drift_matches_freezing", "model_decoder_matches_trm"}
 
 
 @pytest.mark.slow
