@@ -186,7 +186,7 @@ def check_frozen_decoder_unchanged(head: nn.Module, batches: Iterable[dict], ste
     enc_moved = sum(not torch.equal(t, enc_before[n]) for n, t in act.encoder.state_dict().items())
     return CheckResult.from_condition(
         H, "frozen_decoder_unchanged", not moved and enc_moved > 0,
-        f"after {len(batches)} steps with the decoder frozen (weight decay 0.1): {len(moved)} of {len(before)} decoder "
+        f"after {len(batches)} step{'s' if len(batches) != 1 else ''} with the decoder frozen (weight decay 0.1): {len(moved)} of {len(before)} decoder "
         f"tensors changed{' ' + str(moved[:4]) if moved else ''}; {enc_moved} encoder tensors changed",
         {"decoder_changed": len(moved), "decoder_tensors": len(before), "encoder_changed": enc_moved})
 

@@ -82,15 +82,21 @@ def check_effective_learning_rates(trainer) -> CheckResult:
         {f"{p}_lr": v[0] for p, v in seen.items()} | {f"{p}_wd": v[1] for p, v in seen.items()})
 
 
-def check_halting_rate(model, batch: dict, samples: int = 256, seed: int = 0, tolerance: float = 0.1) -> CheckResult:
+def check_halting_rate(model, batch: dict, samples: int = 256, seed: int = 0,
+                       tolerance: float | None = None) -> CheckResult:
     """With every sample wanting to halt (Q biased), the share halting at step 1 in training
-    is 1 - halt_exploration_prob: the exploration veto works at the configured rate."""
+    is 1 - halt_exploration_prob: the exploration veto works at the configured rate. The
+    default tolerance is half the exploration rate, at most 0.1 (at least 0.02), so a model
+    that never explores (100% halt) fails at the official 0.1 too; 256 samples put the
+    binomial noise at 2.6 sigma of it there, and the draw is seeded."""
     from etrm.interface import as_interface
 
     model = as_interface(model)
     if why := model.missing("etrm"):  # biasing the Q head needs etrm's decoder
         return CheckResult.inconclusive(H, "halting_rate", why)
     p = model.halt_exploration_prob
+    if tolerance is None:
+        tolerance = min(0.1, max(0.02, p / 2))
     if model.halt_max_steps < 2:
         return CheckResult.inconclusive(H, "halting_rate", "halt_max_steps 1: nothing to explore")
     big = {k: v[torch.arange(samples) % len(v)] for k, v in batch.items()}

@@ -71,7 +71,8 @@ def test_control_ignored_encoder_learning_rate_is_caught(expect_check_fails):
 
 
 def test_control_model_that_never_explores_is_caught(batch, expect_check_fails):
-    head = broken.rebuild_as(tiny_model("etrm-standard", halt_exploration_prob=0.5), broken.NoExplorationETRM)
+    # At the official 0.1, the hardest case: 100% halting against the expected 90%.
+    head = broken.rebuild_as(tiny_model("etrm-standard", halt_exploration_prob=0.1), broken.NoExplorationETRM)
     expect_check_fails(h4.check_halting_rate(head, batch))
 
 
