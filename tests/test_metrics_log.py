@@ -90,6 +90,10 @@ def test_an_origin_run_maps_to_our_names_and_its_postclip_norms_leave_the_gradie
     assert result.numbers["gradient_criterion"] == "post-clip norms only"
     assert result.numbers["scenario_if_gradients_flow"] == "C: encoder trains but useless"
     assert "only post-clip encoder norms" in result.message and "clip" in result.message
+    from etrm.checks.h2_gradient_flow import check_preclip_norms_logged
+
+    h2 = check_preclip_norms_logged(back)  # and H2 says why the mapped post-clip norms prove nothing
+    assert h2.status == "inconclusive" and "a value of 1.0 is the clip threshold" in h2.message, h2.message
 
 
 def test_every_origin_name_is_mapped(tmp_path):

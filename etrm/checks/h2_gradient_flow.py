@@ -114,7 +114,8 @@ def check_preclip_norms_logged(metrics: list[dict]) -> CheckResult:
     name = "encoder_norm_preclip_in_log"
     pre = [m["grad/encoder_norm_preclip"] for m in metrics if "grad/encoder_norm_preclip" in m]
     if not pre:
-        legacy = any("grad/encoder_norm" in m for m in metrics)
+        # The origin's name, or etrm's for it once a W&B history is read (etrm.metrics_log).
+        legacy = any("grad/encoder_norm" in m or "grad/encoder_norm_postclip" in m for m in metrics)
         return CheckResult.inconclusive(
             H, name, "the metrics log has no grad/encoder_norm_preclip" +
             (" (only grad/encoder_norm, which the origin logged after clipping: a value of 1.0 is the clip threshold)" if legacy else ""),
