@@ -222,6 +222,16 @@ def test_refuses_non_empty_folders_and_overwrites_only_datasets(source, tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "precious"]  # no staging left behind
 
 
+def test_a_non_empty_out_folder_is_refused_before_any_task_is_read(tmp_path, monkeypatch):
+    import etrm.data.build as build
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("keep me")
+    monkeypatch.setattr(build, "load_tasks", lambda *a, **k: pytest.fail("read the source before checking --out"))
+    with pytest.raises(FileExistsError, match="not empty; pass overwrite"):
+        build_dataset(tmp_path / "out", progress=False)
+
+
 def test_never_modifies_its_input(source, tmp_path):
     before = file_digests(source)
     build_dataset(tmp_path / "x", source=source, mode="trm", num_aug=2, canvas=CANVAS, progress=False)

@@ -229,7 +229,7 @@ def _select_tasks(tasks: dict[str, list[ArcTask]], task_ids: Iterable[str] | Non
     return tasks
 
 
-def _prepare_out_dir(out: Path, overwrite: bool) -> Path:
+def _check_out_dir(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
@@ -239,6 +239,10 @@ def _prepare_out_dir(out: Path, overwrite: bool) -> Path:
         if not ((out / "identifiers.json").is_file() or any(out.glob("*/dataset.json"))):
             raise FileExistsError(f"{out} is not empty and does not look like a built dataset "
                                   f"(no identifiers.json or */dataset.json); refusing to replace it")
+
+
+def _prepare_out_dir(out: Path, overwrite: bool) -> Path:
+    _check_out_dir(out, overwrite)  # again: the folder may have changed while the build ran
     staging = out.with_name(f".{out.name}.building")
     if staging.exists():
         shutil.rmtree(staging)  # left over from an interrupted build of this same folder
@@ -269,6 +273,7 @@ def build_dataset(out_dir: str | Path, source: str | Path = ARC1_SOURCE, mode: s
         raise ValueError(f"canvas must be in 1..{MAX_GRID_SIZE}, got {canvas}")
     translate = (mode == "trm") if translate is None else bool(translate)
     out = Path(out_dir)
+    _check_out_dir(out, overwrite)  # before loading and augmenting, which can take minutes
     tasks = _select_tasks(load_tasks(source, allow_missing_solutions=allow_missing_solutions), task_ids, max_tasks)
     for split, split_tasks in tasks.items():
         for task in split_tasks:
