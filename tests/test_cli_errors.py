@@ -61,6 +61,18 @@ def test_build_data_non_json_task(tmp_path, capsys):
     assert f"{tmp_path / 'src' / 'abcd1234.json'}: invalid JSON" in _error(capsys, "build-data")
 
 
+@pytest.mark.parametrize("flag, value, message", [
+    ("--canvas", "99", "argument --canvas: must be in 1..30, got 99"),
+    ("--num-aug", "-1", "argument --num-aug: must be at least 0, got -1"),
+    ("--max-tasks", "0", "argument --max-tasks: must be at least 1, got 0"),
+    ("--seed", "x", "argument --seed: expected an integer, got 'x'"),
+])
+def test_build_data_out_of_range_values_are_usage_errors(tmp_path, capsys, flag, value, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["build-data", flag, value, "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2 and capsys.readouterr().err.rstrip().endswith(message)
+
+
 def test_build_data_missing_source_and_occupied_output_are_usage_errors(tmp_path, capsys):
     assert main(["build-data", "--source", str(tmp_path / "nope"), "--out", str(tmp_path / "out")]) == 2
     assert str(tmp_path / "nope") in _error(capsys, "build-data")
