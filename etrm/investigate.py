@@ -27,8 +27,8 @@ from etrm.testing.plugin import INVESTIGATE_FLAG
 DEFAULT_SELECTION = " or ".join(HYPOTHESES)
 SUITE = "etrm.suite"
 # Checks at the official width spend their time in small matmuls that one thread runs nearly
-# as fast as two: two one-thread workers finish an investigation ~20% sooner than one
-# two-thread process on two cores (measured: 45 s vs 55 s). More workers than this mostly
+# as fast as two: on two cores, two one-thread workers finished an investigation in 44 s
+# against one two-thread process's 55 s (and never slower). More workers than this mostly
 # duplicate model loads.
 MAX_DEFAULT_WORKERS = 4
 

@@ -70,21 +70,23 @@ def task_balanced_batch(data_dir: Path, config: ModelConfig, per_task: int = 2, 
 
     identifiers = load_identifiers(data_dir)
     picked: dict[str, list[dict[str, torch.Tensor]]] = {}
-    for number, batch in enumerate(FewShotPuzzleDataset(data_dir, "test", 64, max_demos=config.max_demos, test_mode=True)):
+    dataset = FewShotPuzzleDataset(data_dir, "test", 64, max_demos=config.max_demos, test_mode=True)
+    for number, batch in enumerate(dataset):
         if batch["inputs"].shape[-1] != config.seq_len:
             raise ValueError(f"{data_dir}: sequences of {batch['inputs'].shape[-1]} tokens, but the model expects "
                              f"seq_len {config.seq_len}: pass a dataset built for this model's canvas")
         real = batch["puzzle_identifiers"] > 0  # the last batch is padded with blank-identifier rows
-        for row, task in zip(real.nonzero().flatten().tolist(), task_ids_of({"puzzle_identifiers": batch["puzzle_identifiers"][real]}, identifiers)):
+        rows = real.nonzero().flatten().tolist()
+        for row, task in zip(rows, task_ids_of({"puzzle_identifiers": batch["puzzle_identifiers"][real]}, identifiers)):
             if len(picked.get(task, ())) < per_task and (task in picked or len(picked) < num_tasks):
                 picked.setdefault(task, []).append({k: v[row] for k, v in batch.items()})
-        full = len(picked) == num_tasks and all(len(rows) == per_task for rows in picked.values())
+        full = len(picked) == num_tasks and all(len(chosen) == per_task for chosen in picked.values())
         if full or (number + 1) * 64 >= scan_rows:
             break
-    samples = [sample for rows in picked.values() for sample in rows]
+    samples = [sample for chosen in picked.values() for sample in chosen]
     if not samples:
         raise ValueError(f"{data_dir}/test: no puzzles")
-    tasks = [task for task, rows in picked.items() for _ in rows]
+    tasks = [task for task, chosen in picked.items() for _ in chosen]
     return {k: torch.stack([s[k] for s in samples]).to(device) for k in samples[0]}, tasks
 
 
