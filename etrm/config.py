@@ -20,7 +20,7 @@ ENCODER_TYPES = ("standard", "variational")
 POOLING_METHODS = ("mean", "attention", "weighted")
 NORM_STYLES = ("post", "pre")
 POS_ENCODINGS = ("rope", "learned", "none")
-FORWARD_DTYPES = ("float32", "bfloat16", "float16")
+FORWARD_DTYPES = ("float32", "bfloat16", "float16", "float64")  # float64: golden records, rounding measurements
 
 
 class ConfigError(ValueError):

@@ -31,6 +31,11 @@ def trunc_normal_init_(tensor: torch.Tensor, std: float = 1.0, lower: float = -2
     return tensor
 
 
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """x upcast to float32 if it is narrower (bfloat16, float16); float32 and float64 kept."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def _cast(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     # `.to` would also return the same tensor, but skipping the call keeps the
     # hot loop free of dispatch overhead when dtypes already match.
@@ -124,11 +129,13 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int, max_positions: int, base: float):
         super().__init__()
-        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        freqs = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)
+        # Computed in float64, stored in float32: float32 sin/cos round differently on vector and
+        # scalar CPU kernels, a rounded float64 value is the same on every CPU.
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+        freqs = torch.outer(torch.arange(max_positions, dtype=torch.float64), inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)
-        sin = emb.sin()
-        self.register_buffer("cos_cached", emb.cos(), persistent=False)
+        sin = emb.sin().float()
+        self.register_buffer("cos_cached", emb.cos().float(), persistent=False)
         self.register_buffer("signed_sin_cached", torch.cat((-sin[:, : head_dim // 2], sin[:, head_dim // 2:]), dim=-1),
                              persistent=False)
 
@@ -137,25 +144,25 @@ class RotaryEmbedding(nn.Module):
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x (B, S, ..., head_dim) by position, computed in float32 like the official TRM.
+    """Rotate x (B, S, ..., head_dim) by position, computed in (at least) float32 like the official TRM.
 
     cos, signed_sin: (>= S, head_dim) tables of `RotaryEmbedding`. rotate_half(x) * sin ==
     roll(x, head_dim/2) * signed_sin, so one roll and one in-place multiply-add do it."""
     seq, dim = x.shape[1], x.shape[-1]
     table_shape = (seq,) + (1,) * (x.ndim - 3) + (dim,)  # broadcast over batch and heads
     cos, signed_sin = cos[:seq].view(table_shape), signed_sin[:seq].view(table_shape)
-    xf = x if x.dtype == cos.dtype else x.float()
+    xf = at_least_float32(x)
     # The product is a fresh tensor, so the in-place add is autograd-safe.
     out = (xf * cos).addcmul_(xf.roll(dim // 2, dims=-1), signed_sin)
     return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
 def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """Weightless RMSNorm computed in float32 (a learned weight would break the official key layout).
+    """Weightless RMSNorm computed in (at least) float32 (a learned weight would break the official key layout).
 
     x * rsqrt(mean(x^2) + eps), with mean(x^2) from one fused norm reduction: two passes
     over x instead of the four of square/mean/add/multiply."""
-    xf = x if x.dtype == torch.float32 else x.float()
+    xf = at_least_float32(x)
     norm = torch.linalg.vector_norm(xf, dim=-1, keepdim=True)
     out = xf * norm.square().div(x.shape[-1]).add(eps).rsqrt()
     return out if out.dtype == x.dtype else out.to(x.dtype)

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from etrm.config import ENCODER_TYPES, ConfigError, ModelConfig
-from etrm.layers import CastedEmbedding, CastedLinear, RotaryEmbedding, SwiGLU, TransformerBlock, rms_norm, trunc_normal_init_
+from etrm.layers import (CastedEmbedding, CastedLinear, RotaryEmbedding, SwiGLU, TransformerBlock, at_least_float32, rms_norm,
+                         trunc_normal_init_)
 
 PAD_ID = 0
 
@@ -68,7 +69,7 @@ class GridPairEncoder(nn.Module):
             count = keep.sum(-1, keepdim=True).clamp_min(1).to(x.dtype)
             return self.pool_proj(torch.einsum("ns,nsh->nh", keep.to(x.dtype), x) / count)
         scores = (x @ self.pool_query.to(x.dtype)) / self.scale if self.pooling == "attention" else self.pool_score(x).squeeze(-1)
-        weights = torch.softmax(scores.float().masked_fill(~keep, float("-inf")), dim=-1)
+        weights = torch.softmax(at_least_float32(scores).masked_fill(~keep, float("-inf")), dim=-1)
         weights = torch.nan_to_num(weights).to(x.dtype)  # an all-PAD pair pools to zero
         return self.pool_proj(torch.einsum("ns,nsh->nh", weights, x))
 
@@ -164,8 +165,8 @@ class VariationalDemoEncoder(DemoEncoder):
 
     def forward(self, demo_inputs, demo_labels, demo_mask, query=None) -> EncoderOutput:
         x = self.set_output(demo_inputs, demo_labels, demo_mask, query)
-        mu = self.mu_proj(x).float()
-        logvar = self.logvar_proj(x).float().clamp(-10.0, 10.0)
+        mu = at_least_float32(self.mu_proj(x))
+        logvar = at_least_float32(self.logvar_proj(x)).clamp(-10.0, 10.0)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
         kl = 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar).sum(dim=(1, 2))
         return EncoderOutput(context=rms_norm(z, self.config.rms_norm_eps).to(x.dtype), kl=kl)
