@@ -139,3 +139,41 @@ def test_an_unusable_metrics_log_leaves_the_verdict_and_writes_no_report(clean_e
     assert "etrm verdict" in captured.out and not (clean_env / "rep" / "report.md").exists()
     assert captured.err.endswith(f"etrm investigate: error: report not written: {clean_env / 'm.jsonl'}: "
                                  "metrics log has no lines\n")
+
+
+SELF_TEST_SUITE = '''
+import pytest
+from etrm.checks import CheckResult
+
+@pytest.mark.hypothesis1
+def test_users_file(record_check, artifacts):
+    record_check(CheckResult.ok("hypothesis1", "users_file", "read", {"source": artifacts.source("metrics_log")}))
+
+@pytest.mark.etrm_self_test
+@pytest.mark.hypothesis1
+def test_etrms_own_class(record_check):
+    record_check(CheckResult.ok("hypothesis1", "own_class", "etrm's model on the bundled fixtures"))
+'''
+
+
+@pytest.mark.parametrize("given, self_test, runs_own", [(False, False, True), (True, False, False), (True, True, True)],
+                         ids=["bundled-only", "user-artifacts", "user-artifacts-self-test"])
+def test_etrms_own_regression_runs_on_user_artifacts_only_on_request(clean_env, tmp_path, monkeypatch, capsys,
+                                                                     given, self_test, runs_own):
+    package = tmp_path / "pkgs" / "etrm_self_suite"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "test_self.py").write_text(SELF_TEST_SUITE)
+    monkeypatch.syspath_prepend(str(package.parent))
+    (clean_env / "m.jsonl").write_text('{"step": 1, "train/lm_loss": 2.0}\n')
+    argv = ["--suite", package.name, "--verdict-json", "v.json", "-n", "0"]
+    argv += ["--metrics-log", "m.jsonl"] if given else []
+    argv += ["--self-test"] if self_test else []
+    assert investigate.run(_parse(*argv)) == pytest.ExitCode.OK
+    out = capsys.readouterr().out
+    verdict = json.loads((clean_env / "v.json").read_text())
+    names = {c["name"] for t in verdict["tests"] for c in t["checks"]}
+    assert names == ({"users_file", "own_class"} if runs_own else {"users_file"})
+    assert verdict["etrm_self_test_run"] is runs_own
+    note = "etrm's own regression tests (its model classes on the bundled fixtures) were not run"
+    assert (note in out) is not runs_own and ("--self-test runs them too" in out) is not runs_own

@@ -32,11 +32,13 @@ def checkpoint_model_and_batch(checkpoint_model, artifacts):
     return checkpoint_model.model, artifacts.batch_for(checkpoint_model.config, "etrm_checkpoint", batch_size=2)
 
 
+@pytest.mark.etrm_self_test
 @pytest.mark.parametrize("name", TINY_ENCODER_MODELS)
 def test_every_encoder_parameter_gets_gradient_every_act_step(name, tiny_batch, record_check):
     record_check(h2.check_encoder_gradient_every_step(tiny_model(name), tiny_batch, steps=3))
 
 
+@pytest.mark.etrm_self_test
 @pytest.mark.parametrize("name", TINY_ENCODER_MODELS)
 def test_loss_responds_to_encoder_weights(name, tiny_batch, record_check):
     record_check(h2.check_loss_responds_to_encoder(tiny_model(name), tiny_batch))

@@ -29,21 +29,25 @@ def checkpoint_case(checkpoint_model, artifacts):
     return model, artifacts.batch_for(checkpoint_model.config, "etrm_checkpoint", batch_size=2), reference
 
 
+@pytest.mark.etrm_self_test
 @pytest.mark.parametrize("name", TINY_ENCODER_MODELS)
 def test_context_shape_and_dtype(name, tiny_batch, record_check):
     record_check(h3.check_context_shape_and_dtype(tiny_model(name), tiny_batch))
 
 
+@pytest.mark.etrm_self_test
 @pytest.mark.parametrize("name", TINY_ENCODER_MODELS)
 def test_context_finite_even_without_demos(name, tiny_batch, record_check):
     record_check(h3.check_context_finite(tiny_model(name), tiny_batch))
 
 
+@pytest.mark.etrm_self_test
 @pytest.mark.parametrize("name", TINY_ENCODER_MODELS)
 def test_context_ignores_demo_order(name, tiny_batch, record_check):
     record_check(h3.check_demo_order_invariance(tiny_model(name), tiny_batch))
 
 
+@pytest.mark.etrm_self_test
 @pytest.mark.parametrize("name", TINY_ENCODER_MODELS)
 def test_context_ignores_padded_demo_slots(name, tiny_batch, record_check):
     record_check(h3.check_padding_invariance(tiny_model(name), tiny_batch))

@@ -36,6 +36,7 @@ def test_run_config_audit(run_configs, record_check):
     record_check(h4.check_config_audit(etrm_saved.model_config, etrm_saved.training, trm_config))
 
 
+@pytest.mark.etrm_self_test
 @pytest.mark.parametrize("compiled", [False, True], ids=["plain-head", "compiled-head"])
 @pytest.mark.parametrize("layout", ["single", "split"])
 def test_effective_learning_rates_and_decay_per_part(layout, compiled, record_check):
@@ -45,11 +46,13 @@ def test_effective_learning_rates_and_decay_per_part(layout, compiled, record_ch
     record_check(h4.check_effective_learning_rates(trainer))
 
 
+@pytest.mark.etrm_self_test
 @pytest.mark.parametrize("exploration", [0.1, 0.5])
 def test_halting_rate_follows_exploration(exploration, batch, record_check):
     record_check(h4.check_halting_rate(tiny_model("etrm-standard", halt_exploration_prob=exploration), batch))
 
 
+@pytest.mark.etrm_self_test
 @pytest.mark.parametrize("name", ["etrm-standard", "etrmtrm-standard"])
 def test_tiny_overfit_run_loss_falls(name, batch, record_check):
     record_check(h4.check_tiny_overfit(tiny_model(name), batch))

@@ -54,6 +54,7 @@ def test_no_query_among_its_own_demos(fewshot_dir, split, record_check):
 def test_demo_masks_match_the_build(fewshot_dir, max_demos, record_check):
     record_check(h5.check_demo_masks(fewshot(fewshot_dir, max_demos=max_demos), fewshot_dir))
 
+@pytest.mark.etrm_self_test
 
 def test_augmentations_round_trip(record_check):
     record_check(h5.check_augmentation_round_trip())

@@ -38,11 +38,13 @@ def checkpoint_case(checkpoint_model, artifacts):
     return model, batch, tasks, context
 
 
+@pytest.mark.etrm_self_test
 @pytest.mark.parametrize("name", TINY_ENCODER_MODELS)
 def test_context_varies_across_tasks(name, tiny_case, record_check):
     record_check(h7.check_context_varies_across_tasks(tiny_model(name), *tiny_case))
 
 
+@pytest.mark.etrm_self_test
 @pytest.mark.parametrize("name", TINY_ENCODER_MODELS)
 def test_context_agrees_within_task(name, tiny_case, record_check):
     record_check(h7.check_context_agrees_within_task(tiny_model(name), *tiny_case))
@@ -57,6 +59,7 @@ def test_checkpoint_context_agrees_within_task(checkpoint_case, record_check):
     model, batch, tasks, context = checkpoint_case
     record_check(h7.check_context_agrees_within_task(model, batch, tasks, context=context))
 
+@pytest.mark.etrm_self_test
 
 def test_encoder_can_separate_two_rules(record_check):
     torch.manual_seed(0)

@@ -105,6 +105,9 @@ def run_options() -> dict[str, tuple[str, dict[str, Any]]]:
                                                      "help": "write the verdict table and every recorded check as JSON"})
     options["etrm_runslow"] = ("runslow", {"action": "store_true", "default": False,
                                            "help": "also run etrm's slow checks (marker etrm_slow)"})
+    options["etrm_self_test"] = ("self-test", {"action": "store_true", "default": False,
+                                               "help": "with your artifacts given, also run etrm's own regression tests "
+                                                       "(its model classes on the bundled fixtures; marker etrm_self_test)"})
     return options
 
 

@@ -40,9 +40,14 @@ MARKERS = {
     "experiment1": "Experiment 1: frozen-decoder run, scenario A/B/C",
 }
 SLOW_MARKER = "etrm_slow"
+# etrm's own regression: its model classes, optimizer and codec on the bundled fixtures. It says
+# nothing about a user's artifacts, so with those given it runs only on request.
+SELF_TEST_MARKER = "etrm_self_test"
 INVESTIGATE = "etrm_investigate"
 INVESTIGATE_FLAG = flag("investigate")
 _ARTIFACTS_KEY = pytest.StashKey[Artifacts]()
+SELF_TEST_NOTE = ("etrm's own regression tests (its model classes on the bundled fixtures) were not run: they say "
+                  "nothing about your artifacts; {flag} runs them too")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -57,6 +62,8 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{name}: {description}")
     config.addinivalue_line("markers", f"{SLOW_MARKER}: etrm check taking more than a few seconds; "
                                        f"enabled by {flag('runslow')}")
+    config.addinivalue_line("markers", f"{SELF_TEST_MARKER}: etrm's own regression on the bundled fixtures; "
+                                       f"with user artifacts given, run only with {flag('self-test')}")
     prefix = _prefix(config)
     # Resolve artifacts now, so a mistyped path stops the run with one clear error.
     given = {name: _user_path(config, config.getoption(f"etrm_{name}"))
@@ -75,6 +82,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.stash[_ARTIFACTS_KEY].has_user_artifacts and not config.getoption("etrm_self_test"):
+        own = [item for item in items if item.get_closest_marker(SELF_TEST_MARKER) is not None]
+        if own:
+            items[:] = [item for item in items if item.get_closest_marker(SELF_TEST_MARKER) is None]
+            config.hook.pytest_deselected(items=own)
     if config.getoption("etrm_runslow"):
         return
     skip_slow = pytest.mark.skip(reason=f"{NOT_RUN}slow check: pass {flag('runslow', _prefix(config))} to run it")
@@ -169,11 +181,18 @@ class _VerdictPlugin:
         terminalreporter.write_sep("=", "etrm verdict")
         for line in table.format_text():
             terminalreporter.write_line(line)
+        if self.self_test_left_out():
+            terminalreporter.write_line(SELF_TEST_NOTE.format(flag=flag("self-test", _prefix(self.config))))
+
+    def self_test_left_out(self) -> bool:
+        return (self.config.stash[_ARTIFACTS_KEY].has_user_artifacts
+                and not self.config.getoption("etrm_self_test"))
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         target = self.config.getoption("etrm_verdict_json")
         if target:
             path = self.config.invocation_params.dir / target
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(self.table().to_dict(), indent=1) + "\n")
+            verdict = self.table().to_dict() | {"etrm_self_test_run": not self.self_test_left_out()}
+            path.write_text(json.dumps(verdict, indent=1) + "\n")
 
