@@ -1,0 +1,96 @@
+"""bfloat16 products on a CPU without bfloat16 units: float32 products of the bfloat16-rounded
+operands, rounded back once (etrm.layers.use_emulated_bfloat16). They must give the native
+kernel's results within bfloat16 rounding, in one product and after the recursion, and the same
+gradients where bfloat16 is kept for its faults (a logit of exactly 1.0 in stablemax)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from etrm.config import tiny_config
+from etrm.layers import CastedLinear, native_bfloat16_products, use_emulated_bfloat16
+from etrm.models import build_model
+from etrm.models.loss import IGNORE_LABEL_ID, stablemax_cross_entropy
+from etrm.suite.support import fewshot_batch
+from etrm.testing.artifacts import BUNDLED, fixtures_root
+
+BFLOAT16_STEP = 2.0**-7  # the largest relative spacing of bfloat16 numbers (8 significant bits)
+
+pytestmark = pytest.mark.skipif(not native_bfloat16_products(),
+                                reason="this CPU has no native bfloat16 products to compare the emulation with")
+
+
+@pytest.fixture
+def emulation():
+    """`emulation(flag)` switches the path; the CPU's own choice is restored afterwards."""
+    previous = use_emulated_bfloat16(None)
+    yield use_emulated_bfloat16
+    use_emulated_bfloat16(previous)
+
+
+def test_one_product_is_within_one_bfloat16_rounding(emulation):
+    torch.manual_seed(0)
+    layer = CastedLinear(256, 1024, bias=True)
+    with torch.no_grad():
+        layer.bias.normal_()
+    x = torch.randn(300, 256).bfloat16()
+    results = {}
+    for emulated in (False, True):
+        emulation(emulated)
+        results[emulated] = layer(x)
+    assert results[True].dtype == torch.bfloat16
+    native, emulated = results[False].float(), results[True].float()
+    torch.testing.assert_close(emulated, native, rtol=BFLOAT16_STEP, atol=1e-6)
+    assert (emulated != native).float().mean() < 0.01  # the same roundings, but for summation order
+
+
+def _episode(head, batch, steps=2):
+    with torch.no_grad():
+        carry = head.initial_carry(batch)
+        for _ in range(steps):
+            carry, _, _, out, _ = head(carry, batch)
+    return out["logits"].float()
+
+
+def test_recursion_is_as_close_to_native_as_native_is_to_float32(emulation):
+    """After the recursion single roundings are amplified (etrm.parity): what must hold is that
+    the emulated run is no farther from the native one than bfloat16's own rounding error,
+    measured as the native run's distance from float32 on the same weights."""
+    batch = fewshot_batch(fixtures_root() / BUNDLED["data_dir"], tiny_config("etrm"), batch_size=2)
+    runs = {}
+    for name, dtype, emulated in (("float32", "float32", False), ("native", "bfloat16", False),
+                                  ("emulated", "bfloat16", True)):
+        emulation(emulated)
+        torch.manual_seed(0)
+        runs[name] = _episode(build_model(tiny_config("etrm", forward_dtype=dtype)).eval(), batch)
+    rounding = (runs["native"] - runs["float32"]).norm()
+    distance = (runs["emulated"] - runs["native"]).norm()
+    assert distance <= max(1.5 * rounding, 2.0**-8 * runs["native"].norm()), (distance, rounding)
+
+
+def test_stablemax_gradient_at_a_logit_of_one_is_the_same(emulation):
+    # Inputs and weights whose product is exactly 1.0 in bfloat16 on both paths, as a bfloat16
+    # logit often is: the gradient stays finite, and is the same with either path.
+    grads = {}
+    for emulated in (False, True):
+        emulation(emulated)
+        layer = CastedLinear(4, 3)
+        with torch.no_grad():
+            layer.weight.copy_(torch.tensor([[0.25] * 4, [0.125] * 4, [-0.5] * 4]))
+        x = torch.ones(2, 4, dtype=torch.bfloat16, requires_grad=True)
+        logits = layer(x).unsqueeze(0)
+        assert (logits[..., 0] == 1.0).all()
+        stablemax_cross_entropy(logits, torch.tensor([[1, IGNORE_LABEL_ID]])).sum().backward()
+        grads[emulated] = (x.grad.float(), layer.weight.grad)
+    for native, emulated in zip(grads[False], grads[True]):
+        assert torch.isfinite(emulated).all()
+        torch.testing.assert_close(emulated, native, rtol=BFLOAT16_STEP, atol=1e-6)
+
+
+def test_the_cpus_choice_is_native_here_and_can_be_overridden(emulation):
+    layer = CastedLinear(8, 8)
+    x = torch.randn(2, 8).bfloat16()
+    emulation(None)
+    assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight.bfloat16()))  # this CPU: native
+    emulation(True)
+    assert torch.equal(layer(x), torch.nn.functional.linear(x.float(), layer.weight.bfloat16().float()).bfloat16())
