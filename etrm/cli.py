@@ -21,7 +21,7 @@ COMMAND_MODULES = [
     "etrm.investigate",
     "etrm.data.build",
     "etrm.inference",
-    "etrm.evaluation",
+    "etrm.evaluation.score",
     "etrm.checkpoints",
     "etrm.bench",
     "etrm.experiment",
