@@ -33,19 +33,6 @@ def tiny_model(name: str, seed: int = 0, **overrides) -> LossHead:
     return build_model(tiny_config(model_type, **settings, **overrides))
 
 
-def fewshot_batch(data_dir: Path, config: ModelConfig, batch_size: int = 4, split: str = "test",
-                  device: str = "cpu") -> dict[str, torch.Tensor]:
-    """The first few-shot batch of a built dataset, checked against the model's canvas."""
-    from etrm.data.datasets import FewShotPuzzleDataset
-
-    dataset = FewShotPuzzleDataset(data_dir, split, batch_size, max_demos=config.max_demos, test_mode=True)
-    batch = dataset.first_batch()
-    if batch["inputs"].shape[-1] != config.seq_len:
-        raise ValueError(f"{data_dir}: sequences of {batch['inputs'].shape[-1]} tokens, but the model expects "
-                         f"seq_len {config.seq_len}: pass a dataset built for this model's canvas")
-    return {k: v.to(device) for k, v in batch.items()}
-
-
 class CompiledLayout(nn.Module):
     """What `torch.compile(module)` is to state dicts, parameter names and etrm's loaders: the
     module held as `_orig_mod`, so every key gains `_orig_mod.`. The checks that need a

@@ -51,7 +51,7 @@ from typing import Any, Callable, Mapping
 import pytest
 
 from etrm.bundled import fixtures_root
-from etrm.cli import UsageError
+from etrm.errors import UsageError
 from etrm.testing.verdict import NOT_RUN
 
 BUNDLED: dict[str, str] = {
@@ -265,7 +265,7 @@ class Artifacts:
 
     def batch_for(self, config, model: str, *, batch_size: int = 2, split: str = "test"):
         """The first few-shot batch of `data_for(config, model, split=split)`, on the device."""
-        from etrm.suite.support import fewshot_batch
+        from etrm.data.datasets import fewshot_batch
 
         data_dir = self.data_for(config, model, split=split)
         return fewshot_batch(data_dir, config, batch_size=batch_size, split=split, device=self.device)
