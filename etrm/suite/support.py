@@ -33,6 +33,19 @@ def tiny_model(name: str, seed: int = 0, **overrides) -> LossHead:
     return build_model(tiny_config(model_type, **settings, **overrides))
 
 
+# The artifacts of a training run: a log read beside them must be the same run's.
+RUN_CHECKPOINTS = ("trm_checkpoint", "etrm_checkpoint")
+
+
+def training_log(artifacts) -> list[dict]:
+    """The records of the training log under investigation: the user's `--metrics-log`, or
+    the bundled one only when no checkpoint of the user's is investigated (see
+    `Artifacts.require_of_run`)."""
+    from etrm.training import read_metrics_log
+
+    return read_metrics_log(artifacts.require_of_run("metrics_log", *RUN_CHECKPOINTS))
+
+
 class CompiledLayout(nn.Module):
     """What `torch.compile(module)` is to state dicts, parameter names and etrm's loaders: the
     module held as `_orig_mod`, so every key gains `_orig_mod.`. The checks that need a
