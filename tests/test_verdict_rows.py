@@ -7,7 +7,6 @@ import itertools
 import json
 import os
 import shutil
-from pathlib import Path
 
 import numpy  # noqa: F401
 import pytest

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from etrm.errors import int_at_least
 from etrm.evaluation.evaluator import DEFAULT_PASS_KS, SUBMISSION_FILE, ArcEvaluator
 from etrm.evaluation.result import EvaluationError, EvaluationResult
 
@@ -69,7 +70,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", required=True, type=Path, metavar="DIR",
                         help=f"dataset root holding {IDENTIFIERS_FILE} and {TEST_PUZZLES_FILE}")
     parser.add_argument("--save-dir", type=Path, metavar="DIR", help=f"write {SUBMISSION_FILE} here")
-    parser.add_argument("--pass-ks", nargs="+", type=int, default=list(DEFAULT_PASS_KS), metavar="K",
+    parser.add_argument("--pass-ks", nargs="+", type=int_at_least(1), default=list(DEFAULT_PASS_KS), metavar="K",
                         help="K values of pass@K (default: %(default)s)")
     parser.set_defaults(func=_score_command)
 
