@@ -49,8 +49,13 @@ def test_control_blind(expect_check_fails):
 
 def test_control_error(expect_check_fails):
     raise RuntimeError("the broken variant did not build")
+
+def test_control_not_run(artifacts, expect_check_fails):
+    artifacts.require("model_code")
 '''
-KINDS = ("pass", "fail", "inconclusive", "not_run", "error", "control_caught", "control_blind", "control_error")
+KINDS = ("pass", "fail", "inconclusive", "not_run", "error", "control_caught", "control_blind", "control_error",
+         "control_not_run")
+CONTROLS_THAT_RAN = {"control_caught", "control_blind", "control_error"}
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +72,7 @@ def records(tmp_path_factory) -> dict[str, TestRecord]:
 
 def documented_verdict(kinds: set[str]) -> str:
     """README "How to read a row", first match wins."""
+    kinds = {"not_run" if k == "control_not_run" else k for k in kinds}  # listed like a check not run
     if "fail" in kinds:
         return EVIDENCE  # only a check gives evidence, whatever else happened
     if kinds & {"error", "control_error"}:
@@ -79,13 +85,13 @@ def documented_verdict(kinds: set[str]) -> str:
 def row_problems(kinds: set[str], records: dict[str, TestRecord]) -> list[str]:
     """How the row built from one test of each of `kinds` departs from the documented rules."""
     row = VerdictTable.build([records[k] for k in sorted(kinds)], {}).rows[0]
-    controls = {"control_caught", "control_blind", "control_error"}
-    checks = kinds - controls
+    checks = kinds - CONTROLS_THAT_RAN
     expected = {
         "verdict": documented_verdict(kinds),
-        "counts": tuple(int(k in kinds) for k in ("pass", "fail", "inconclusive", "not_run")),
+        "counts": tuple(int(k in kinds) for k in ("pass", "fail", "inconclusive"))
+        + (len(kinds & {"not_run", "control_not_run"}),),
         "errors": len(kinds & {"error", "control_error"}),  # a control that raised is an error too
-        "controls": (int("control_caught" in kinds), len(kinds & controls)),
+        "controls": (int("control_caught" in kinds), len(kinds & CONTROLS_THAT_RAN)),
     }
     got = {"verdict": row.verdict, "counts": (row.passed, row.failed, row.skipped, row.not_run),
            "errors": row.errors, "controls": (row.controls_passed, row.controls_total)}
@@ -94,9 +100,13 @@ def row_problems(kinds: set[str], records: dict[str, TestRecord]) -> list[str]:
     said = {
         "inconclusive": "1 inconclusive: recursion: no all_config.yaml beside the checkpoint",
         "control_blind": "negative control test_outcomes.py::test_control_blind did not catch its broken variant",
-        "not_run": "1 checks not run: no model config: pass --etrm-model-config PATH",
+        "not_run": "no model config: pass --etrm-model-config PATH",
+        "control_not_run": "pass --etrm-model-code ROOT",
     }
     problems += [f"reason lacks {text!r}" for kind, text in said.items() if kind in kinds and text not in row.reason]
+    not_run = len(kinds & {"not_run", "control_not_run"})
+    if not_run and f"{not_run} checks not run: " not in row.reason:
+        problems.append(f"reason does not count the {not_run} checks not run")
     if not checks & {"pass", "fail", "inconclusive"}:
         text = "only negative controls ran" if not checks else "no check could run"
         if text not in row.reason:
@@ -105,7 +115,7 @@ def row_problems(kinds: set[str], records: dict[str, TestRecord]) -> list[str]:
 
 
 def test_every_combination_of_outcomes_gives_the_documented_verdict(records):
-    """Each outcome alone and every mix of them: 255 rows."""
+    """Each outcome alone and every mix of them: 511 rows."""
     combinations = [set(c) for n in range(1, len(KINDS) + 1) for c in itertools.combinations(KINDS, n)]
     assert len(combinations) == 2 ** len(KINDS) - 1
     problems = [p for kinds in combinations for p in row_problems(kinds, records)]

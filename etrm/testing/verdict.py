@@ -22,11 +22,12 @@ recorded checks, e.g. "C: encoder trains but useless"); "pipeline failed" if a c
 failed, "error" if a test raised, "inconclusive" if no scenario was decided.
 
 Negative-control tests (those that asked for `expect_check_fails`, even if they raised
-before recording a result) are counted in their own column and never as evidence. Each test also records which
-artifacts it read (`reads`); a row counts, per artifact and source, the checks and the
-controls that read it (the user's `--data` for the checks on the user's model, the
-bundled data for the controls: both are listed). In a run with user artifacts, a row
-decided without reading any of them is marked `bundled_only`.
+before recording a result) are counted in their own column and never as evidence; one
+that was skipped is counted with the checks not run (or inconclusive), with its reason.
+Each test also records which artifacts it read (`reads`); a row counts, per artifact and
+source, the checks and the controls that read it (the user's `--data` for the checks on
+the user's model, the bundled data for the controls: both are listed). In a run with
+user artifacts, a row decided without reading any of them is marked `bundled_only`.
 """
 from __future__ import annotations
 
@@ -211,8 +212,9 @@ class VerdictTable:
 
 def _row(hyp: str, question: str, records: list[TestRecord], user_artifacts: bool) -> HypothesisRow:
     row = HypothesisRow(hyp, question, INCONCLUSIVE)
-    evidence = [r for r in records if not r.negative_control]
-    controls = [r for r in records if r.negative_control]
+    # A control that could not run (skipped) is listed with the checks that could not: it tested nothing.
+    controls = [r for r in records if r.negative_control and r.kind in ("passed", "evidence", "error")]
+    evidence = [r for r in records if r not in controls]
     kinds = [r.kind for r in evidence]
     row.passed, row.failed, row.skipped = kinds.count("passed"), kinds.count("evidence"), kinds.count("skipped")
     row.not_run = kinds.count("not_run")
