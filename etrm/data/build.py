@@ -334,10 +334,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "or a Kaggle challenges/solutions folder")
     p.add_argument("--mode", choices=MODES, default="fewshot",
                    help="fewshot: evaluation tasks only in the test split; trm: the official split semantics")
-    p.add_argument("--num-aug", type=int_at_least(0), default=0, help="augmentations per task (the official runs used 1000)")
+    p.add_argument("--num-aug", type=int_at_least(0), default=0,
+                   help="augmentations per task (the official runs used 1000)")
     p.add_argument("--seed", type=int_at_least(0), default=0)
-    p.add_argument("--max-tasks", type=int_at_least(1), default=None, help="keep the first N tasks of each source split")
-    p.add_argument("--canvas", type=int_at_least(1, MAX_GRID_SIZE), default=DEFAULT_CANVAS, help="canvas side; seq_len = canvas**2")
+    p.add_argument("--max-tasks", type=int_at_least(1), default=None,
+                   help="keep the first N tasks of each source split")
+    p.add_argument("--canvas", type=int_at_least(1, MAX_GRID_SIZE), default=DEFAULT_CANVAS,
+                   help="canvas side; seq_len = canvas**2")
     p.add_argument("--translate", action=argparse.BooleanOptionalAction, default=None,
                    help="translate train-split rows (default: on in trm mode, off in fewshot mode)")
     p.add_argument("--allow-missing-solutions", action="store_true",

@@ -45,8 +45,8 @@ from etrm.data.layout import (
     load_test_puzzles,
 )
 
-__all__ = ["PuzzleDataset", "FewShotPuzzleDataset", "fewshot_batch", "DatasetFormatError", "DatasetMetadata", "SetArrays",
-           "load_identifiers", "load_metadata", "load_split", "load_test_puzzles"]
+__all__ = ["PuzzleDataset", "FewShotPuzzleDataset", "fewshot_batch", "DatasetFormatError", "DatasetMetadata",
+           "SetArrays", "load_identifiers", "load_metadata", "load_split", "load_test_puzzles"]
 
 class PuzzleDataset(IterableDataset):
     """TRM batches: ``inputs`` (B, S) int32, ``labels`` (B, S) int64 (PAD -> -100),
