@@ -16,22 +16,20 @@ import importlib
 import os
 import sys
 
+from etrm.errors import UsageError  # the commands raise it as etrm.cli.UsageError too
+
 # Modules providing subcommands, in the order `etrm --help` lists them.
 COMMAND_MODULES = [
     "etrm.investigate",
     "etrm.data.build",
     "etrm.inference",
-    "etrm.evaluation",
+    "etrm.evaluation.score",
     "etrm.checkpoints",
     "etrm.bench",
     "etrm.experiment",
 ]
 DEBUG_ENV = "ETRM_DEBUG"
 USAGE_STATUS, CONTENT_STATUS = 2, 1
-
-
-class UsageError(ValueError):
-    """The command line asks for something that cannot be done (exit status 2)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,7 +72,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # `python -m etrm.cli`: run the importable module, whose UsageError the commands raise.
-    from etrm.cli import main as _main
-
-    sys.exit(_main())
+    # `python -m etrm.cli`: UsageError comes from etrm.errors, so the commands' errors are the
+    # class this copy of the module catches.
+    sys.exit(main())

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from etrm.errors import UsageError, int_at_least
+
 # What an evaluator is given per batch: the answer tokens and the halting confidence.
 EVALUATOR_OUTPUT_KEYS = ("preds", "q_halt_logits")
 
@@ -83,8 +85,9 @@ def add_parser(subparsers) -> None:
                                           "received predictions; tasks left out are listed).")
     p.add_argument("--checkpoint", required=True, help="checkpoint file (all_config.yaml or etrm metadata beside it)")
     p.add_argument("--data", required=True, help="built dataset folder (official layout)")
-    p.add_argument("--max-eval-groups", type=int, default=None, help="evaluate only the first N tasks (all augmentations)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-eval-groups", type=int_at_least(1), default=None, metavar="N",
+                   help="evaluate only the first N tasks (all augmentations)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=16)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--save-dir", default=None, help="write submission.json here")
     p.set_defaults(func=_evaluate_command)
@@ -95,6 +98,8 @@ def _evaluate_command(args) -> int:
     from etrm.data.datasets import DatasetFormatError, FewShotPuzzleDataset, PuzzleDataset
     from etrm.evaluation import ArcEvaluator
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda but CUDA is not available to this torch build")
     # A bad checkpoint or dataset raises; etrm.cli.main prints it as one line.
     head = load_model(args.checkpoint).to(args.device)
     config = head.config

@@ -21,6 +21,7 @@ import pytest
 import etrm
 from etrm.checks.result import HYPOTHESES
 from etrm.cli import UsageError
+from etrm.errors import int_at_least
 from etrm.testing.artifacts import CLI_PREFIX, OPTIONS, Artifacts, add_artifact_options, plugin_args
 from etrm.testing.plugin import INVESTIGATE_FLAG
 
@@ -53,7 +54,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="pytest marker expression (default: every hypothesis and experiment1)")
     p.add_argument("-k", dest="keyword", metavar="EXPR", help="pytest -k expression on test names, e.g. checkpoint")
     p.add_argument("--report", metavar="DIR", help="write DIR/report.md with the verdict and metric plots")
-    p.add_argument("-n", dest="workers", metavar="N", type=int,
+    p.add_argument("-n", dest="workers", metavar="N", type=int_at_least(0),
                    help="pytest-xdist workers; 0 runs in this process (default: one per CPU core up to "
                         f"{MAX_DEFAULT_WORKERS} when pytest-xdist is installed and the device is the CPU)")
     p.add_argument("--suite", default=SUITE, metavar="PACKAGE",

@@ -22,6 +22,14 @@ Tolerances depend on the model's forward dtype and on where a tensor comes from:
   error), and never less than one bfloat16 rounding (2^-8, relative). A real
   difference (a wrong L_cycles, a weight off by 1e-3) moves the float32 run too, so
   it shows as a distance well above the rounding error.
+
+Who uses it: the tests only, today: `tests/test_interop_parity.py` (our models against the
+official TRM's and origin ETRM's own outputs in the interop corpus) and `tests/test_parity.py`
+(the tolerances and their negative controls). It stays in the package, in its bottom layer
+(it imports nothing from etrm), because it is a tool, not a test: `Reference.load` +
+`replay` + `first_mismatch` compare any ACT model with reference files written by upstream
+code by the procedure in `fixtures/interop/README.md` ("Reference outputs"), for a
+user who writes them from their own checkout.
 """
 from __future__ import annotations
 

@@ -84,6 +84,47 @@ def test_build_data_missing_source_and_occupied_output_are_usage_errors(tmp_path
     assert str(tmp_path / "full") in _error(capsys, "build-data")
 
 
+
+def test_build_data_refuses_an_occupied_out_before_augmenting(tmp_path, capsys, monkeypatch):
+    """Through the command: an occupied --out stops it before any task is read or augmented
+    (tests/test_data_build.py holds build_dataset itself to this)."""
+    from etrm.data import build
+
+    # Augmentation needs the tasks: refused before they are read, nothing was augmented.
+    monkeypatch.setattr(build, "load_tasks", lambda *a, **k: pytest.fail("read the tasks before checking --out"))
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    assert main(["build-data", "--num-aug", "1000", "--out", str(tmp_path / "full")]) == 2
+    assert str(tmp_path / "full") in _error(capsys, "build-data")
+
+
+# Out-of-range values of every command's flags are usage errors (2) naming the flag, not a
+# library ValueError from deeper down (1).
+@pytest.mark.parametrize("argv, message", [
+    (["evaluate", "--checkpoint", str(TRM), "--data", str(FEWSHOT), "--batch-size", "0"],
+     "argument --batch-size: must be at least 1, got 0"),
+    (["evaluate", "--checkpoint", str(TRM), "--data", str(FEWSHOT), "--max-eval-groups", "-1"],
+     "argument --max-eval-groups: must be at least 1, got -1"),
+    (["score", "--predictions", str(TRM), "--data", str(FEWSHOT), "--pass-ks", "1", "0"],
+     "argument --pass-ks: must be at least 1, got 0"),
+    (["investigate", "-n", "-1"], "argument -n: must be at least 0, got -1"),
+    (["experiment1", "--trm-checkpoint", str(TRM), "--data", str(FEWSHOT), "--out", "o", "--steps", "0"],
+     "argument --steps: must be a positive integer, got 0"),
+])
+def test_out_of_range_flag_values_are_usage_errors_in_every_command(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and capsys.readouterr().err.rstrip().endswith(message)
+
+
+def test_evaluate_on_cuda_without_cuda_is_a_usage_error(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["evaluate", "--checkpoint", str(TRM), "--data", str(FEWSHOT), "--device", "cuda"]) == 2
+    assert _error(capsys, "evaluate") == "--device cuda but CUDA is not available to this torch build"
+
 # --- checkpoints -----------------------------------------------------------------------------
 
 def test_inspect_truncated_checkpoint(truncated, capsys):

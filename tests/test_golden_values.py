@@ -23,8 +23,9 @@ import pytest
 import torch
 
 from etrm.config import tiny_config
+from etrm.data.datasets import fewshot_batch
 from etrm.models import build_model
-from etrm.suite.support import TINY_ENCODER_MODELS, fewshot_batch
+from etrm.suite.support import TINY_ENCODER_MODELS
 from etrm.testing.artifacts import BUNDLED, fixtures_root
 
 BUNDLED_DATA = fixtures_root() / BUNDLED["data_dir"]  # the 10x10 data the tiny models are sized for

@@ -13,9 +13,10 @@ from etrm.bundled import fixtures_root
 from etrm.checks import h2_gradient_flow as h2, h3_encoder_output as h3, h4_training_dynamics as h4
 from etrm.checks import h7_encoder_capacity as h7
 from etrm.config import tiny_config
+from etrm.data.datasets import fewshot_batch
 from etrm.interface import ProtocolError, TRMInterface, as_interface, context_tensor, find_encoder
 from etrm.models import build_model
-from etrm.suite.support import TINY_ENCODER_MODELS, fewshot_batch, tiny_model
+from etrm.suite.support import TINY_ENCODER_MODELS, tiny_model
 from etrm.testing.artifacts import BUNDLED
 
 SHAPE = dict(batch_size=2, puzzle_emb_len=4, hidden_size=8)

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from etrm.config import ConfigError, official_arc1_config, tiny_config
 from etrm.models import ETRM, ETRMTRM, TRM, build_encoder, build_model
+from etrm.models.encoders import PAD_ID
 from etrm.models.loss import IGNORE_LABEL_ID, stablemax_cross_entropy
 from etrm.synthetic import random_batch
 from etrm.suite.support import CompiledLayout
@@ -297,6 +298,28 @@ def test_context_ignores_padded_demo_slots(encoders, variant, valid, junk_seed):
     assert torch.isfinite(base).all(), "a sample without valid demos must still get a finite context"
     assert torch.equal(base, other)
 
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("pooling", ["mean", "attention", "weighted"])
+def test_a_valid_demo_pair_of_padding_only_gives_a_finite_context_and_gradients(pooling, dtype):
+    """Batches built by other code (a user's collate, a demo mask off by one) can mark a pair
+    of PAD tokens only as valid: beside a real pair (sample 0) and as a sample's only pair
+    (sample 1). The context, the loss and every gradient must stay finite."""
+    head = make("etrm", encoder_pooling_method=pooling, forward_dtype=dtype, halt_exploration_prob=0.0).train()
+    batch = random_batch(head.config, 2, seed=1, demo_counts=[2, 1])
+    for sample, slot in ((0, 1), (1, 0)):
+        batch["demo_inputs"][sample, slot] = PAD_ID
+        batch["demo_labels"][sample, slot] = PAD_ID
+    assert batch["demo_mask"][0, 1] and batch["demo_mask"][1, 0]
+    context = head.model.encoder(batch["demo_inputs"], batch["demo_labels"], batch["demo_mask"]).context
+    assert context.dtype == getattr(torch, dtype) and torch.isfinite(context.float()).all(), context
+    _, loss, *_ = head(head.initial_carry(batch), batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+    bad = [n for n, p in head.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    assert not bad, f"non-finite gradients: {bad}"
+    encoder_grads = [p.grad for p in head.model.encoder.parameters() if p.grad is not None]
+    assert encoder_grads and any(g.abs().sum() > 0 for g in encoder_grads)
 
 def test_context_tokens_have_unit_rms(encoders):
     enc = encoders[0]

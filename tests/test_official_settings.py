@@ -12,10 +12,11 @@ import torch
 
 from etrm.checks import h2_gradient_flow as h2
 from etrm.config import tiny_config
+from etrm.data.datasets import fewshot_batch
 from etrm.data.grids import PAD_ID
 from etrm.models import build_model
 from etrm.models.loss import IGNORE_LABEL_ID, stablemax_cross_entropy
-from etrm.suite.support import TINY_ENCODER_MODELS, fewshot_batch, tiny_model
+from etrm.suite.support import TINY_ENCODER_MODELS, tiny_model
 from etrm.testing.artifacts import BUNDLED, fixtures_root
 
 # Every model class and encoder type; the TRM's identifiers cover the interop build's 181.

@@ -87,6 +87,23 @@ def test_require_matching_refuses_to_pair_user_and_bundled_artifacts(root, tmp_p
         user_trm.require_matching("trm_checkpoint", "etrm_frozen_checkpoint")
 
 
+def test_a_log_of_the_run_is_never_the_bundled_one_beside_users_checkpoints(root, tmp_path):
+    (root / BUNDLED["metrics_log"]).parent.mkdir(parents=True)
+    (root / BUNDLED["metrics_log"]).write_text("{}\n")
+    mine = tmp_path / "step_5"
+    mine.write_bytes(b"e")
+    log = tmp_path / "metrics.jsonl"
+    log.write_text("{}\n")
+    run = ("trm_checkpoint", "etrm_checkpoint")
+    assert Artifacts.resolve({}, root=root).require_of_run("metrics_log", *run) == root / BUNDLED["metrics_log"]
+    with pytest.raises(pytest.skip.Exception, match="^not run: needs --etrm-metrics-log PATH: --etrm-etrm-checkpoint "
+                                                    "is yours, and the bundled metrics log is not of your run$"):
+        Artifacts.resolve({"etrm_checkpoint": mine}, root=root).require_of_run("metrics_log", *run)
+    # The user's log is checked on its own, beside bundled (or their own) checkpoints.
+    assert Artifacts.resolve({"metrics_log": log}, root=root).require_of_run("metrics_log", *run) == log.resolve()
+    both = Artifacts.resolve({"metrics_log": log, "trm_checkpoint": mine}, root=root)
+    assert both.require_of_run("metrics_log", *run) == log.resolve()
+
 def test_every_bundled_artifact_and_option_is_documented():
     import etrm.testing.artifacts as module
 

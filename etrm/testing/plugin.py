@@ -27,7 +27,7 @@ from etrm.checks.result import CheckResult
 from etrm.testing.artifacts import (CLI_PREFIX, PLUGIN_PREFIX, ArtifactError, Artifacts, OPTIONS,
                                     add_artifact_options, flag)
 from etrm.testing.reads import ReadTracker
-from etrm.testing.verdict import CHECK_PROPERTY, NOT_RUN, VerdictCollector, VerdictTable
+from etrm.testing.verdict import CHECK_PROPERTY, CONTROL_PROPERTY, NOT_RUN, VerdictCollector, VerdictTable
 
 MARKERS = {
     "hypothesis1": "H1: does the pretrained TRM decoder load correctly?",
@@ -129,7 +129,9 @@ def expect_check_fails(request: pytest.FixtureRequest) -> Callable[..., CheckRes
 
     `expect_check_fails(result)` passes the test when `result.status == "fail"` (or the
     given `expected` status, e.g. "inconclusive" for an unverifiable setting) and fails
-    it otherwise. The test is counted as a control in the verdict, never as evidence."""
+    it otherwise. The test is counted as a control in the verdict, never as evidence, also
+    when it raises before it records a result (an error, never a passed control)."""
+    request.node.user_properties.append((CONTROL_PROPERTY, True))
 
     def expect(result: CheckResult, expected: str = "fail") -> CheckResult:
         if expected not in ("fail", "inconclusive"):

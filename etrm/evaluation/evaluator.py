@@ -1,4 +1,4 @@
-"""ARC-AGI evaluator (DESIGN.md section 6) and the `etrm score` command.
+"""ARC-AGI evaluator (DESIGN.md section 6): voting and pass@K over a round of predictions.
 
 Every scored row is a model's answer to one test input of one puzzle identifier
 (an augmentation of an ARC task). The evaluator crops the answer and the input from
@@ -25,14 +25,13 @@ the investigation's numbers went wrong:
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,33 +39,17 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from etrm.data.grids import (
-    BLANK_IDENTIFIER_ID,
-    DEFAULT_CANVAS,
-    Augmentation,
-    as_grid,
-    decode_grid,
-    encode_grid,
-    parse_augmentation_name,
-)
+from etrm.data.grids import BLANK_IDENTIFIER_ID, Augmentation, as_grid, decode_grid, parse_augmentation_name
 from etrm.data.layout import DatasetFormatError, load_identifiers, load_test_puzzles
+from etrm.evaluation.result import EvaluationError, EvaluationResult
 
 DEFAULT_PASS_KS = (1, 2, 5, 10, 100, 1000)
 SUBMISSION_ATTEMPTS = 2  # ARC Prize scoring accepts two attempts per test input
 DENOMINATORS = ("evaluated", "all_test_tasks")
-IDENTIFIERS_FILE = "identifiers.json"
-TEST_PUZZLES_FILE = "test_puzzles.json"
 SUBMISSION_FILE = "submission.json"
-BATCH_KEYS = ("inputs", "puzzle_identifiers")
-OUTPUT_KEYS = ("preds", "q_halt_logits")
-PREDICTION_FILE_KEYS = BATCH_KEYS + OUTPUT_KEYS
 
 # votes[(task, input_hash)][prediction_hash] -> sigmoid(q_halt) of every row that gave it
 Votes = dict[tuple[str, str], dict[str, list[float]]]
-
-
-class EvaluationError(ValueError):
-    """Evaluator input is inconsistent or empty; the message names the task, row, file or key."""
 
 
 def grid_hash(grid: np.ndarray) -> str:
@@ -96,44 +79,6 @@ class _TestInput:
     input_hash: str
     label_hash: str
 
-
-@dataclass
-class EvaluationResult:
-    """What one evaluation round scored.
-
-    ``metrics`` holds ``"ARC/pass@K"`` for every K. ``per_task[task][K]`` is the task's
-    score (mean over its test inputs) and ``label_ranks[task][i]`` the 0-based position
-    of the correct output among the ranked answers to test input ``i`` (None when it is
-    not among them), for every evaluated task. ``denominator`` is the number of tasks the
-    metrics average over: ``len(tasks_evaluated)`` unless the evaluator was built with
-    the official ``denominator="all_test_tasks"`` policy. ``submission`` is the content
-    of ``submission.json``.
-    """
-
-    metrics: dict[str, float]
-    pass_ks: tuple[int, ...]
-    tasks_evaluated: list[str]
-    tasks_without_predictions: list[str]
-    test_inputs_without_predictions: list[tuple[str, int]]
-    per_task: dict[str, dict[int, float]]
-    label_ranks: dict[str, list[int | None]]
-    num_predictions: int
-    denominator: int
-    submission: dict[str, list[dict[str, list[list[int]] | None]]] = field(repr=False)
-
-    def summary(self) -> str:
-        """Human-readable report: pass@K, the counts, and what was not predicted."""
-        lines = [f"ARC evaluation: {self.num_predictions} predictions, {len(self.tasks_evaluated)} tasks "
-                 f"evaluated, metric averaged over {self.denominator} tasks"]
-        lines += [f"  pass@{k:<5d} {self.metrics[f'ARC/pass@{k}']:.4f}" for k in self.pass_ks]
-        if self.tasks_without_predictions:
-            lines.append(f"{len(self.tasks_without_predictions)} tasks without predictions (left out of the "
-                         f"metric): {', '.join(self.tasks_without_predictions)}")
-        if self.test_inputs_without_predictions:
-            missing = ", ".join(f"{task}[{index}]" for task, index in self.test_inputs_without_predictions)
-            lines.append(f"{len(self.test_inputs_without_predictions)} test inputs without predictions "
-                         f"(scored 0): {missing}")
-        return "\n".join(lines)
 
 
 class ArcEvaluator:
@@ -369,130 +314,3 @@ def _merge(payloads: Iterable[tuple[Votes, dict[str, np.ndarray], int]]) -> tupl
         grids.update(rank_grids)
         total += count
     return votes, grids, total
-
-
-# --- synthetic predictions ------------------------------------------------------------------
-def oracle_predictions(
-    identifiers: Sequence[str],
-    test_puzzles: Mapping[str, Mapping[str, Any]],
-    tasks: Iterable[str] | None = None,
-    canvas: int = DEFAULT_CANVAS,
-    q_halt_logit: float = 0.0,
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """A (batch, outputs) pair in which every prediction is correct.
-
-    One row per (identifier of a chosen task, test input): the test input and its
-    output, both under the identifier's augmentation, as a model that solved the task
-    would emit them. A correct evaluator scores the chosen tasks 1.0 at every K whatever
-    their number; rows follow ``identifiers`` order. ``tasks`` defaults to every task.
-    """
-    chosen = set(test_puzzles if tasks is None else tasks)
-    unknown = chosen - set(test_puzzles)
-    if unknown:
-        raise EvaluationError(f"tasks not in test_puzzles: {sorted(unknown)}")
-    ids, inputs, preds = [], [], []
-    for identifier, name in enumerate(identifiers):
-        if identifier == BLANK_IDENTIFIER_ID:
-            continue
-        task, aug = parse_augmentation_name(name)
-        if task not in chosen:
-            continue
-        for pair in test_puzzles[task]["test"]:
-            ids.append(identifier)
-            inputs.append(encode_grid(aug.apply(as_grid(pair["input"])), canvas))
-            preds.append(encode_grid(aug.apply(as_grid(pair["output"])), canvas))
-    if not ids:
-        raise EvaluationError(f"no identifier names any of the tasks {sorted(chosen)}")
-    batch = {"inputs": torch.from_numpy(np.stack(inputs)).to(torch.int32),
-             "puzzle_identifiers": torch.tensor(ids, dtype=torch.int32)}
-    outputs = {"preds": torch.from_numpy(np.stack(preds)).to(torch.int32),
-               "q_halt_logits": torch.full((len(ids),), q_halt_logit, dtype=torch.float32)}
-    return batch, outputs
-
-
-def all_correct_subset_scores(
-    make_evaluator: Callable[[], ArcEvaluator],
-    identifiers: Sequence[str],
-    test_puzzles: Mapping[str, Mapping[str, Any]],
-    sizes: Sequence[int] = (4, 64),
-    metric: str = "ARC/pass@1",
-) -> dict[int, float]:
-    """``metric`` of a fresh evaluator fed oracle predictions for the first ``size`` tasks.
-
-    The subset-size check of hypothesis 6: a correct evaluator gives 1.0 for every size;
-    one that divides by all test tasks (the official evaluator) gives ``size / len(test_puzzles)``.
-    ``make_evaluator`` returns any object with ArcEvaluator's begin_round/update/result.
-    """
-    scores = {}
-    for size in sizes:
-        if not 0 < size <= len(test_puzzles):
-            raise ValueError(f"subset size {size} is not in 1..{len(test_puzzles)} (the number of test tasks)")
-        evaluator = make_evaluator()
-        evaluator.begin_round()
-        evaluator.update(*oracle_predictions(identifiers, test_puzzles, list(test_puzzles)[:size]))
-        scores[size] = evaluator.result().metrics[metric]
-    return scores
-
-
-# --- re-scoring saved predictions -----------------------------------------------------------
-def score_prediction_files(paths: Sequence[str | Path], data_dir: str | Path,
-                           save_dir: str | Path | None = None, **options: Any) -> EvaluationResult:
-    """Score the official trainer's ``step_<N>_all_preds.<rank>`` dumps (all ranks together).
-
-    Each file is a ``torch.save``d dict of tensors with at least ``inputs``,
-    ``puzzle_identifiers``, ``preds`` and ``q_halt_logits``; it is read with
-    ``weights_only=True``, so loading never runs code. ``options`` go to ArcEvaluator.
-    """
-    if not paths:
-        raise EvaluationError("no prediction files given")
-    evaluator = ArcEvaluator.from_data_dir(data_dir, **options)
-    for path in paths:
-        dump = _load_prediction_file(Path(path))
-        try:
-            evaluator.update({k: dump[k] for k in BATCH_KEYS}, {k: dump[k] for k in OUTPUT_KEYS})
-        except EvaluationError as err:
-            raise EvaluationError(f"{path}: {err}") from None
-    result = evaluator.result(save_dir)
-    assert result is not None  # single process: always rank 0
-    return result
-
-
-def _load_prediction_file(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise EvaluationError(f"prediction file {path} not found")
-    try:
-        dump = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling refused (code), truncated zip, not a torch file ...
-        raise EvaluationError(f"prediction file {path} could not be read safely (weights_only=True): "
-                              f"{type(err).__name__}: {err}") from None
-    if not isinstance(dump, dict):
-        raise EvaluationError(f"prediction file {path} holds a {type(dump).__name__}, expected a dict of tensors")
-    for key in PREDICTION_FILE_KEYS:
-        if key not in dump:
-            raise EvaluationError(f"prediction file {path} has no key {key!r} (keys: {sorted(dump)})")
-        if not isinstance(dump[key], torch.Tensor):
-            raise EvaluationError(f"prediction file {path}: {key!r} is a {type(dump[key]).__name__}, "
-                                  f"expected a tensor")
-    return dump
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "score", help="score saved evaluation predictions with the ARC evaluator",
-        description="Score the official trainer's step_<N>_all_preds.<rank> dumps (give every rank's file) "
-                    "with the ARC evaluator: pass@K averaged over the tasks that received predictions.")
-    parser.add_argument("--predictions", nargs="+", required=True, type=Path, metavar="FILE",
-                        help="prediction dumps (torch.save'd dicts of tensors), one per rank")
-    parser.add_argument("--data", required=True, type=Path, metavar="DIR",
-                        help=f"dataset root holding {IDENTIFIERS_FILE} and {TEST_PUZZLES_FILE}")
-    parser.add_argument("--save-dir", type=Path, metavar="DIR", help=f"write {SUBMISSION_FILE} here")
-    parser.add_argument("--pass-ks", nargs="+", type=int, default=list(DEFAULT_PASS_KS), metavar="K",
-                        help="K values of pass@K (default: %(default)s)")
-    parser.set_defaults(func=_score_command)
-
-
-def _score_command(args: argparse.Namespace) -> int:
-    # A bad dump or dataset raises; etrm.cli.main prints it as one line.
-    result = score_prediction_files(args.predictions, args.data, save_dir=args.save_dir, pass_ks=args.pass_ks)
-    print(result.summary())
-    return 0
