@@ -11,7 +11,7 @@ from etrm.config import tiny_config
 from etrm.layers import CastedLinear, native_bfloat16_products, use_emulated_bfloat16
 from etrm.models import build_model
 from etrm.models.loss import IGNORE_LABEL_ID, stablemax_cross_entropy
-from etrm.suite.support import fewshot_batch
+from etrm.data.datasets import fewshot_batch
 from etrm.testing.artifacts import BUNDLED, fixtures_root
 
 BFLOAT16_STEP = 2.0**-7  # the largest relative spacing of bfloat16 numbers (8 significant bits)
