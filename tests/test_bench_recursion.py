@@ -10,6 +10,7 @@ untimed `setup`, so the two alternate A B A B and share the machine's load alike
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -179,3 +180,63 @@ def test_recursion_vs_official_style_reimpl(benchmark, size, device, linear_kern
         ours_over_reimpl=median / other.median_ms(), gflops=gflops, reimpl_gflops=reimpl_gflops,
         matmul_gflops=matmul, share_of_matmul=gflops / matmul, reimpl_share_of_matmul=reimpl_gflops / matmul,
         kernel_floor_ms=floor, floor_over_reimpl=floor / other.median_ms())
+
+
+OFFICIAL_CODE = "ETRM_OFFICIAL_TRM"  # a checkout of SamsungSAILMontreal/TinyRecursiveModels
+
+
+def official_decoder_class():
+    """The official TRM's inner model class, imported from the checkout named by $ETRM_OFFICIAL_TRM
+    (its code is not shipped with etrm); skips with the reason when it cannot be imported."""
+    import importlib
+    import os
+    import sys
+
+    root = os.environ.get(OFFICIAL_CODE)
+    if not root:
+        pytest.skip(f"set {OFFICIAL_CODE} to a checkout of SamsungSAILMontreal/TinyRecursiveModels to time the "
+                    "official code itself")
+    for name in [m for m in sys.modules if m == "models" or m.startswith("models.")]:
+        del sys.modules[name]  # another `models` package (a model-code test's) must not answer
+    sys.path.insert(0, root)
+    try:
+        return importlib.import_module("models.recursive_reasoning.trm").TinyRecursiveReasoningModel_ACTV1_Inner
+    except ImportError as err:  # its own requirements (pydantic, einops) are the user's to install
+        pytest.skip(f"{OFFICIAL_CODE}={root}: the official code does not import here: {err}")
+    finally:
+        sys.path.remove(root)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("size", ["mid", "official"])
+def test_recursion_vs_the_official_code(benchmark, size, dtype):
+    """Our inference recursion step (benchmarked) against the official TRM code's
+    (`TinyRecursiveReasoningModel_ACTV1_Inner.forward`, its own checkout) with the same weights,
+    timed alternately on the CPU: `extra_info` has ours_ms, official_ms and ours_over_official
+    (target: at most 0.7). The outputs are compared first, so the two do the same work."""
+    official_cls = official_decoder_class()
+    cfg = dataclasses.replace(bench.SIZES[size].config("trm"), forward_dtype=dtype)
+    batch_size = bench.SIZES[size].batch
+    ours = bench.make_head(cfg, "cpu").model.inner.eval()
+    theirs = official_cls(dataclasses.asdict(cfg) | dict(batch_size=batch_size, H_layers=0)).eval()
+    theirs.load_state_dict(ours.state_dict())
+    batch = bench.make_batch(size, cfg, "cpu")
+    carry = ours.reset_carry(torch.ones(batch_size, dtype=torch.bool), ours.empty_carry(batch_size, "cpu"))
+
+    def ours_step():
+        with torch.no_grad():
+            return ours(carry, batch["inputs"], ours.puzzle_prefix(batch["puzzle_identifiers"]))
+
+    def official_step():
+        with torch.no_grad():
+            return theirs(carry, batch)
+
+    ours_logits, official_logits = ours_step()[1].float(), official_step()[1].float()
+    rounding = 1e-3 if dtype == "float32" else 0.05  # norm-wise: 30 layer applications of rounding
+    assert (ours_logits - official_logits).norm() <= rounding * official_logits.norm(), "not the same computation"
+    other = Companion(official_step, "cpu")
+    median = run(benchmark, ours_step, "cpu", size, setup=other)
+    if median is not None:
+        benchmark.extra_info.update(size=size, dtype=dtype, threads=torch.get_num_threads(), ours_ms=median,
+                                    official_ms=other.median_ms(), ours_over_official=median / other.median_ms(),
+                                    native_bfloat16=__import__("etrm.layers").layers.native_bfloat16_products())
