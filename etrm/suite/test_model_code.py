@@ -12,6 +12,7 @@ runs on it all the same.
 from __future__ import annotations
 
 import pytest
+import torch
 
 from etrm.checks import h2_gradient_flow as h2, h3_encoder_output as h3, h7_encoder_capacity as h7
 from etrm.suite import broken
@@ -68,7 +69,7 @@ def test_model_code_context_varies_across_tasks(model_code_case, record_check):
     record_check(h7.check_context_varies_across_tasks(model, *model_code_case.task_balanced_batch()))
 
 
-# --- negative control of the check that only runs here ----------------------------------------
+# --- negative controls of what only runs here ------------------------------------------------
 
 @pytest.mark.hypothesis2
 def test_control_nan_gradient_fails_the_finiteness_check(artifacts, expect_check_fails):
@@ -76,3 +77,12 @@ def test_control_nan_gradient_fails_the_finiteness_check(artifacts, expect_check
     batch = artifacts.batch_for(head.config, TINY, batch_size=2)
     result = expect_check_fails(h2.check_training_steps_finite(head, batch, steps=STEPS))
     assert result.numbers["nonfinite_grad_steps"] == STEPS and result.numbers["nonfinite_loss_steps"] == 0, result
+
+
+@pytest.mark.hypothesis3
+def test_control_batch_without_padded_slots_leaves_padding_invariance_undecided(artifacts, expect_check_fails):
+    """A user's data may fill every demo slot: nothing is tested then, which must not read as a verdict."""
+    head = tiny_model("etrm-standard")
+    batch = artifacts.batch_for(head.config, TINY, batch_size=2)
+    full = {**batch, "demo_mask": torch.ones_like(batch["demo_mask"])}
+    expect_check_fails(h3.check_padding_invariance(head, full), expected="inconclusive")
