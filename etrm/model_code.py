@@ -21,6 +21,11 @@ origin ETRM trainer (pretrain_etrm.py `create_model_encoder`) build it, from the
   strictly (every missing or unexpected key, every shape mismatch is an error naming it)
   with `assign=True` as the trainers load, so tensors keep their saved dtypes; on CPU
   unless a device is given. The model runs in the config's own `forward_dtype`.
+
+Without a checkpoint (`build_model_at_size`, the CI gate of `etrm/suite/test_model_code.py`),
+the config is an origin-style `config/arch/*.yaml` or an `all_config.yaml` at a CI size
+(`etrm.arch_config`), `batch_size` is the largest batch the checks feed, and the weights
+are the classes' own initialisation under a fixed seed.
 """
 from __future__ import annotations
 
