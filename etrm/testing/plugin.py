@@ -184,7 +184,7 @@ class _VerdictPlugin:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         artifacts = self.config.stash[_ARTIFACTS_KEY]
         missed = unchecked(self.collector.records(), artifacts)
-        if missed and not self.config.getoption("etrm_allow_unchecked"):
+        if missed and not self.config.getoption("etrm_allow_unchecked") and not self.config.option.collectonly:
             self.unchecked_line = unchecked_message(missed, artifacts)
             if session.exitstatus == pytest.ExitCode.OK:
                 session.exitstatus = UNCHECKED_STATUS
