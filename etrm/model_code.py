@@ -21,17 +21,24 @@ origin ETRM trainer (pretrain_etrm.py `create_model_encoder`) build it, from the
   strictly (every missing or unexpected key, every shape mismatch is an error naming it)
   with `assign=True` as the trainers load, so tensors keep their saved dtypes; on CPU
   unless a device is given. The model runs in the config's own `forward_dtype`.
+
+Without a checkpoint (`build_model_at_size`, the CI gate of `etrm/suite/test_model_code.py`),
+the config is an origin-style `config/arch/*.yaml` or an `all_config.yaml` at a CI size
+(`etrm.arch_config`), `batch_size` is the largest batch the checks feed, and the weights
+are the classes' own initialisation under a fixed seed.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from etrm.arch_config import ETRM, ORIGIN_MAX_DEMOS, ArchConfig, SizedArch
 from etrm.config_import import CONFIG_FILE
 from etrm.interface import ENCODER_MODULE, TRMInterface, find_encoder
 
@@ -52,41 +59,59 @@ class ModelCode:
     model: TRMInterface
     root: Path
     config_path: Path
-    saved: dict[str, Any]  # the whole all_config.yaml
+    saved: dict[str, Any]  # the whole config file (for an arch file, its keys under "arch")
     config: dict[str, Any]  # what the model class was given
     checkpoint: Path | None = None
+    max_demos: int = ORIGIN_MAX_DEMOS  # demo slots of its batches: the file's max_demos, or the CI size's
+    shrunk: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # key -> (configured, used) at a CI size
 
     @property
     def seq_len(self) -> int:
         return int(self.config["seq_len"])
 
-    @property
-    def max_demos(self) -> int:
-        return int(self.saved.get("max_demos", 10))  # the origin trainer's default
-
 
 def build_model_code(root: str | Path, config_path: str | Path, data_dir: str | Path, *,
                      encoder_module: str = ENCODER_MODULE) -> ModelCode:
-    """The model of `config_path` built from the code under `root`, freshly initialised."""
+    """The model of a trainer's `all_config.yaml` built from the code under `root`, freshly initialised."""
+    config_path = Path(config_path)
+    saved = _read_config(config_path)
+    if "global_batch_size" not in saved:
+        raise ModelCodeError(f"{config_path}: no global_batch_size (the model's batch_size is derived from it)")
+    return _build(root, config_path, saved, dict(saved["arch"]), data_dir, batch_size=saved["global_batch_size"] // WORLD_SIZE,
+                  max_demos=int(saved.get("max_demos", ORIGIN_MAX_DEMOS)), encoder_module=encoder_module)
+
+
+def build_model_at_size(root: str | Path, config: ArchConfig, sized: SizedArch, data_dir: str | Path, *, batch_size: int,
+                        encoder_module: str = ENCODER_MODULE, seed: int = 0) -> ModelCode:
+    """The model of a config/arch file or an all_config.yaml (`etrm.arch_config`) at a CI size, built from the
+    code under `root` with a random initialisation (seeded), for the checks that need no trained weights.
+    `batch_size`: the largest batch the checks feed (the trainers pass the per-rank batch size)."""
+    if config.kind == ETRM:
+        raise ModelCodeError(f"{config.path}: an etrm ModelConfig names no model class of yours; give your "
+                             "config/arch/*.yaml or a trainer's all_config.yaml")
+    torch.manual_seed(seed)
+    code = _build(root, config.path, {**config.top, "arch": config.arch}, dict(sized.arch), data_dir,
+                  batch_size=batch_size, max_demos=sized.max_demos, encoder_module=encoder_module)
+    return dataclasses.replace(code, shrunk=dict(sized.shrunk))
+
+
+def _build(root: str | Path, config_path: Path, saved: dict[str, Any], arch: dict[str, Any], data_dir: str | Path, *,
+           batch_size: int, max_demos: int, encoder_module: str) -> ModelCode:
     from etrm.data.layout import DatasetFormatError, load_metadata
 
-    root, config_path = Path(root).resolve(), Path(config_path)
+    root = Path(root).resolve()
     if not (root / MODEL_PACKAGE).is_dir():
         raise ModelCodeError(f"model code root {root}: no {MODEL_PACKAGE}/ folder there (give the repository root that "
                              "holds it)")
-    saved = _read_config(config_path)
-    arch = dict(saved["arch"])
     arch_name, loss = arch.pop("name", None), arch.pop("loss", None)
     if not isinstance(loss, dict) or "name" not in loss:
         raise ModelCodeError(f"{config_path}: arch.loss must be a mapping with a name (e.g. losses@ACTLossHead)")
     loss_kwargs = {k: v for k, v in loss.items() if k != "name"}
-    if "global_batch_size" not in saved:
-        raise ModelCodeError(f"{config_path}: no global_batch_size (the model's batch_size is derived from it)")
     try:
         meta = load_metadata(data_dir, "train")
     except DatasetFormatError as err:
         raise ModelCodeError(f"dataset for the model's config: {err}") from None
-    derived = dict(batch_size=saved["global_batch_size"] // WORLD_SIZE, vocab_size=meta.vocab_size, seq_len=meta.seq_len,
+    derived = dict(batch_size=batch_size, vocab_size=meta.vocab_size, seq_len=meta.seq_len,
                    num_puzzle_identifiers=meta.num_puzzle_identifiers, causal=False)
     clash = sorted(set(arch) & set(derived))
     if clash:
@@ -102,7 +127,8 @@ def build_model_code(root: str | Path, config_path: str | Path, data_dir: str | 
     except Exception as err:  # the user's constructor: report which one and why, as an error
         raise ModelCodeError(f"building {loss['name']}({arch_name}) from {root} with {config_path}: "
                              f"{type(err).__name__}: {err}") from err
-    return ModelCode(_interface(head, arch, arch_name, root, encoder_module), root, config_path, saved, config)
+    return ModelCode(_interface(head, arch, arch_name, root, encoder_module), root, config_path, saved, config,
+                     max_demos=max_demos)
 
 
 def load_model_code(root: str | Path, checkpoint: str | Path, data_dir: str | Path, *,
@@ -133,7 +159,7 @@ def load_model_code(root: str | Path, checkpoint: str | Path, data_dir: str | Pa
         raise ModelCodeError(f"{checkpoint} does not fit {code.model.name}: " + "; ".join(parts))
     head.load_state_dict(state, strict=True, assign=True)
     head.to(device)
-    return ModelCode(code.model, code.root, code.config_path, code.saved, code.config, checkpoint)
+    return dataclasses.replace(code, checkpoint=checkpoint)
 
 
 def _read_config(path: Path) -> dict[str, Any]:

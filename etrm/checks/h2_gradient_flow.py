@@ -108,6 +108,34 @@ def check_loss_responds_to_encoder(model: TRMInterface, batch: dict[str, torch.T
         {"loss_before": before, "loss_after": after, "relative_change": change})
 
 
+def check_training_steps_finite(model: TRMInterface, batch: dict[str, torch.Tensor], steps: int = 2) -> CheckResult:
+    """The loss of each of the first `steps` training ACT steps, and the gradient it gives every
+    trainable parameter (decoder and encoder), are finite at the model's own forward_dtype. A
+    bfloat16 overflow or a log(0) shows here before any training run does; needs no encoder."""
+    model = as_interface(model)
+    steps = min(steps, model.halt_max_steps)
+    named = [(n, p) for n, p in model.head.named_parameters() if p.requires_grad]
+    bad_loss: list[int] = []
+    bad_grad: dict[int, list[str]] = {}
+    for step, loss in enumerate(act_step_losses(model, batch, steps), start=1):
+        if not torch.isfinite(loss).all():
+            bad_loss.append(step)
+        grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True, retain_graph=True) if named else []
+        for (n, _), g in zip(named, grads):
+            if g is not None and not torch.isfinite(g).all():
+                bad_grad.setdefault(step, []).append(n)
+    dtype = model.forward_dtype or "the model's dtype"
+    problems = ([f"a non-finite loss on step(s) {bad_loss}"] if bad_loss else []) + (
+        [_bad_steps("a non-finite gradient", bad_grad, len(named))] if bad_grad else [])
+    message = (f"{'; '.join(problems)} at {dtype}: look for an overflow, a division by zero or log(0) in the loss or "
+               "the model" if problems else
+               f"loss and the gradients of all {len(named)} trainable parameters finite on each of {steps} training "
+               f"ACT steps at {dtype}")
+    return CheckResult.from_condition(H, "training_steps_finite", not problems, message,
+                                      {"steps": steps, "params": len(named), "nonfinite_loss_steps": len(bad_loss),
+                                       "nonfinite_grad_steps": len(bad_grad), "forward_dtype": str(dtype)})
+
+
 def check_preclip_norms_logged(metrics: list[dict]) -> CheckResult:
     """A training log shows a healthy encoder gradient only if it logged norms before
     clipping: post-clip norms sit at the clip threshold whenever clipping is active."""

@@ -1,5 +1,7 @@
 """The shipped investigation suite: thin pytest modules, one per hypothesis, that run the
-checks of `etrm.checks` on the artifacts of `etrm.testing.artifacts`.
+checks of `etrm.checks` on the artifacts of `etrm.testing.artifacts`; and `test_model_code`,
+the checks that need no trained weights on a user's model code (`--model-code` with
+`--model-config`, one case per config file), each test marked with its hypothesis.
 
 Run it with `etrm investigate`, or `pytest -m hypothesisN` in a checkout. Conventions
 (see conftest.py, which enforces the first):

@@ -29,3 +29,23 @@ def checkpoint_model(artifacts) -> "etrm.suite.support.CheckpointModel":  # noqa
     from etrm.suite.support import checkpoint_model as build
 
     return build(artifacts)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # One case per --model-config file (a folder gives each of its files); without the option, one
+    # case that skips naming what to pass.
+    if "model_config_file" in metafunc.fixturenames:
+        from etrm.testing.plugin import run_artifacts
+
+        files = run_artifacts(metafunc.config).model_config_files
+        metafunc.parametrize("model_config_file", files or [None], ids=[f.name for f in files] or ["no-model-config"],
+                             scope="module")
+
+
+@pytest.fixture(scope="module")
+def model_code_case(model_config_file, artifacts) -> "etrm.suite.support.ModelCodeCase":  # noqa: F821
+    """The model of one --model-config file built by --model-code's code (which is imported and
+    run) at --model-size, randomly initialised; skips naming what to pass."""
+    from etrm.suite.support import model_code_case as build
+
+    return build(artifacts, model_config_file)

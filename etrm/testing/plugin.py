@@ -13,7 +13,9 @@ user's artifacts (fixture `artifacts`, see `etrm.testing.artifacts`, which decla
 options once for this plugin and for `etrm investigate`); without them the bundled
 fixtures are used. Tests hand their `CheckResult`s to `record_check` (or, for negative
 controls, to `expect_check_fails`); at the end a verdict table per hypothesis is
-printed and, with `--etrm-verdict-json PATH`, written as JSON.
+printed and, with `--etrm-verdict-json PATH`, written as JSON. A run in which no check read
+a given model, config or checkpoint exits non-zero (`etrm.testing.gate`) unless
+`--etrm-allow-unchecked`.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import pytest
 from etrm.checks.result import CheckResult
 from etrm.testing.artifacts import (CLI_PREFIX, PLUGIN_PREFIX, ArtifactError, Artifacts, OPTIONS,
                                     add_artifact_options, flag)
+from etrm.testing.gate import UNCHECKED_STATUS, unchecked, unchecked_message
 from etrm.testing.reads import ReadTracker
 from etrm.testing.verdict import CHECK_PROPERTY, CONTROL_PROPERTY, NOT_RUN, VerdictCollector, VerdictTable
 
@@ -73,7 +76,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(tracker, "etrm-reads")
     try:
         config.stash[_ARTIFACTS_KEY] = Artifacts.resolve(given, device=device, on_read=tracker.record,
-                                                         prefix=prefix)
+                                                         prefix=prefix, model_size=config.getoption("etrm_model_size"),
+                                                         encoder_module=config.getoption("etrm_encoder_module"))
     except ArtifactError as err:
         raise pytest.UsageError(str(err)) from None
     # The table is built where all reports arrive: the xdist controller, or the only process.
@@ -97,6 +101,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def _prefix(config: pytest.Config) -> str:
     return CLI_PREFIX if config.getoption(INVESTIGATE) else PLUGIN_PREFIX
+
+
+def run_artifacts(config: pytest.Config) -> Artifacts:
+    """The run's artifacts, for hooks that run before fixtures (e.g. pytest_generate_tests)."""
+    return config.stash[_ARTIFACTS_KEY]
 
 
 # --- fixtures --------------------------------------------------------------------------------
@@ -168,6 +177,7 @@ class _VerdictPlugin:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.collector = VerdictCollector()
+        self.unchecked_line: str | None = None  # set at the session's end when the gate fails
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.collector.add_report(report)
@@ -178,19 +188,26 @@ class _VerdictPlugin:
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         table = self.table()
-        if not table.rows:
-            return
-        terminalreporter.write_sep("=", "etrm verdict")
-        for line in table.format_text():
-            terminalreporter.write_line(line)
-        if self.self_test_left_out():
-            terminalreporter.write_line(SELF_TEST_NOTE.format(flag=flag("self-test", _prefix(self.config))))
+        if table.rows:
+            terminalreporter.write_sep("=", "etrm verdict")
+            for line in table.format_text():
+                terminalreporter.write_line(line)
+            if self.self_test_left_out():
+                terminalreporter.write_line(SELF_TEST_NOTE.format(flag=flag("self-test", _prefix(self.config))))
+        if self.unchecked_line:
+            terminalreporter.write_line(self.unchecked_line, red=True, bold=True)
 
     def self_test_left_out(self) -> bool:
         return (self.config.stash[_ARTIFACTS_KEY].has_user_artifacts
                 and not self.config.getoption("etrm_self_test"))
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        artifacts = self.config.stash[_ARTIFACTS_KEY]
+        missed = unchecked(self.collector.records(), artifacts)
+        if missed and not self.config.getoption("etrm_allow_unchecked") and not self.config.option.collectonly:
+            self.unchecked_line = unchecked_message(missed, artifacts)
+            if session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = UNCHECKED_STATUS
         target = self.config.getoption("etrm_verdict_json")
         if target:
             path = self.config.invocation_params.dir / target

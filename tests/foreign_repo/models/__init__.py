@@ -7,7 +7,10 @@ Layout as in the official and origin repositories: `models/layers.py`, `models/c
 `models/losses.py` (ACTLossHead), `models/encoders/`, `models/recursive_reasoning/`
 (`etrm.py`: TRMWithEncoder, correct; `etrmtrm.py`: TRMWithRecurrentEncoder, whose encoder
 output reaches the decoder as a detached carry, as in the origin; `etrm_variants.py`:
-deliberately broken variants).
+deliberately broken variants; `trm.py`: the official TRM's class, a model without an encoder).
+`config/arch/` beside `models/` holds their configs as the origin lays them out (the origin's own
+`etrm.yaml` and `etrmtrm.yaml` keys, the official `trm.yaml`, and one file per broken variant):
+the CI gate's cases (tests/test_model_gate.py).
 
 Written from the facts (not the code) of SamsungSAILMontreal/TinyRecursiveModels
 `pretrain.py` (create_model, train_batch, evaluate) and `models/recursive_reasoning/trm.py`,
