@@ -13,6 +13,7 @@ from torch import nn
 
 from etrm.arch_config import names_model_class
 from etrm.config import ModelConfig, tiny_config
+from etrm.data.datasets import fewshot_batch
 from etrm.interface import TRMInterface
 from etrm.models import LossHead, build_model
 from etrm.testing.artifacts import USER
