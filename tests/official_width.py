@@ -41,8 +41,10 @@ def _official_width_config(corpus_run: str, **changes) -> dict:
     return config
 
 
-def write_official_width(out: str | Path, seed: int = 7) -> dict[str, Path]:
-    """Write the TRM, the ETRM and the data under `out`; returns the three paths."""
+def write_official_width(out: str | Path, seed: int = 7, etrm_l_cycles: int = WIDTH["L_cycles"]) -> dict[str, Path]:
+    """Write the TRM, the ETRM and the data under `out`; returns the three paths. `etrm_l_cycles`
+    6 gives the ETRM the origin's composed L_cycles (half again the TRM's recursion, what the
+    origin runs hold; H4 then rightly reports the mismatch)."""
     from etrm.checkpoints.native import load_model
 
     out = Path(out)
@@ -69,6 +71,7 @@ def write_official_width(out: str | Path, seed: int = 7) -> dict[str, Path]:
     etrm_config = _official_width_config("origin/etrm-standard", data_paths=[str(data)],
                                          checkpoint_path=str(out / "etrm"), load_pretrained_decoder=str(trm_path))
     etrm_config["arch"]["halt_exploration_prob"] = trm_config["arch"]["halt_exploration_prob"]
+    etrm_config["arch"]["L_cycles"] = etrm_l_cycles
     etrm_dir = out / "etrm"
     etrm_dir.mkdir(parents=True, exist_ok=True)
     (etrm_dir / "all_config.yaml").write_text(yaml.safe_dump(etrm_config, sort_keys=True))
@@ -90,6 +93,7 @@ def investigate_args(paths: dict[str, Path]) -> list[str]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python tests/official_width.py OUT")
-    print("etrm investigate " + " ".join(investigate_args(write_official_width(sys.argv[1]))))
+    if len(sys.argv) not in (2, 3):
+        sys.exit("usage: python tests/official_width.py OUT [ETRM_L_CYCLES]")
+    l_cycles = int(sys.argv[2]) if len(sys.argv) == 3 else WIDTH["L_cycles"]
+    print("etrm investigate " + " ".join(investigate_args(write_official_width(sys.argv[1], etrm_l_cycles=l_cycles))))
