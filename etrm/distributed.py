@@ -80,7 +80,7 @@ def from_master(value: Any, processes: Processes) -> Any:
     return box[0]
 
 
-def sum_gradients_hook(state: Any, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+def sum_gradients_hook(state, bucket):  # no annotations: DDP checks them, and they are strings here
     """DDP communication hook that sums gradients over ranks instead of averaging them:
     the trainer divides the loss by the *global* batch size (as the official trainer),
     so the sum is the gradient of the whole batch's mean loss."""

@@ -98,12 +98,12 @@ def unwrapped_encoder(head: nn.Module) -> Iterator[nn.Module]:
 
 def wrap_encoder(head: nn.Module, processes: Processes) -> None:
     """DDP around the encoder (the part that trains); decoder gradients, when it trains
-    too, are summed by the trainer. Buffers are not broadcast: every rank built them alike."""
+    too, are summed by the trainer."""
     if processes.world_size == 1:
         return
     act = head.model
     ddp = nn.parallel.DistributedDataParallel(act.encoder, device_ids=[processes.device.index]
-                                              if processes.device.type == "cuda" else None, broadcast_buffers=False)
+                                              if processes.device.type == "cuda" else None)
     ddp.register_comm_hook(None, sum_gradients_hook)
     act.encoder = ddp
 
