@@ -169,7 +169,8 @@ def run_experiment(build: Callable[[], BuiltModel], data_dir: str | Path, out: P
 
     def run_evaluation() -> None:
         started = time.perf_counter()
-        result = evaluate(trainer.eval_head(), eval_set, evaluator, progress=False)
+        # Its own bar: an evaluation (halt_max_steps ACT steps per batch) can outlast many training steps.
+        result = evaluate(trainer.eval_head(), eval_set, evaluator, progress=progress and master)
         if result is not None:
             write(eval_record(trainer.step_count, result))
         timings.eval_s.append(time.perf_counter() - started)
