@@ -314,9 +314,12 @@ class Trainer:
         return record
 
     def _all_reduce_grads(self) -> None:
+        # Parameters inside a DistributedDataParallel module were summed by its hook already.
+        ddp = {id(p) for m in self.head.modules() if isinstance(m, nn.parallel.DistributedDataParallel)
+               for p in m.parameters()}
         for part in PARTS:
             for _, p in self.named_params[part]:
-                if p.grad is not None:
+                if p.grad is not None and id(p) not in ddp:
                     dist.all_reduce(p.grad)
 
     def _record(self, step: int, loss: torch.Tensor, metrics: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor],
@@ -342,9 +345,11 @@ class Trainer:
         record["train/count"] = count
         for i, (stage, part) in enumerate((s, p) for s in ("preclip", "postclip") for p in norm_parts):
             record[f"grad/{part}_norm_{stage}"] = norm_values[i]
-        if "context" in outputs:
-            diagnostics = encoder_diagnostics(outputs["context"], self.carry.current_data["puzzle_identifiers"],
-                                              self.identifiers)
+        if "context" in outputs:  # over the global batch: every rank's rows, in rank order
+            context, ids = outputs["context"], self.carry.current_data["puzzle_identifiers"]
+            if self.world_size > 1:
+                context, ids = _gather_rows(context, self.world_size), _gather_rows(ids, self.world_size)
+            diagnostics = encoder_diagnostics(context, ids, self.identifiers)
             record.update({f"encoder/{k}": diagnostics[k] for k in DIAGNOSTIC_KEYS})
         record["lr"] = lrs["decoder"]
         if "encoder" in lrs:
@@ -366,6 +371,12 @@ class Trainer:
         if self.metrics_log is not None:
             self.metrics_log.write(record)
         return record
+
+
+def _gather_rows(tensor: torch.Tensor, world_size: int) -> torch.Tensor:
+    parts = [torch.empty_like(tensor) for _ in range(world_size)]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
 
 
 def _cycle(dataset: Iterable[Mapping[str, torch.Tensor]]) -> Iterator[Mapping[str, torch.Tensor]]:
