@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 
 from etrm.config import FORWARD_DTYPES
+from etrm.experiment_run import LOG_NAME
 
-LOG_NAME = "metrics.jsonl"
 UNFROZEN_DIR = "unfrozen"
 INTERRUPTED = 130  # the shell's status for a SIGINT-terminated command
 

@@ -36,6 +36,8 @@ from etrm.run_state import (
     set_rng_state,
 )
 
+LOG_NAME = "metrics.jsonl"  # the run's metrics, in --out
+
 
 @dataclass
 class BuiltModel:
@@ -116,7 +118,6 @@ def run_experiment(build: Callable[[], BuiltModel], data_dir: str | Path, out: P
     Returns the trainer. `extra_log` also receives every record on rank 0 (W&B)."""
     from etrm.data.datasets import FewShotPuzzleDataset, load_metadata
     from etrm.evaluation import ArcEvaluator
-    from etrm.experiment import LOG_NAME
     from etrm.inference import evaluate
     from etrm.metrics_log import MetricsLog, eval_record
     from etrm.training import Trainer, TrainingConfig

@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1] / "etrm"
 # Bottom first. An entry names a module or a package (the package and all its modules).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("etrm", "etrm.errors", "etrm.bundled", "etrm.layers", "etrm.config", "etrm.config_import",
-              "etrm.optim", "etrm.metrics_log", "etrm.synthetic", "etrm.parity")),
+              "etrm.optim", "etrm.metrics_log", "etrm.synthetic", "etrm.parity", "etrm.arch_config",
+              "etrm.distributed", "etrm.wandb_log")),
     ("models", ("etrm.models",)),
     ("checkpoints", ("etrm.checkpoints",)),
     ("data", ("etrm.data",)),
@@ -24,9 +25,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("training", ("etrm.ema", "etrm.diagnostics", "etrm.inference", "etrm.training")),
     ("interface", ("etrm.interface", "etrm.model_code")),
     ("checks", ("etrm.checks",)),
+    ("run", ("etrm.run_config", "etrm.run_state", "etrm.experiment_run", "etrm.experiment_model")),
     ("testing", ("etrm.testing",)),
     ("suite", ("etrm.suite",)),
-    ("commands", ("etrm.report", "etrm.bench", "etrm.investigate", "etrm.experiment", "etrm.cli")),
+    ("commands", ("etrm.report", "etrm.bench", "etrm.investigate", "etrm.experiment", "etrm.cli", "etrm.__main__")),
 ]
 
 
