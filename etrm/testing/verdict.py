@@ -42,6 +42,9 @@ EVIDENCE, NO_EVIDENCE, INCONCLUSIVE, ERROR = "evidence found", "no evidence", "i
 PIPELINE_FAILED = "pipeline failed"
 BUNDLED_ONLY = "bundled fixtures only"
 JSON_VERSION = 2
+# Rows whose evidence is a finding of its own, named instead of "evidence found" / "no evidence".
+FINDINGS = {"context_steering": {EVIDENCE: "the decoder cannot be steered by a context",
+                                 NO_EVIDENCE: "a context steers the decoder"}}
 
 
 @dataclass
@@ -257,6 +260,7 @@ def _row(hyp: str, question: str, records: list[TestRecord], user_artifacts: boo
         row.verdict = INCONCLUSIVE
     else:
         row.verdict = NO_EVIDENCE
+    row.verdict = FINDINGS.get(hyp, {}).get(row.verdict, row.verdict)
     if errored:
         problems.insert(0, f"{len(errored)} errored")
     row.reason = "; ".join(problems + notes)
