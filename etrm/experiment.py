@@ -44,6 +44,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--with-unfrozen", action="store_true",
                    help="also run the comparison with the decoder training (its own log in OUT/unfrozen)")
     p.add_argument("--seed", type=int, default=0, help="seed of the model, sampler and exploration (default: 0)")
+    from etrm.h7_after_experiment1 import add_options
+
+    add_options(p)
     p.set_defaults(func=run)
 
 
@@ -96,11 +99,11 @@ def _run_one(args: argparse.Namespace, config, label: str, folder: Path, frozen:
 
     log = folder / LOG_NAME
     eval_every = args.eval_every or max(1, args.steps // 4)
-    interrupted = False
+    interrupted, trainer = False, None
     print(f"etrm experiment1: {label}: {args.steps} steps, batch {args.batch_size}, evaluation every {eval_every} "
           f"steps, {_describe(config)}", flush=True)
     try:
-        run_frozen_decoder_experiment(
+        trainer = run_frozen_decoder_experiment(
             args.trm_checkpoint, args.data, log, steps=args.steps, eval_every=eval_every, batch_size=args.batch_size,
             freeze_decoder=frozen, model_config=config, seed=args.seed, device=args.device,
             eval_at_start=True, max_train_groups=args.max_train_groups, max_eval_groups=args.max_eval_groups,
@@ -110,11 +113,11 @@ def _run_one(args: argparse.Namespace, config, label: str, folder: Path, frozen:
         print("\netrm experiment1: interrupted; reporting the steps done", file=sys.stderr, flush=True)
         if not log.is_file():
             return INTERRUPTED
-    _finish(args, config, label, folder, interrupted)
+    _finish(args, config, label, folder, interrupted, trainer.head if trainer and frozen else None)
     return INTERRUPTED if interrupted else 0
 
 
-def _finish(args: argparse.Namespace, config, label: str, folder: Path, interrupted: bool) -> None:
+def _finish(args: argparse.Namespace, config, label: str, folder: Path, interrupted: bool, head=None) -> None:
     """Decide the scenario from the run's own log, write the report, print both."""
     from etrm.checks.experiment1 import decide_scenario
     from etrm.metrics_log import read_metrics_log
@@ -128,23 +131,31 @@ def _finish(args: argparse.Namespace, config, label: str, folder: Path, interrup
         f", batch {args.batch_size}, seed {args.seed}, {args.device}"
     artifacts = {"TRM checkpoint": f"`{args.trm_checkpoint}`", "data": f"`{args.data}`", "run": run,
                  "model": _describe(config)}
-    report = write_report(folder, _verdict(result, label), log, artifacts)
+    from etrm.h7_after_experiment1 import SCENARIO_C, h7_records, hint
+
+    scenario_c = result.passed and str(result.numbers["scenario"]).startswith(SCENARIO_C)
+    h7 = h7_records(args, head, label) if scenario_c and args.then_h7 and head is not None else []
+    report = write_report(folder, _verdict(result, label, h7), log, artifacts)
     verdict = result.numbers["scenario"] if result.passed else "inconclusive"
     print(f"etrm experiment1: {label}: {verdict}")
     print(f"  {result.message}")
     for key, value in result.numbers.items():
         print(f"  {key} = {value:.4g}" if isinstance(value, float) else f"  {key} = {value}")
+    for record in h7:
+        print(f"  H7 {record.checks[0]['name']}: [{record.checks[0]['status']}] {record.checks[0]['message']}")
+    if scenario_c and not h7:
+        print(f"  next: {hint(args)}")
     print(f"  log: {log}\n  report: {report}", flush=True)
 
 
-def _verdict(result, label: str):
+def _verdict(result, label: str, extra=()):
     from etrm.testing.plugin import MARKERS
     from etrm.testing.verdict import TestRecord, VerdictTable
 
     record = TestRecord(f"etrm experiment1 ({label})", ["experiment1"],
                         outcome="passed" if result.passed else "skipped",
                         reason="" if result.passed else result.message, checks=[result.to_dict()])
-    return VerdictTable.build([record], MARKERS)
+    return VerdictTable.build([record, *extra], MARKERS)
 
 
 def _describe(config) -> str:

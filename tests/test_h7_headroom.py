@@ -13,7 +13,9 @@ from etrm.checks import h7_generalisation as gen
 from etrm.checks import h7_headroom as headroom
 from etrm.checks import h7_probes as probes
 from etrm.interface import TRMInterface, with_context
-from etrm.suite.h7_case import known_case, measure_case
+from etrm.checks.h7_measure import measure_case
+from etrm.suite.h7_case import known_case
+from etrm.testing.artifacts import BUNDLED
 from etrm.testing.verdict import FINDINGS, TestRecord, VerdictTable
 
 CORPUS = fixtures_root() / "interop"
@@ -112,7 +114,8 @@ def test_interop_random_weights_make_no_claim():
 
 
 def test_headroom_runs_on_foreign_code(tmp_path):
-    """tests/foreign_repo's ETRM, built by its own code through --model-code's loader."""
+    """tests/foreign_repo's ETRM, built by its own code through --model-code's loader, with the
+    bundled Experiment 1 run's weights (the origin's key layout is etrm's)."""
     import yaml
 
     from etrm.checkpoints import normalize_key, read_state_dict
@@ -125,7 +128,9 @@ def test_headroom_runs_on_foreign_code(tmp_path):
     (tmp_path / "all_config.yaml").write_text(yaml.safe_dump(saved))
     torch.manual_seed(0)
     head = build_model_code(foreign, tmp_path / "all_config.yaml", data).model.head
-    weights = {normalize_key(k): v for k, v in read_state_dict(trm).items()}
+    run = fixtures_root() / BUNDLED["etrm_frozen_checkpoint"]
+    weights = {normalize_key(k): v for k, v in read_state_dict(run).items()}
+    assert set(weights) == set(head.state_dict())
     torch.save({f"_orig_mod.{k}": weights.get(k, v) for k, v in head.state_dict().items()}, tmp_path / "step_1")
     code = load_model_code(foreign, tmp_path / "step_1", data)
     prefixes, note = gen.trm_puzzle_prefixes(trm, fixtures_root() / "data" / "trm", code.model.puzzle_emb_len,
@@ -136,3 +141,30 @@ def test_headroom_runs_on_foreign_code(tmp_path):
     assert all(s.demo_loss_last != s.demo_loss_first for s in scores)  # the free context moved the foreign decoder
     numbers = headroom.check_context_headroom(case.measurement).numbers
     assert {f"task/{s.task}/optimised_loss" for s in scores} <= set(numbers)
+
+
+def test_report_plots_the_headroom_per_task_and_the_gap(cases, tmp_path):
+    from etrm.report import write_report
+
+    m = cases["bottleneck"].measurement
+    records = [TestRecord(f"t::{r.name}", ["hypothesis7"], outcome="failed" if r.status == "fail" else "passed",
+                          checks=[r.to_dict()]) for r in (headroom.check_context_headroom(m),
+                                                          gen.check_generalisation_gap(m))]
+    md = write_report(tmp_path, VerdictTable.build(records, {}), None).read_text()
+    assert "## Hypothesis 7: context headroom" in md and "4 held-out tasks, 8 optimisation steps" in md
+    assert (tmp_path / "h7_headroom.png").stat().st_size > 1000
+
+
+def test_h7_options_reach_the_plugin_from_investigate():
+    import argparse
+
+    from etrm import investigate
+    from etrm.testing.artifacts import plugin_args
+
+    parser = argparse.ArgumentParser(prog="etrm")
+    investigate.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["investigate", "--h7-tasks", "2", "--h7-steps", "3"])
+    assert (args.etrm_h7_tasks, args.etrm_h7_steps) == (2, 3)
+    assert plugin_args(vars(args))[-4:] == ["--etrm-h7-tasks", "2", "--etrm-h7-steps", "3"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["investigate", "--h7-steps", "0"])

@@ -79,7 +79,8 @@ def check_generalisation_gap(m: H7Measurement) -> CheckResult:
                                       + facts, numbers)
 
 
-def ridge_r2(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor) -> tuple[float, float]:
+def ridge_r2(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
+             y_test: torch.Tensor) -> tuple[float, float]:
     """(R^2 on the training rows, R^2 on the test rows) of a ridge map x -> y fitted on the training rows."""
     x_train, y_train, x_test, y_test = (t.double() for t in (x_train, y_train, x_test, y_test))
     x_mean, y_mean = x_train.mean(0), y_train.mean(0)

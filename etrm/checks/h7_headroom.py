@@ -73,7 +73,8 @@ class H7Measurement:
     steps: int
     chance_loss: float
     tasks: list[TaskScores] = field(default_factory=list)
-    train_losses: list[float] = field(default_factory=list)  # encoder context, training-split tasks
+    train_losses: list[float] = field(default_factory=list)  # encoder context, training-split tasks (the
+    # first ACT step's only when the measurement stopped at the trained-decoder gate)
     train_tasks: list[str] = field(default_factory=list)
     heldout_contexts: torch.Tensor | None = None  # (n, P*H) every loaded held-out puzzle
     heldout_context_tasks: list[str] = field(default_factory=list)
@@ -94,7 +95,7 @@ class H7Measurement:
             return self.unsupported
         if not self.trained:
             mean = sum(self.train_losses) / max(1, len(self.train_losses))
-            return (f"no claim: on {len(self.train_losses)} of its own training tasks the model's loss is "
+            return (f"no claim: on {len(self.train_losses)} of its own training tasks the model's first-step loss is "
                     f"{mean:.3g}, {mean / self.chance_loss:.0%} of chance (ln vocab = {self.chance_loss:.3g}; trained "
                     f"below {TRAINED_FRACTION:.0%}): random or untrained weights say nothing about the encoder")
         return ""
@@ -103,10 +104,11 @@ class H7Measurement:
 def measure_h7(model: TRMInterface, heldout: Sequence[probes.TaskProbe], train: Sequence[probes.TaskProbe], *,
                steps: int = DEFAULT_STEPS, max_demos: int, trm_prefixes: Mapping[str, torch.Tensor] | None = None,
                trm_note: str = "", device: str | torch.device = "cpu", seed: int = SEED,
-               progress: bool = True) -> H7Measurement:
+               progress: bool = True, require_trained: bool = True) -> H7Measurement:
     """`heldout`/`train`: probes of the test and train split (several per task allowed: the
     first of each task is scored, all give contexts). `trm_prefixes`: puzzle name -> the
-    TRM's (P, H) prefix for it; `trm_note` says why there are none."""
+    TRM's (P, H) prefix for it; `trm_note` says why there are none. An untrained decoder
+    (see `no_claim`) stops the measurement before its costly part unless not `require_trained`."""
     model = as_interface(model)
     started = time.perf_counter()
     if why := model.missing("encoder"):
@@ -114,7 +116,14 @@ def measure_h7(model: TRMInterface, heldout: Sequence[probes.TaskProbe], train: 
     firsts = _first_per_task(heldout)
     train_firsts = _first_per_task(train)[:len(firsts)]  # the same number of samples
     chance = probes.chance_loss(model, probes.query_batch(firsts[:1], max_demos, device=device))
-    train_losses, _ = probes.episode_scores(model, probes.query_batch(train_firsts, max_demos, device=device))
+    train_batch = probes.query_batch(train_firsts, max_demos, device=device)
+    # The gate reads the first ACT step only (deep supervision trains every step): an untrained
+    # decoder costs 1/halt_max_steps of an episode, not the measurement.
+    first_step, _ = probes.episode_scores(model, train_batch, act_steps=1)
+    gate = H7Measurement(model.name, steps, chance, train_losses=first_step, seconds=time.perf_counter() - started)
+    if require_trained and not gate.trained:
+        return gate
+    train_losses, _ = probes.episode_scores(model, train_batch)
     heldout_ctx = model.first_context(probes.query_batch(heldout, max_demos, device=device))
     train_ctx = model.first_context(probes.query_batch(train, max_demos, device=device))
     index = {id(p): i for i, p in enumerate(heldout)}
@@ -165,7 +174,8 @@ def task_numbers(m: H7Measurement) -> dict[str, float | bool | str]:
                mean_encoder_loss=sum(s.encoder_loss for s in m.tasks) / n,
                mean_optimised_loss=sum(s.optimised_loss for s in m.tasks) / n,
                mean_trm_loss=sum(s.trm_loss for s in trm) / len(trm) if trm else "n/a",
-               encoder_exact=sum(s.encoder_exact for s in m.tasks), optimised_exact=sum(s.optimised_exact for s in m.tasks),
+               encoder_exact=sum(s.encoder_exact for s in m.tasks),
+               optimised_exact=sum(s.optimised_exact for s in m.tasks),
                trm_exact=sum(bool(s.trm_exact) for s in trm) if trm else "n/a", trm_tasks=len(trm),
                tasks_steered=sum(s.steered for s in m.tasks),
                headroom_loss=sum(s.encoder_loss - s.best_loss for s in m.tasks) / n,
@@ -223,7 +233,8 @@ def check_decoder_steerable(m: H7Measurement) -> CheckResult:
         return CheckResult.inconclusive(STEERING, name, "no held-out task to score")
     nums, steered = task_numbers(m), sum(s.steered for s in m.tasks)
     if steered or _encoder_solves(m):
-        how = f"another context is clearly better on {steered} tasks" if steered else "the encoder's context solves them"
+        how = (f"another context is clearly better on {steered} tasks" if steered
+               else "the encoder's context solves them")
         return CheckResult.ok(STEERING, name, f"a context steers the decoder: {how}; {_summary(m)}", nums)
     return CheckResult.fail(STEERING, name, f"{CANNOT_STEER}: neither the optimised context nor the TRM's embedding "
                                             f"does clearly better than the encoder's, and none solves the tasks; "

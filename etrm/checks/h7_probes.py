@@ -118,16 +118,16 @@ def demo_batch(probe: TaskProbe, max_demos: int, device: str | torch.device = "c
     return probe_batch(probe, probe.demo_inputs, probe.demo_targets, max_demos, device)
 
 
-def episode_scores(model: TRMInterface, batch: dict[str, torch.Tensor],
-                   contexts: torch.Tensor | None = None) -> tuple[list[float], list[bool]]:
-    """(loss, exact match) per sample after an evaluation episode, with the encoder's own
-    contexts or, given `contexts` (B, P, H), those in their place."""
+def episode_scores(model: TRMInterface, batch: dict[str, torch.Tensor], contexts: torch.Tensor | None = None,
+                   act_steps: int | None = None) -> tuple[list[float], list[bool]]:
+    """(loss, exact match) per sample after an evaluation episode (its first `act_steps` ACT
+    steps if given), with the encoder's own contexts or, given `contexts` (B, P, H), those."""
     labels = batch["labels"]
     with model.mode(training=False), torch.no_grad():
         replaced = model.context_replaced(lambda _: contexts) if contexts is not None else nullcontext()
         with replaced:
             carry = model.initial_carry(batch)
-            for _ in range(model.halt_max_steps):
+            for _ in range(min(act_steps or model.halt_max_steps, model.halt_max_steps)):
                 step = model.step(carry, batch, return_keys=("logits",))
                 carry = step.carry
     logits = step.outputs.get("logits") if hasattr(step.outputs, "get") else None

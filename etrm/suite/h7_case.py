@@ -3,25 +3,11 @@ its dataset, the TRM's puzzle embeddings where the TRM and its dataset are known
 `--etrm-h7-tasks` / `--etrm-h7-steps` (`h7-tasks` / `h7-steps` under `etrm investigate`)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import torch
-
 from etrm.checks import h7_generalisation as gen
-from etrm.checks import h7_headroom as headroom
-from etrm.checks import h7_probes as probes
+from etrm.checks.h7_measure import H7Case, measure_case
 from etrm.interface import TRMInterface
 from etrm.testing.artifacts import USER
 
-TRAIN_AUGMENTATIONS = 4  # training-split puzzles per task: the ridge map's samples and "another task"
-
-
-@dataclass(frozen=True)
-class H7Case:
-    measurement: headroom.H7Measurement
-    train_names: list[str]
-    heldout_names: list[str]
-    trm_prefixes: dict[str, torch.Tensor] | None
 
 
 def trm_embeddings(artifacts, etrm_source: str, model: TRMInterface) -> tuple[dict | None, str]:
@@ -47,17 +33,6 @@ def build_h7_case(model: TRMInterface, config, artifacts, *, tasks: int, steps: 
     prefixes, note = trm_embeddings(artifacts, source, model)
     return measure_case(model, config, artifacts.data_for(config, "etrm_checkpoint"), prefixes, note, tasks=tasks,
                         steps=steps, device=artifacts.device, progress=progress)
-
-
-def measure_case(model: TRMInterface, config, data_dir, prefixes, note: str, *, tasks: int, steps: int,
-                 device: str = "cpu", progress: bool = True) -> H7Case:
-    """`tasks` held-out tasks (two puzzles each) and every training task of a few-shot build, measured."""
-    heldout = probes.load_task_probes(data_dir, "test", num_tasks=tasks, max_demos=config.max_demos, per_task=2)
-    train = probes.load_task_probes(data_dir, "train", num_tasks=None, max_demos=config.max_demos,
-                                    per_task=TRAIN_AUGMENTATIONS)
-    measurement = headroom.measure_h7(model, heldout, train, steps=steps, max_demos=config.max_demos,
-                                      trm_prefixes=prefixes, trm_note=note, device=device, progress=progress)
-    return H7Case(measurement, [p.name for p in train], [p.name for p in heldout], prefixes)
 
 
 # The bundled known-answer cases (fixtures/make_h7_cases.py): case -> (its TRM, encoder demo-blind).
