@@ -61,7 +61,7 @@ def test_finding_gets_its_own_verdict_line(cases):
 @pytest.mark.slow
 def test_measurement_is_deterministic(cases):
     """Slow (a second measurement); the default run's suite controls read the same fixture."""
-    again = known_case("bottleneck")
+    again = known_case.__wrapped__("bottleneck")
     assert again.measurement.tasks == cases["bottleneck"].measurement.tasks
 
 

@@ -115,11 +115,12 @@ def measure_h7(model: TRMInterface, heldout: Sequence[probes.TaskProbe], train: 
         return H7Measurement(model.name, steps, math.nan, unsupported=why)
     firsts = _first_per_task(heldout)
     train_firsts = _first_per_task(train)[:len(firsts)]  # the same number of samples
-    chance = probes.chance_loss(model, probes.query_batch(firsts[:1], max_demos, device=device))
     train_batch = probes.query_batch(train_firsts, max_demos, device=device)
     # The gate reads the first ACT step only (deep supervision trains every step): an untrained
     # decoder costs 1/halt_max_steps of an episode, not the measurement.
-    first_step, _ = probes.episode_scores(model, train_batch, act_steps=1)
+    vocab: list[int] = []
+    first_step, _ = probes.episode_scores(model, train_batch, act_steps=1, vocab=vocab)
+    chance = probes.chance_loss(vocab[0])
     gate = H7Measurement(model.name, steps, chance, train_losses=first_step, seconds=time.perf_counter() - started)
     if require_trained and not gate.trained:
         return gate

@@ -24,7 +24,7 @@ class H7Case:
 
 def measure_case(model: TRMInterface, config, data_dir, prefixes, note: str, *, tasks: int, steps: int,
                  device: str = "cpu", progress: bool = True, require_trained: bool = True) -> H7Case:
-    """`tasks` held-out tasks (two puzzles each) and every training task of a few-shot build, measured."""
+    """`tasks` held-out tasks (two puzzles each) and at least MIN_TRAIN_TASKS training tasks, measured."""
     heldout = probes.load_task_probes(data_dir, "test", num_tasks=tasks, max_demos=config.max_demos, per_task=2)
     train = probes.load_task_probes(data_dir, "train", num_tasks=max(tasks, MIN_TRAIN_TASKS),
                                     max_demos=config.max_demos,

@@ -119,7 +119,7 @@ def demo_batch(probe: TaskProbe, max_demos: int, device: str | torch.device = "c
 
 
 def episode_scores(model: TRMInterface, batch: dict[str, torch.Tensor], contexts: torch.Tensor | None = None,
-                   act_steps: int | None = None) -> tuple[list[float], list[bool]]:
+                   act_steps: int | None = None, vocab: list | None = None) -> tuple[list[float], list[bool]]:
     """(loss, exact match) per sample after an evaluation episode (its first `act_steps` ACT
     steps if given), with the encoder's own contexts or, given `contexts` (B, P, H), those."""
     labels = batch["labels"]
@@ -134,6 +134,8 @@ def episode_scores(model: TRMInterface, batch: dict[str, torch.Tensor], contexts
     if not isinstance(logits, torch.Tensor) or tuple(logits.shape[:2]) != tuple(labels.shape):
         raise ProtocolError(f"{model.name}: a step's outputs hold no 'logits' of shape {tuple(labels.shape)} + "
                             "(vocab,) when asked with return_keys=['logits']")
+    if vocab is not None:  # the caller's list receives the logits' vocabulary size
+        vocab.append(int(logits.shape[-1]))
     valid = labels != IGNORE_LABEL_ID
     counts = valid.sum(-1).clamp_min(1)
     losses = stablemax_cross_entropy(logits, labels).sum(-1) / counts
@@ -141,11 +143,9 @@ def episode_scores(model: TRMInterface, batch: dict[str, torch.Tensor], contexts
     return [float(x) for x in losses], [bool(x) for x in exact]
 
 
-def chance_loss(model: TRMInterface, batch: dict[str, torch.Tensor]) -> float:
+def chance_loss(vocab: int) -> float:
     """ln(vocab): the loss of uniform logits, what an untrained decoder scores."""
-    with model.mode(training=False), torch.no_grad():
-        step = model.step(model.initial_carry(batch), batch, return_keys=("logits",))
-    return math.log(step.outputs["logits"].shape[-1])
+    return math.log(vocab)
 
 
 def optimise_context(model: TRMInterface, probe: TaskProbe, start: torch.Tensor, steps: int, max_demos: int,

@@ -3,6 +3,8 @@ its dataset, the TRM's puzzle embeddings where the TRM and its dataset are known
 `--etrm-h7-tasks` / `--etrm-h7-steps` (`h7-tasks` / `h7-steps` under `etrm investigate`)."""
 from __future__ import annotations
 
+import functools
+
 from etrm.checks import h7_generalisation as gen
 from etrm.checks.h7_measure import H7Case, measure_case
 from etrm.interface import TRMInterface
@@ -39,6 +41,7 @@ def build_h7_case(model: TRMInterface, config, artifacts, *, tasks: int, steps: 
 KNOWN_CASES = {"bottleneck": ("trm", True), "context_blind": ("trm_no_context", False)}
 
 
+@functools.lru_cache(maxsize=None)  # measured once per process: several controls read each case
 def known_case(name: str, *, tasks: int = 4, steps: int = 8) -> H7Case:
     """A bundled case whose answer is known by construction, measured as a user's checkpoint is."""
     import pytest
