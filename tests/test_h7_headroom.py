@@ -168,3 +168,46 @@ def test_h7_options_reach_the_plugin_from_investigate():
     assert plugin_args(vars(args))[-4:] == ["--etrm-h7-tasks", "2", "--etrm-h7-steps", "3"]
     with pytest.raises(SystemExit):
         parser.parse_args(["investigate", "--h7-steps", "0"])
+
+
+def _experiment_args(**extra):
+    import argparse
+
+    from etrm import experiment
+
+    parser = argparse.ArgumentParser(prog="etrm")
+    experiment.add_parser(parser.add_subparsers())
+    trm, data = fixtures_root() / "checkpoints" / "trm" / "step_final", fixtures_root() / "data" / "fewshot"
+    return parser.parse_args(["experiment1", "--trm-checkpoint", str(trm), "--data", str(data), "--out", "/tmp/x",
+                              *[a for k, v in extra.items() for a in (f"--{k.replace('_', '-')}", str(v))]])
+
+
+def test_after_scenario_c_experiment1_says_how_to_measure_the_headroom():
+    from etrm.h7_after_experiment1 import hint
+
+    text = hint(_experiment_args())
+    assert "--then-h7" in text and "-m 'hypothesis7 or context_steering'" in text and "/tmp/x-h7" in text
+
+
+@pytest.mark.slow
+def test_then_h7_records_join_the_experiment1_report(tmp_path):
+    """Slow (a measurement); test_bottleneck_encoder_gives_h7_evidence_and_a_steerable_decoder covers
+    the measurement by default. The bundled Experiment 1 run, its TRM data given."""
+    from etrm.checkpoints import load_model
+    from etrm.experiment import _verdict
+    from etrm.h7_after_experiment1 import h7_records
+
+    head = load_model(fixtures_root() / BUNDLED["etrm_frozen_checkpoint"])
+    args = _experiment_args(trm_data=fixtures_root() / "data" / "trm", h7_tasks=2, h7_steps=2)
+    records = h7_records(args, head, "frozen decoder")
+    assert [r.checks[0]["name"] for r in records] == ["context_headroom", "generalisation_gap", "embedding_alignment",
+                                                      "decoder_steerable"]
+    assert records[0].checks[0]["numbers"]["trm_tasks"] == 2
+    rows = {r.hypothesis for r in _verdict(_scenario(), "frozen", records).rows}
+    assert rows == {"experiment1", "hypothesis7", "context_steering"}
+
+
+def _scenario():
+    from etrm.checks.result import CheckResult
+
+    return CheckResult.ok("experiment1", "scenario", "C", {"scenario": "C: encoder trains but useless"})
