@@ -55,6 +55,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--with-unfrozen", action="store_true",
                    help="also run the comparison with the decoder training (its own log in OUT/unfrozen)")
     p.add_argument("--seed", type=int, help="seed of the model, sampler and exploration (default: 0)")
+    from etrm.h7_after_experiment1 import add_options
+
+    add_options(p)
     p.set_defaults(func=run)
 
 
@@ -164,7 +167,7 @@ def _builder(args, composed, trm, processes):
 def _run_one(args, settings, build, described, trm, label: str, folder: Path, frozen: bool, processes) -> int:
     from etrm.experiment_run import run_experiment
 
-    interrupted = False
+    interrupted, trainer = False, None
     if processes.master:
         print(f"etrm experiment1: {label}: {settings.steps} steps, global batch {settings.global_batch_size}, evaluation "
               f"every {settings.interval} steps, {processes.describe()}, {described['model']}", flush=True)
@@ -181,7 +184,10 @@ def _run_one(args, settings, build, described, trm, label: str, folder: Path, fr
         if not (folder / LOG_NAME).is_file():
             return INTERRUPTED
     if processes.master:
-        _finish(args, settings, trm, described["model"], label, folder, interrupted, processes)
+        from etrm.checkpoints.layouts import unwrap_module
+
+        head = unwrap_module(trainer.head) if trainer is not None and frozen else None  # for --then-h7
+        _finish(args, settings, trm, described["model"], label, folder, interrupted, processes, head)
     return INTERRUPTED if interrupted else 0
 
 
@@ -193,7 +199,7 @@ def _wandb(args, folder: Path, settings, processes):
     return WandbLog(args.wandb_project, folder, settings.to_dict())
 
 
-def _finish(args, settings, trm, model: str, label: str, folder: Path, interrupted: bool, processes) -> None:
+def _finish(args, settings, trm, model: str, label: str, folder: Path, interrupted: bool, processes, head=None) -> None:
     """Decide the scenario from the run's own log, write the report, print both."""
     from etrm.checks.experiment1 import decide_scenario
     from etrm.metrics_log import read_metrics_log
@@ -206,23 +212,31 @@ def _finish(args, settings, trm, model: str, label: str, folder: Path, interrupt
     run = f"{label}, {done} of {settings.steps} steps" + (" (interrupted)" if interrupted else "") + \
         f", batch {settings.global_batch_size}, seed {settings.seed}, {processes.describe()}"
     artifacts = {"TRM checkpoint": f"`{trm}`", "data": f"`{args.data}`", "run": run, "model": model}
-    report = write_report(folder, _verdict(result, label), log, artifacts)
+    from etrm.h7_after_experiment1 import SCENARIO_C, h7_records, hint
+
+    scenario_c = result.passed and str(result.numbers["scenario"]).startswith(SCENARIO_C)
+    h7 = h7_records(args, trm, head, label) if scenario_c and args.then_h7 and head is not None else []
+    report = write_report(folder, _verdict(result, label, h7), log, artifacts)
     verdict = result.numbers["scenario"] if result.passed else "inconclusive"
     print(f"etrm experiment1: {label}: {verdict}")
     print(f"  {result.message}")
     for key, value in result.numbers.items():
         print(f"  {key} = {value:.4g}" if isinstance(value, float) else f"  {key} = {value}")
+    for record in h7:
+        print(f"  H7 {record.checks[0]['name']}: [{record.checks[0]['status']}] {record.checks[0]['message']}")
+    if scenario_c and not h7:
+        print(f"  next: {hint(args, trm, folder / f'step_{done}')}")
     print(f"  log: {log}\n  report: {report}", flush=True)
 
 
-def _verdict(result, label: str):
+def _verdict(result, label: str, extra=()):
     from etrm.testing.plugin import MARKERS
     from etrm.testing.verdict import TestRecord, VerdictTable
 
     record = TestRecord(f"etrm experiment1 ({label})", ["experiment1"],
                         outcome="passed" if result.passed else "skipped",
                         reason="" if result.passed else result.message, checks=[result.to_dict()])
-    return VerdictTable.build([record], MARKERS)
+    return VerdictTable.build([record, *extra], MARKERS)
 
 
 def _describe(config) -> str:

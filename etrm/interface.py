@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from contextlib import contextmanager
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -74,6 +74,41 @@ def context_tensor(output: Any, *, batch_size: int, puzzle_emb_len: int | None, 
     seen = {k: tuple(v.shape) for k, v in fields.items() if isinstance(v, torch.Tensor)}
     raise ProtocolError(f"encoder output {type(output).__name__}: no tensor, 'context' or get_context(), and "
                         f"{len(matches) or 'no'} field(s) of shape {shape} ({matches or seen}): cannot tell the context")
+
+
+class ContextNotReplaceable(ProtocolError):
+    """The encoder's output holds its context in a way a hook cannot swap (e.g. only behind
+    `get_context()`); checks that need a free context are inconclusive on such a model."""
+
+
+def with_context(output: Any, context: torch.Tensor, *, batch_size: int, puzzle_emb_len: int | None,
+                 hidden_size: int | None) -> Any:
+    """`output` with its context (found by `context_tensor`'s rule) replaced by `context`,
+    everything else unchanged: what a forward hook returns to substitute the context."""
+    if isinstance(output, torch.Tensor):
+        return context
+    if isinstance(output, Mapping) and isinstance(output.get("context"), torch.Tensor):
+        replaced = {**output, "context": context}
+        return replaced if type(output) is dict else type(output)(replaced)
+    if isinstance(getattr(output, "context", None), torch.Tensor):
+        if dataclasses.is_dataclass(output) and not isinstance(output, type):
+            return dataclasses.replace(output, context=context)
+        if isinstance(output, tuple) and hasattr(output, "_replace"):  # a NamedTuple
+            return output._replace(context=context)
+        raise ContextNotReplaceable(f"encoder output {type(output).__name__}: its 'context' attribute is neither a "
+                                    "dataclass field nor a NamedTuple field, so a hook cannot replace it")
+    if callable(getattr(output, "get_context", None)):
+        raise ContextNotReplaceable(f"encoder output {type(output).__name__} gives its context only through "
+                                    "get_context(), which a hook cannot replace")
+    fields = _fields(output)
+    shape = (batch_size, puzzle_emb_len, hidden_size)
+    matches = [k for k, v in fields.items() if isinstance(v, torch.Tensor) and tuple(v.shape) == shape]
+    if len(matches) != 1 or not isinstance(output, tuple):
+        raise ContextNotReplaceable(f"encoder output {type(output).__name__}: no single replaceable context field "
+                                    f"of shape {shape}")
+    items = list(output)
+    items[int(matches[0][1:-1])] = context
+    return type(output)(*items) if hasattr(output, "_fields") else type(output)(items)
 
 
 def _fields(output: Any) -> dict[str, Any]:
@@ -230,6 +265,34 @@ class TRMInterface:
                                 "ACT step, so its output cannot be taken as the context")
         return captured[0]
 
+    @contextmanager
+    def context_replaced(self, replace: Callable[[torch.Tensor], torch.Tensor]) -> Iterator["TRMInterface"]:
+        """While active, the encoder's output reaches the decoder with its context replaced
+        by `replace(context)` (same shape), through a forward hook that returns the new
+        output. Gradient flows into what `replace` returns whenever it is enabled where the
+        context manager was entered, even if the model runs its encoder without autograd."""
+        if self.encoder is None:
+            raise ProtocolError(self.missing("encoder"))
+        grad = torch.is_grad_enabled()
+
+        def hook(_module, _args, output):
+            with torch.set_grad_enabled(grad):
+                old = context_tensor(output, batch_size=_batch_size(_args, output), puzzle_emb_len=self.puzzle_emb_len,
+                                     hidden_size=self.hidden_size)
+                size = old.shape[0]
+                new = replace(old)
+                if tuple(new.shape) != tuple(old.shape):
+                    raise ProtocolError(f"{self.name}: a replacement context of shape {tuple(new.shape)} for the "
+                                        f"encoder's {tuple(old.shape)}")
+                return with_context(output, new.to(old.dtype), batch_size=size, puzzle_emb_len=self.puzzle_emb_len,
+                                    hidden_size=self.hidden_size)
+
+        handle = self.encoder.register_forward_hook(hook)
+        try:
+            yield self
+        finally:
+            handle.remove()
+
     # --- parameters --------------------------------------------------------------------------
     def encoder_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """(name inside the encoder, parameter); empty without an encoder."""
@@ -248,6 +311,15 @@ class TRMInterface:
 
     def __repr__(self) -> str:
         return f"TRMInterface({self.name}, encoder={'yes' if self.has_encoder else 'no'}, etrm={self.is_etrm})"
+
+
+def _batch_size(args: tuple, output: Any) -> int | None:
+    """Samples in an encoder call: the leading size of its first tensor argument."""
+    first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+    if first is not None:
+        return int(first.shape[0])
+    found = output if isinstance(output, torch.Tensor) else None
+    return None if found is None else int(found.shape[0])
 
 
 def as_interface(model: Any) -> TRMInterface:

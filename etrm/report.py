@@ -157,6 +157,9 @@ def write_report(out_dir: str | Path, verdict: VerdictTable | None, metrics_log:
         md += ["No hypothesis or experiment checks ran.", ""]
     else:
         md += [verdict.format_markdown()]
+    from etrm.report_h7 import h7_section
+
+    md += h7_section(verdict, out_dir, PLOTS_MISSING)
     md += ["## Training metrics", ""]
     if metrics_log is None:
         md += ["No metrics log (pass `--metrics-log PATH`).", ""]

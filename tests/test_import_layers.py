@@ -27,8 +27,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("checks", ("etrm.checks",)),
     ("run", ("etrm.run_config", "etrm.run_state", "etrm.experiment_run", "etrm.experiment_model")),
     ("testing", ("etrm.testing",)),
+    # the H7 measurement after a run reports through the verdict table
+    ("after-run", ("etrm.h7_after_experiment1",)),
     ("suite", ("etrm.suite",)),
-    ("commands", ("etrm.report", "etrm.bench", "etrm.investigate", "etrm.experiment", "etrm.cli", "etrm.__main__")),
+    ("commands", ("etrm.report_h7", "etrm.report", "etrm.bench", "etrm.investigate", "etrm.experiment", "etrm.cli", "etrm.__main__")),
 ]
 
 

@@ -74,7 +74,7 @@ def test_pytest_args_isolate_the_run_and_forward_options(clean_env, monkeypatch)
     argv = " ".join(investigate.pytest_args(args, None))
     assert "-p etrm.testing.plugin" in argv and "-p xdist.plugin -n 2" in argv
     default = investigate.pytest_args(_parse(), None)
-    assert default[3] == " or ".join(f"hypothesis{i}" for i in range(1, 8)) + " or experiment1"
+    assert default[3] == " or ".join(f"hypothesis{i}" for i in range(1, 8)) + " or experiment1 or context_steering"
     # Only the suite's own conftest files load, wherever the command runs from.
     assert f"--confcutdir {Path(etrm.__file__).resolve().parent / 'suite'}" in " ".join(default)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Union
 
 HYPOTHESES = ("hypothesis1", "hypothesis2", "hypothesis3", "hypothesis4", "hypothesis5",
-              "hypothesis6", "hypothesis7", "experiment1")
+              "hypothesis6", "hypothesis7", "experiment1", "context_steering")
 STATUSES = ("pass", "fail", "inconclusive")
 
 Number = Union[float, int, str, bool]

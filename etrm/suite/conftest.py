@@ -49,3 +49,13 @@ def model_code_case(model_config_file, artifacts) -> "etrm.suite.support.ModelCo
     from etrm.suite.support import model_code_case as build
 
     return build(artifacts, model_config_file)
+
+
+@pytest.fixture(scope="session")
+def h7_case(checkpoint_model, artifacts, pytestconfig) -> "etrm.suite.h7_case.H7Case":  # noqa: F821
+    """H7's headroom, gap and alignment measured once per process on the user's checkpoint."""
+    from etrm.suite.h7_case import build_h7_case
+
+    return build_h7_case(checkpoint_model.model, checkpoint_model.config, artifacts,
+                         tasks=pytestconfig.getoption("etrm_h7_tasks"), steps=pytestconfig.getoption("etrm_h7_steps"),
+                         source=artifacts.source("etrm_checkpoint"))

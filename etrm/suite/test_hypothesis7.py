@@ -5,11 +5,14 @@ import pytest
 import torch
 
 from etrm.checks import h7_encoder_capacity as h7
+from etrm.checks import h7_generalisation as h7_gen
+from etrm.checks import h7_headroom
 from etrm.config import tiny_config
 from etrm.data.datasets import fewshot_batch
 from etrm.interface import as_interface
 from etrm.models import build_encoder
 from etrm.suite import broken
+from etrm.suite.h7_case import known_case
 from etrm.suite.support import TINY_ENCODER_MODELS, task_balanced_batch, tiny_model
 from etrm.testing.artifacts import TINY
 
@@ -86,3 +89,39 @@ def test_control_demo_blind_encoder_cannot_separate_rules(expect_check_fails):
     torch.manual_seed(0)
     encoder = broken.DemoBlindEncoder(build_encoder(tiny_config("etrm", seq_len=25, max_demos=3)))
     expect_check_fails(h7.check_separates_two_rules(encoder))
+
+
+# --- context headroom, generalisation gap, embedding alignment (etrm.checks.h7_headroom) ----
+
+def test_h7_context_headroom(h7_case, record_check):
+    record_check(h7_headroom.check_context_headroom(h7_case.measurement))
+
+
+def test_h7_generalisation_gap(h7_case, record_check):
+    record_check(h7_gen.check_generalisation_gap(h7_case.measurement))
+
+
+def test_h7_embedding_alignment(h7_case, record_check):
+    record_check(h7_gen.check_embedding_alignment(h7_case.measurement, h7_case.train_names, h7_case.heldout_names,
+                                                  h7_case.trm_prefixes))
+
+
+@pytest.fixture(scope="module")
+def bottleneck_case():
+    return known_case("bottleneck")
+
+
+def test_control_bottleneck_encoder_leaves_headroom(bottleneck_case, expect_check_fails):
+    """Trained through a demo-blind wrapper, the encoder cannot carry the rule: H7 evidence."""
+    expect_check_fails(h7_headroom.check_context_headroom(bottleneck_case.measurement))
+
+
+def test_control_bottleneck_encoder_is_off_the_embeddings(bottleneck_case, expect_check_fails):
+    case = bottleneck_case
+    expect_check_fails(h7_gen.check_embedding_alignment(case.measurement, case.train_names, case.heldout_names,
+                                                        case.trm_prefixes))
+
+
+def test_control_context_blind_decoder_gives_no_headroom_evidence(expect_check_fails):
+    """A decoder trained on an all-zero context: no context steers it, which is not H7 evidence."""
+    expect_check_fails(h7_headroom.check_context_headroom(known_case("context_blind").measurement), "inconclusive")

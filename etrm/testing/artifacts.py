@@ -34,8 +34,8 @@ exactly these):
 `Artifacts.encoder_module`); `--allow-unchecked` lets a run pass in which no check read a
 given model, config or checkpoint (`etrm.testing.gate`).
 
-`etrm_frozen_checkpoint` and `trm_data_dir` have no option: they exist to pair with
-the other bundled artifacts. A bundled path that does not exist (yet) resolves to
+`etrm_frozen_checkpoint` has no option: it exists to pair with the other bundled
+artifacts. A bundled path that does not exist (yet) resolves to
 None, and a check that needs it is skipped ("not run") with a reason naming the
 option that would enable it. User paths must exist: a typo is an error, not a skip.
 
@@ -80,7 +80,8 @@ OPTIONS: dict[str, tuple[str | None, str, bool | None, str]] = {
     "etrm_checkpoint": ("etrm-checkpoint", "PATH", False, "ETRM checkpoint"),
     "etrm_frozen_checkpoint": (None, "", False, "frozen-decoder ETRM checkpoint"),
     "data_dir": ("data", "DIR", True, "built dataset"),
-    "trm_data_dir": (None, "", True, "TRM dataset build"),
+    "trm_data_dir": ("trm-data", "DIR", True, "TRM dataset build (its identifiers.json maps tasks to the TRM's "
+                     "puzzle embeddings)"),
     "metrics_log": ("metrics-log", "PATH", False, "metrics log"),
     "model_config": ("model-config", "PATH", None, "model config"),  # etrm.arch_config: a file or a folder of them
     "model_code": ("model-code", "ROOT", True, "model code repository (the folder holding models/; its code is "
@@ -130,7 +131,24 @@ def run_options() -> dict[str, tuple[str, dict[str, Any]]]:
     options["etrm_allow_unchecked"] = ("allow-unchecked", {
         "action": "store_true", "default": False,
         "help": "exit 0 even when no check read a given --model-code, --model-config or checkpoint"})
+    # H7's context headroom (etrm.checks.h7_headroom): its cost grows with tasks x steps.
+    options["etrm_h7_tasks"] = ("h7-tasks", {"metavar": "N", "type": _positive_int, "default": 4,
+                                             "help": "held-out tasks H7's headroom measurement scores (default: 4)"})
+    options["etrm_h7_steps"] = ("h7-steps", {"metavar": "K", "type": _positive_int, "default": 8,
+                                             "help": "optimisation steps of H7's free context per task (default: 8)"})
     return options
+
+
+def _positive_int(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
 
 
 def add_artifact_options(addoption: Callable[..., Any], prefix: str) -> None:

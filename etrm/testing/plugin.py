@@ -41,6 +41,7 @@ MARKERS = {
     "hypothesis6": "H6: is the evaluator right?",
     "hypothesis7": "H7: is the encoder too weak?",
     "experiment1": "Experiment 1: frozen-decoder run, scenario A/B/C",
+    "context_steering": "Premise: can any context steer the decoder? (H7's headroom measurement)",
 }
 SLOW_MARKER = "etrm_slow"
 # etrm's own regression: its model classes, optimizer and codec on the bundled fixtures. It says

