@@ -5,6 +5,7 @@ environment where etrm is installed, so the generic names live here instead: the
 `--update-golden` and the `golden` fixture, the Hypothesis profiles `etrm-ci`/`etrm-dev`,
 and the checkout's defaults (two xdist workers, one thread each). It still works
 without xdist or with plugin autoloading off."""
+
 import os
 from pathlib import Path
 
@@ -23,8 +24,9 @@ if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):  # entry points off: load o
 # Property tests: derandomised and without deadlines, as torch calls vary in time on shared
 # CI cores. `--hypothesis-profile etrm-dev` explores randomly (Hypothesis's own option
 # loads after this conftest's pytest_configure, so it wins).
-settings.register_profile("etrm-ci", derandomize=True, deadline=None, max_examples=15,
-                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "etrm-ci", derandomize=True, deadline=None, max_examples=15, suppress_health_check=[HealthCheck.too_slow]
+)
 settings.register_profile("etrm-dev", deadline=None, max_examples=20)
 
 MARKERS = {
@@ -38,8 +40,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("etrm-repository", "etrm repository tests")
     group.addoption("--runslow", action="store_true", help="run tests marked slow (and etrm's etrm_slow checks)")
     group.addoption("--runbenchmark", action="store_true", help="run tests marked benchmark")
-    group.addoption("--update-golden", action="store_true",
-                    help="rewrite the golden regression values under fixtures/golden/")
+    group.addoption(
+        "--update-golden", action="store_true", help="rewrite the golden regression values under fixtures/golden/"
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -75,9 +78,13 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
     # Parallel unless the run chose otherwise (-n N, -p no:xdist), only collects, or
     # benchmarks (pytest-benchmark switches itself off under xdist). Workers run this hook
     # too and must not start workers of their own.
-    if (config.pluginmanager.has_plugin("xdist") and not hasattr(config, "workerinput")
-            and config.getoption("numprocesses", None) is None
-            and not config.option.collectonly and not config.getoption("--runbenchmark")):
+    if (
+        config.pluginmanager.has_plugin("xdist")
+        and not hasattr(config, "workerinput")
+        and config.getoption("numprocesses", None) is None
+        and not config.option.collectonly
+        and not config.getoption("--runbenchmark")
+    ):
         config.option.numprocesses = DEFAULT_WORKERS
 
 

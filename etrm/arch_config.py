@@ -24,6 +24,7 @@ A value already below the size's is kept. A numeric `puzzle_emb_ndim` scales wit
 hidden size; a hydra reference (`puzzle_emb_ndim: ${.hidden_size}`) is resolved after
 shrinking, so it follows it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -51,8 +52,10 @@ class ModelSize:
     max_demos: int
 
 
-SIZES = {TINY: ModelSize(hidden_size=32, num_heads=2, layers=1, canvas=10, max_demos=4),
-         MID: ModelSize(hidden_size=128, num_heads=4, layers=2, canvas=30, max_demos=6)}
+SIZES = {
+    TINY: ModelSize(hidden_size=32, num_heads=2, layers=1, canvas=10, max_demos=4),
+    MID: ModelSize(hidden_size=128, num_heads=4, layers=2, canvas=30, max_demos=6),
+}
 
 
 @dataclass(frozen=True)
@@ -107,8 +110,10 @@ def read_arch_config(path: str | Path) -> ArchConfig:
         return ArchConfig(path, ARCH, dict(doc))
     if "model_type" in doc:
         return ArchConfig(path, ETRM, dict(doc))
-    raise ConfigError(f"{path}: neither a config/arch file (name, loss, model keys), nor a trainer's all_config.yaml "
-                      "(an arch: mapping), nor an etrm ModelConfig (model_type)")
+    raise ConfigError(
+        f"{path}: neither a config/arch file (name, loss, model keys), nor a trainer's all_config.yaml "
+        "(an arch: mapping), nor an etrm ModelConfig (model_type)"
+    )
 
 
 def names_model_class(path: str | Path) -> bool:
@@ -146,8 +151,10 @@ def at_size(config: ArchConfig, size: str) -> SizedArch:
     arch = _resolve_interpolations(config.path, arch)
     hidden_size, heads = arch.get("hidden_size"), arch.get("num_heads")
     if isinstance(hidden_size, int) and isinstance(heads, int) and heads > 0 and hidden_size % heads:
-        raise ConfigError(f"{config.path}: at size {size}, hidden_size {hidden_size} is not divisible by num_heads "
-                          f"{heads}; use --model-size as-configured")
+        raise ConfigError(
+            f"{config.path}: at size {size}, hidden_size {hidden_size} is not divisible by num_heads "
+            f"{heads}; use --model-size as-configured"
+        )
     max_demos = min(config.max_demos, target.max_demos)
     if max_demos < config.max_demos:
         shrunk["max_demos"] = (config.max_demos, max_demos)

@@ -6,6 +6,7 @@ them alike, and CUDA is synchronised before and after each call. The pytest benc
 (tests/test_bench_recursion.py) build their models and batches here, so `etrm bench` and
 `pytest -m benchmark --runbenchmark -n 0` measure the same thing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,12 +53,36 @@ class BenchSize:
 
 SIZES: dict[str, BenchSize] = {
     "tiny": BenchSize("tiny", batch=2, base="tiny"),
-    "mid": BenchSize("mid", batch=2, overrides=dict(
-        hidden_size=128, num_heads=4, seq_len=900, puzzle_emb_len=16, H_cycles=3, L_cycles=4,
-        L_layers=2, expansion=4.0, forward_dtype="float32")),
-    "official": BenchSize("official", batch=1, overrides=dict(
-        hidden_size=512, num_heads=8, seq_len=900, puzzle_emb_len=16, H_cycles=3, L_cycles=4,
-        L_layers=2, expansion=4.0, forward_dtype="float32")),
+    "mid": BenchSize(
+        "mid",
+        batch=2,
+        overrides=dict(
+            hidden_size=128,
+            num_heads=4,
+            seq_len=900,
+            puzzle_emb_len=16,
+            H_cycles=3,
+            L_cycles=4,
+            L_layers=2,
+            expansion=4.0,
+            forward_dtype="float32",
+        ),
+    ),
+    "official": BenchSize(
+        "official",
+        batch=1,
+        overrides=dict(
+            hidden_size=512,
+            num_heads=8,
+            seq_len=900,
+            puzzle_emb_len=16,
+            H_cycles=3,
+            L_cycles=4,
+            L_layers=2,
+            expansion=4.0,
+            forward_dtype="float32",
+        ),
+    ),
 }
 
 
@@ -81,13 +106,15 @@ def step_flops(config: ModelConfig, batch: int) -> int:
 
 # --- building what is timed ---------------------------------------------------------------
 
+
 def make_head(config: ModelConfig, device: str | torch.device = "cpu", seed: int = 0) -> LossHead:
     torch.manual_seed(seed)
     return build_model(config).to(device)
 
 
-def make_batch(size: str | BenchSize, config: ModelConfig, device: str | torch.device = "cpu",
-               seed: int = 0) -> dict[str, torch.Tensor]:
+def make_batch(
+    size: str | BenchSize, config: ModelConfig, device: str | torch.device = "cpu", seed: int = 0
+) -> dict[str, torch.Tensor]:
     size = get_size(size)
     demos = [min(TYPICAL_DEMOS, config.max_demos)] * size.batch if config.uses_encoder else None
     return random_batch(config, size.batch, seed=seed, demo_counts=demos, device=device)
@@ -122,6 +149,7 @@ def training_step(head: LossHead, batch: dict[str, torch.Tensor]) -> Callable[[]
 
 # --- timing ----------------------------------------------------------------------------------
 
+
 def synchronizer(device: str | torch.device) -> Callable[[], None]:
     """What makes a timer see finished work: torch.cuda.synchronize on CUDA, nothing on CPU."""
     device = torch.device(device)
@@ -130,8 +158,15 @@ def synchronizer(device: str | torch.device) -> Callable[[], None]:
     return lambda: None
 
 
-def alternate(calls: Mapping[str, Callable[[], object]], repeat: int, *, warmup: int = 1,
-              device: str | torch.device = "cpu", progress: bool = False, desc: str = "timing") -> dict[str, list[float]]:
+def alternate(
+    calls: Mapping[str, Callable[[], object]],
+    repeat: int,
+    *,
+    warmup: int = 1,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    desc: str = "timing",
+) -> dict[str, list[float]]:
     """Time each call `repeat` times, interleaved A B A B ..., after `warmup` untimed rounds.
     Returns the seconds of every timed call, per name."""
     if repeat < 1 or warmup < 0:
@@ -153,8 +188,16 @@ def median_ms(seconds: list[float]) -> float:
     return 1e3 * statistics.median(seconds)
 
 
-def time_recursion(size: str | BenchSize = "tiny", model: str = "trm", device: str | torch.device = "cpu",
-                   repeat: int = 5, *, warmup: int = 1, seed: int = 0, progress: bool = False) -> dict[str, Any]:
+def time_recursion(
+    size: str | BenchSize = "tiny",
+    model: str = "trm",
+    device: str | torch.device = "cpu",
+    repeat: int = 5,
+    *,
+    warmup: int = 1,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Median times of one inference ACT step and one training step (forward + backward).
 
     `gflops` is the decoder's FLOP count (`step_flops`) over the inference time; for the
@@ -166,16 +209,28 @@ def time_recursion(size: str | BenchSize = "tiny", model: str = "trm", device: s
     config = size.config(model)
     head = make_head(config, device, seed)
     batch = make_batch(size, config, device, seed)
-    times = alternate({"infer": inference_step(head, batch), "train": training_step(head, batch)},
-                      repeat, warmup=warmup, device=device, progress=progress,
-                      desc=f"{size.name} {model} {device.type}")
+    times = alternate(
+        {"infer": inference_step(head, batch), "train": training_step(head, batch)},
+        repeat,
+        warmup=warmup,
+        device=device,
+        progress=progress,
+        desc=f"{size.name} {model} {device.type}",
+    )
     flops = step_flops(config, size.batch)
     infer_ms, train_ms = median_ms(times["infer"]), median_ms(times["train"])
     return {
-        "size": size.name, "model": model, "device": str(device), "batch": size.batch,
-        "threads": torch.get_num_threads(), "repeat": repeat, "onednn_linear": onednn_linear_in_use(),
-        "infer_ms": infer_ms, "train_ms": train_ms,
-        "flops": flops, "gflops": flops / infer_ms / 1e6,
+        "size": size.name,
+        "model": model,
+        "device": str(device),
+        "batch": size.batch,
+        "threads": torch.get_num_threads(),
+        "repeat": repeat,
+        "onednn_linear": onednn_linear_in_use(),
+        "infer_ms": infer_ms,
+        "train_ms": train_ms,
+        "flops": flops,
+        "gflops": flops / infer_ms / 1e6,
         "config": config.to_dict(),
     }
 
@@ -193,9 +248,13 @@ def kernel_floor_ms(config: ModelConfig, batch: int, device: str | torch.device 
     x = torch.randn(batch, s, h, generator=gen).to(device)
     hidden = torch.randn(batch, s, inter, generator=gen).to(device)
     q, k, v = (torch.randn(batch, heads, s, h // heads, generator=gen).to(device) for _ in range(3))
-    layers = {name: CastedLinear(fan_in, fan_out).to(device)
-              for name, fan_in, fan_out in (("qkv", h, 3 * h), ("o", h, h), ("gate_up", h, 2 * inter), ("down", inter, h))}
-    calls = {name: (lambda layer=layer, inp=(hidden if name == "down" else x): layer(inp)) for name, layer in layers.items()}
+    layers = {
+        name: CastedLinear(fan_in, fan_out).to(device)
+        for name, fan_in, fan_out in (("qkv", h, 3 * h), ("o", h, h), ("gate_up", h, 2 * inter), ("down", inter, h))
+    }
+    calls = {
+        name: (lambda layer=layer, inp=(hidden if name == "down" else x): layer(inp)) for name, layer in layers.items()
+    }
     calls["attention"] = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)
     with torch.no_grad():
         times = alternate(calls, repeat, device=device)
@@ -221,6 +280,7 @@ def matmul_gflops(device: str | torch.device = "cpu", n: int = 2048, repeat: int
 
 # --- command line ----------------------------------------------------------------------------
 
+
 def describe(result: Mapping[str, Any]) -> str:
     c = result["config"]
     lines = [
@@ -234,31 +294,46 @@ def describe(result: Mapping[str, Any]) -> str:
         + (" (the encoder's work is in the time, not in the count)" if c["model_type"] != "trm" else ""),
     ]
     if "matmul_gflops" in result:
-        lines.append(f"  float32 matmul: {result['matmul_gflops']:.1f} GFLOP/s "
-                     f"(the recursion reaches {100 * result['gflops'] / result['matmul_gflops']:.0f}% of it)")
+        lines.append(
+            f"  float32 matmul: {result['matmul_gflops']:.1f} GFLOP/s "
+            f"(the recursion reaches {100 * result['gflops'] / result['matmul_gflops']:.0f}% of it)"
+        )
     return "\n".join(lines)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("bench", help="time the recursion step",
-                                   description="Timing for before/after checks of a model change.")
+    parser = subparsers.add_parser(
+        "bench", help="time the recursion step", description="Timing for before/after checks of a model change."
+    )
     commands = parser.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
     rec = commands.add_parser(
-        "recursion", help="median time of an inference ACT step and a training step",
+        "recursion",
+        help="median time of an inference ACT step and a training step",
         description="Median time of one inference ACT step and one training step (forward + backward), "
-                    "interleaved, after one warm-up round, and the decoder's achieved GFLOP/s.")
+        "interleaved, after one warm-up round, and the decoder's achieved GFLOP/s.",
+    )
     rec.add_argument("--size", choices=list(SIZES), default="tiny", help="benchmark size (default: %(default)s)")
     rec.add_argument("--model", choices=BENCH_MODELS, default="trm", help="model (default: %(default)s)")
     rec.add_argument("--device", choices=BENCH_DEVICES, default="cpu", help="device (default: %(default)s)")
-    rec.add_argument("--repeat", type=int, default=5, metavar="N", help="timed calls of each step (default: %(default)s)")
-    rec.add_argument("--threads", type=int, default=None, metavar="N",
-                     help="torch CPU threads (default: torch's own choice)")
-    rec.add_argument("--onednn", action=argparse.BooleanOptionalAction, default=None,
-                     help="route large gradient-free float32 CPU products through oneDNN's linear kernel "
-                          "(etrm.layers.use_onednn_linear; default: on where this torch build has it); "
-                          "--no-onednn times torch's F.linear instead")
-    rec.add_argument("--matmul", action="store_true",
-                     help="also measure a large float32 matmul's GFLOP/s and the recursion's share of it")
+    rec.add_argument(
+        "--repeat", type=int, default=5, metavar="N", help="timed calls of each step (default: %(default)s)"
+    )
+    rec.add_argument(
+        "--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's own choice)"
+    )
+    rec.add_argument(
+        "--onednn",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="route large gradient-free float32 CPU products through oneDNN's linear kernel "
+        "(etrm.layers.use_onednn_linear; default: on where this torch build has it); "
+        "--no-onednn times torch's F.linear instead",
+    )
+    rec.add_argument(
+        "--matmul",
+        action="store_true",
+        help="also measure a large float32 matmul's GFLOP/s and the recursion's share of it",
+    )
     rec.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     rec.set_defaults(func=_recursion_command)
 
@@ -283,5 +358,19 @@ def _recursion_command(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["SIZES", "BenchSize", "alternate", "get_size", "inference_step", "kernel_floor_ms", "make_batch", "make_head",
-           "matmul_gflops", "median_ms", "onednn_linear_in_use", "step_flops", "time_recursion", "training_step"]
+__all__ = [
+    "SIZES",
+    "BenchSize",
+    "alternate",
+    "get_size",
+    "inference_step",
+    "kernel_floor_ms",
+    "make_batch",
+    "make_head",
+    "matmul_gflops",
+    "median_ms",
+    "onednn_linear_in_use",
+    "step_flops",
+    "time_recursion",
+    "training_step",
+]

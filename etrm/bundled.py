@@ -1,6 +1,7 @@
 """Where the bundled fixtures live: the installed package `etrm.fixtures` (the repository's
 top-level `fixtures/`, mapped by pyproject), or, when a source checkout runs without being
 installed, that `fixtures/` folder beside the `etrm` package."""
+
 from __future__ import annotations
 
 import importlib.resources
@@ -16,4 +17,5 @@ def fixtures_root() -> Path:
             return checkout
         raise ModuleNotFoundError(
             f"etrm.fixtures is not installed and {checkout} does not exist: install etrm "
-            "(`pip install -e .` in a checkout) to get the bundled fixtures") from None
+            "(`pip install -e .` in a checkout) to get the bundled fixtures"
+        ) from None

@@ -9,6 +9,7 @@ but is wrong: every etrm error type is a `ValueError`). A command whose status 1
 means a finding (`inspect`: NaN/Inf; `verify-decoder`: the decoders differ) sets
 `error_status=2` so the two cannot be confused.
 """
+
 from __future__ import annotations
 
 import argparse

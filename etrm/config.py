@@ -5,6 +5,7 @@ through dicts, JSON and YAML. Unknown keys are errors; reading a trainer's
 `all_config.yaml` (which carries non-model keys) is the importer's job, with
 an explicit ignore list (see `etrm.config_import`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -65,9 +66,21 @@ class ModelConfig:
         _check_choice("encoder_norm_style", self.encoder_norm_style, NORM_STYLES)
         _check_choice("pos_encodings", self.pos_encodings, POS_ENCODINGS)
         _check_choice("forward_dtype", self.forward_dtype, FORWARD_DTYPES)
-        for name in ("seq_len", "vocab_size", "num_puzzle_identifiers", "hidden_size", "num_heads",
-                     "L_layers", "H_cycles", "L_cycles", "halt_max_steps", "puzzle_emb_len",
-                     "encoder_num_layers", "encoder_set_layers", "max_demos"):
+        for name in (
+            "seq_len",
+            "vocab_size",
+            "num_puzzle_identifiers",
+            "hidden_size",
+            "num_heads",
+            "L_layers",
+            "H_cycles",
+            "L_cycles",
+            "halt_max_steps",
+            "puzzle_emb_len",
+            "encoder_num_layers",
+            "encoder_set_layers",
+            "max_demos",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -76,8 +89,10 @@ class ModelConfig:
         if (self.hidden_size // self.num_heads) % 2 and self.pos_encodings == "rope":
             raise ConfigError(f"RoPE needs an even head dim, got {self.hidden_size // self.num_heads}")
         if self.puzzle_emb_ndim < 0 or self.puzzle_emb_ndim > self.puzzle_emb_len * self.hidden_size:
-            raise ConfigError(f"puzzle_emb_ndim {self.puzzle_emb_ndim} must be in 0..puzzle_emb_len*hidden_size "
-                              f"({self.puzzle_emb_len * self.hidden_size})")
+            raise ConfigError(
+                f"puzzle_emb_ndim {self.puzzle_emb_ndim} must be in 0..puzzle_emb_len*hidden_size "
+                f"({self.puzzle_emb_len * self.hidden_size})"
+            )
         if not 0.0 <= self.halt_exploration_prob <= 1.0:
             raise ConfigError(f"halt_exploration_prob must be in [0, 1], got {self.halt_exploration_prob}")
         if self.expansion <= 0 or self.kl_weight < 0:
@@ -100,7 +115,7 @@ class ModelConfig:
 
         return swiglu_width(self.hidden_size, self.expansion)
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
     # --- serialisation -------------------------------------------------------------------
@@ -108,7 +123,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "ModelConfig":
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> ModelConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -119,18 +134,18 @@ class ModelConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "ModelConfig":
+    def from_json(cls, text: str) -> ModelConfig:
         return cls.from_dict(json.loads(text), source="JSON")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_yaml(cls, text: str) -> "ModelConfig":
+    def from_yaml(cls, text: str) -> ModelConfig:
         return cls.from_dict(yaml.safe_load(text) or {}, source="YAML")
 
     @classmethod
-    def load(cls, path: str | Path) -> "ModelConfig":
+    def load(cls, path: str | Path) -> ModelConfig:
         """Read a config file of ours (.json, .yaml or .yml)."""
         path = Path(path)
         if not path.is_file():
@@ -149,10 +164,22 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
 
 def tiny_config(model_type: str = "trm", **overrides: Any) -> ModelConfig:
     """The tiny configuration used by tests and fixtures (DESIGN.md section 9): a 10x10 canvas."""
-    base = dict(model_type=model_type, seq_len=100, hidden_size=32, num_heads=2, expansion=2.0,
-                L_layers=1, H_cycles=2, L_cycles=2, puzzle_emb_len=4, halt_max_steps=3,
-                num_puzzle_identifiers=16, encoder_num_layers=1, max_demos=4,
-                puzzle_emb_ndim=32 if model_type == "trm" else 0)
+    base = dict(
+        model_type=model_type,
+        seq_len=100,
+        hidden_size=32,
+        num_heads=2,
+        expansion=2.0,
+        L_layers=1,
+        H_cycles=2,
+        L_cycles=2,
+        puzzle_emb_len=4,
+        halt_max_steps=3,
+        num_puzzle_identifiers=16,
+        encoder_num_layers=1,
+        max_demos=4,
+        puzzle_emb_ndim=32 if model_type == "trm" else 0,
+    )
     base.update(overrides)
     return ModelConfig(**base)
 

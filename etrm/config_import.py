@@ -22,6 +22,7 @@ Any other key is an error naming it: validation is never loosened to read a file
 shape the official file keeps elsewhere), so our checkpoints carry an `all_config.yaml`
 that this importer and the official tools read.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -55,15 +56,44 @@ LOSS_TYPE = "stablemax_cross_entropy"
 # the weights cannot tell. The decoder loader, `load_model` and the H1/H4 checks all
 # compare exactly these. forward_dtype is not among them: running a bf16 checkpoint in
 # fp32 is a legitimate choice, reported but not refused.
-DECODER_SETTINGS = ("H_cycles", "L_cycles", "L_layers", "hidden_size", "num_heads", "puzzle_emb_len", "expansion",
-                    "pos_encodings", "rope_theta", "rms_norm_eps", "halt_max_steps")
+DECODER_SETTINGS = (
+    "H_cycles",
+    "L_cycles",
+    "L_layers",
+    "hidden_size",
+    "num_heads",
+    "puzzle_emb_len",
+    "expansion",
+    "pos_encodings",
+    "rope_theta",
+    "rms_norm_eps",
+    "halt_max_steps",
+)
 
 # arch keys that are ModelConfig fields under the same name.
-ARCH_MODEL_KEYS = ("H_cycles", "L_cycles", "L_layers", "hidden_size", "num_heads", "expansion",
-                   "puzzle_emb_ndim", "puzzle_emb_len", "pos_encodings", "rope_theta", "rms_norm_eps",
-                   "halt_max_steps", "halt_exploration_prob", "forward_dtype")
-ENCODER_KEYS = ("encoder_type", "encoder_num_layers", "encoder_set_layers", "encoder_pooling_method",
-                "encoder_norm_style")
+ARCH_MODEL_KEYS = (
+    "H_cycles",
+    "L_cycles",
+    "L_layers",
+    "hidden_size",
+    "num_heads",
+    "expansion",
+    "puzzle_emb_ndim",
+    "puzzle_emb_len",
+    "pos_encodings",
+    "rope_theta",
+    "rms_norm_eps",
+    "halt_max_steps",
+    "halt_exploration_prob",
+    "forward_dtype",
+)
+ENCODER_KEYS = (
+    "encoder_type",
+    "encoder_num_layers",
+    "encoder_set_layers",
+    "encoder_pooling_method",
+    "encoder_norm_style",
+)
 
 IGNORED_TOP_KEYS: dict[str, str] = {
     "project_name": "run bookkeeping",
@@ -100,16 +130,29 @@ PINNED_ARCH_KEYS: dict[str, tuple[Any, str]] = {
 
 # Training hyper-parameters, official names -> accepted types (None: the key may be null).
 TRAINING_KEYS: dict[str, tuple[type, ...]] = {
-    "global_batch_size": (int,), "epochs": (int,), "total_steps": (int, type(None)),
-    "lr": (float,), "lr_min_ratio": (float,), "lr_warmup_steps": (int,),
-    "weight_decay": (float,), "beta1": (float,), "beta2": (float,),
-    "puzzle_emb_lr": (float,), "puzzle_emb_weight_decay": (float,),
-    "ema": (bool,), "ema_rate": (float,), "freeze_weights": (bool,), "seed": (int,),
+    "global_batch_size": (int,),
+    "epochs": (int,),
+    "total_steps": (int, type(None)),
+    "lr": (float,),
+    "lr_min_ratio": (float,),
+    "lr_warmup_steps": (int,),
+    "weight_decay": (float,),
+    "beta1": (float,),
+    "beta2": (float,),
+    "puzzle_emb_lr": (float,),
+    "puzzle_emb_weight_decay": (float,),
+    "ema": (bool,),
+    "ema_rate": (float,),
+    "freeze_weights": (bool,),
+    "seed": (int,),
     "grad_clip_norm": (float,),  # 0 = off, as in the origin trainer
-    "encoder_lr_scale": (float,), "encoder_weight_decay_scale": (float,),
-    "encoder_freeze_steps": (int,), "freeze_decoder_steps": (int,),
+    "encoder_lr_scale": (float,),
+    "encoder_weight_decay_scale": (float,),
+    "encoder_freeze_steps": (int,),
+    "freeze_decoder_steps": (int,),
     "load_pretrained_decoder": (str, type(None)),
-    "max_train_groups": (int, type(None)), "max_eval_groups": (int, type(None)),
+    "max_train_groups": (int, type(None)),
+    "max_eval_groups": (int, type(None)),
     "optimizer_layout": (str,),
     "loss_type": (str,),  # arch.loss.loss_type in the file
     "freeze_encoder": (bool,),  # arch.freeze_encoder in the file (origin)
@@ -153,14 +196,18 @@ def import_training_config(path: str | Path, *, model_type: str | None = None, *
     doc = _read_yaml(path)
     arch = doc.get("arch")
     if not isinstance(arch, Mapping):
-        raise ConfigError(f"{path}: no 'arch' mapping; an official all_config.yaml nests the model settings under arch:")
+        raise ConfigError(
+            f"{path}: no 'arch' mapping; an official all_config.yaml nests the model settings under arch:"
+        )
     arch = _resolve_interpolations(path, dict(arch))
 
     arch_name = arch.get("name")
     if model_type is None:
         if arch_name not in MODEL_TYPE_OF_ARCH:
-            raise ConfigError(f"{path}: arch.name {arch_name!r} is not a known model class "
-                              f"({', '.join(MODEL_TYPE_OF_ARCH)}); pass model_type= to read it anyway")
+            raise ConfigError(
+                f"{path}: arch.name {arch_name!r} is not a known model class "
+                f"({', '.join(MODEL_TYPE_OF_ARCH)}); pass model_type= to read it anyway"
+            )
         model_type = MODEL_TYPE_OF_ARCH[arch_name]
 
     model: dict[str, Any] = {"model_type": model_type}
@@ -184,8 +231,10 @@ def import_training_config(path: str | Path, *, model_type: str | None = None, *
                 raise ConfigError(f"{path}: {dotted} = {value!r} is not supported ({why}); etrm needs {expected!r}")
             ignored[dotted] = value
         else:
-            raise ConfigError(f"{path}: unknown key {dotted!r}: not a model setting ({', '.join(ARCH_MODEL_KEYS + ENCODER_KEYS)}), "
-                              f"nor one of the known ignored keys ({', '.join(sorted(IGNORED_ARCH_KEYS) + sorted(PINNED_ARCH_KEYS))})")
+            raise ConfigError(
+                f"{path}: unknown key {dotted!r}: not a model setting ({', '.join(ARCH_MODEL_KEYS + ENCODER_KEYS)}), "
+                f"nor one of the known ignored keys ({', '.join(sorted(IGNORED_ARCH_KEYS) + sorted(PINNED_ARCH_KEYS))})"
+            )
 
     for key, value in doc.items():
         if key == "arch":
@@ -199,8 +248,10 @@ def import_training_config(path: str | Path, *, model_type: str | None = None, *
         elif key in IGNORED_TOP_KEYS:
             ignored[key] = value
         else:
-            raise ConfigError(f"{path}: unknown key {key!r}: not a training hyper-parameter ({', '.join(sorted(TRAINING_KEYS))}), "
-                              f"nor one of the known ignored keys ({', '.join(sorted(IGNORED_TOP_KEYS))})")
+            raise ConfigError(
+                f"{path}: unknown key {key!r}: not a training hyper-parameter ({', '.join(sorted(TRAINING_KEYS))}), "
+                f"nor one of the known ignored keys ({', '.join(sorted(IGNORED_TOP_KEYS))})"
+            )
 
     foreign = None
     if model.get("encoder_type") is not None and model["encoder_type"] not in ENCODER_TYPES:
@@ -218,8 +269,14 @@ def import_training_config(path: str | Path, *, model_type: str | None = None, *
     except ConfigError as err:
         message = str(err)
         raise ConfigError(message if message.startswith(str(path)) else f"{path}: {message}") from None
-    return ImportedConfig(path=path, arch_name=str(arch_name), model_config=config, training=training, ignored=ignored,
-                          foreign_encoder=foreign)
+    return ImportedConfig(
+        path=path,
+        arch_name=str(arch_name),
+        model_config=config,
+        training=training,
+        ignored=ignored,
+        foreign_encoder=foreign,
+    )
 
 
 def training_config_text(model_config: ModelConfig, training: Mapping[str, Any] | Any | None = None) -> str:
@@ -239,14 +296,22 @@ def training_config_text(model_config: ModelConfig, training: Mapping[str, Any] 
     doc: dict[str, Any] = {"max_demos": model_config.max_demos}
     if "freeze_encoder" in hparams:
         arch["freeze_encoder"] = hparams.pop("freeze_encoder")
-    doc.update(arch=arch, **hparams,
-               etrm={"seq_len": model_config.seq_len, "vocab_size": model_config.vocab_size,
-                     "num_puzzle_identifiers": model_config.num_puzzle_identifiers, "version": __version__})
+    doc.update(
+        arch=arch,
+        **hparams,
+        etrm={
+            "seq_len": model_config.seq_len,
+            "vocab_size": model_config.vocab_size,
+            "num_puzzle_identifiers": model_config.num_puzzle_identifiers,
+            "version": __version__,
+        },
+    )
     return yaml.safe_dump(doc, sort_keys=True)
 
 
-def write_training_config(path: str | Path, model_config: ModelConfig,
-                          training: Mapping[str, Any] | Any | None = None) -> Path:
+def write_training_config(
+    path: str | Path, model_config: ModelConfig, training: Mapping[str, Any] | Any | None = None
+) -> Path:
     """Write an all_config.yaml in the official layout (`arch:` nesting, official key names).
 
     `training` holds hyper-parameters under official names (TRAINING_KEYS) or etrm's
@@ -283,7 +348,9 @@ def normalize_training_hparams(training: Mapping[str, Any] | Any | None) -> dict
         else:
             name = TRAINING_ALIASES.get(key, key)
             if name not in TRAINING_KEYS:
-                raise ConfigError(f"unknown training key {key!r}; known: {', '.join(sorted(set(TRAINING_KEYS) | set(TRAINING_ALIASES) | {'betas'}))}")
+                raise ConfigError(
+                    f"unknown training key {key!r}; known: {', '.join(sorted(set(TRAINING_KEYS) | set(TRAINING_ALIASES) | {'betas'}))}"
+                )
             out[name] = _coerce("training", name, name, value)
     if "ema_rate" in out and "ema" not in out:
         out["ema"] = True  # etrm's TrainingConfig: a rate means EMA on
@@ -291,6 +358,7 @@ def normalize_training_hparams(training: Mapping[str, Any] | Any | None) -> dict
 
 
 # --- helpers ----------------------------------------------------------------------------------
+
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
@@ -327,7 +395,9 @@ def _sort_loss(path: Path, loss: Any, model: dict, training: dict, ignored: dict
         elif key in IGNORED_LOSS_KEYS:
             ignored[dotted] = value
         else:
-            raise ConfigError(f"{path}: unknown key {dotted!r}; known: kl_weight, loss_type, {', '.join(IGNORED_LOSS_KEYS)}")
+            raise ConfigError(
+                f"{path}: unknown key {dotted!r}; known: kl_weight, loss_type, {', '.join(IGNORED_LOSS_KEYS)}"
+            )
 
 
 def _etrm_section(path: Path, section: Any) -> dict[str, Any]:
@@ -335,7 +405,9 @@ def _etrm_section(path: Path, section: Any) -> dict[str, Any]:
         raise ConfigError(f"{path}: the 'etrm' section must be a mapping, got {section!r}")
     unknown = sorted(set(section) - set(ETRM_SECTION_KEYS))
     if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {['etrm.' + k for k in unknown]}; known: {', '.join(ETRM_SECTION_KEYS)}")
+        raise ConfigError(
+            f"{path}: unknown key(s) {['etrm.' + k for k in unknown]}; known: {', '.join(ETRM_SECTION_KEYS)}"
+        )
     return {k: v for k, v in section.items() if k != "version"}
 
 
@@ -363,6 +435,17 @@ def _coerce(source: Any, dotted: str, key: str, value: Any) -> Any:
     raise ConfigError(f"{source}: {dotted} must be {wanted}, got {value!r}")
 
 
-__all__ = ["ARCH_NAMES", "CONFIG_FILE", "IGNORED_ARCH_KEYS", "IGNORED_TOP_KEYS", "ImportedConfig",
-           "PINNED_ARCH_KEYS", "DECODER_SETTINGS", "TRAINING_KEYS", "import_training_config",
-           "normalize_training_hparams", "training_config_text", "write_training_config"]
+__all__ = [
+    "ARCH_NAMES",
+    "CONFIG_FILE",
+    "IGNORED_ARCH_KEYS",
+    "IGNORED_TOP_KEYS",
+    "ImportedConfig",
+    "PINNED_ARCH_KEYS",
+    "DECODER_SETTINGS",
+    "TRAINING_KEYS",
+    "import_training_config",
+    "normalize_training_hparams",
+    "training_config_text",
+    "write_training_config",
+]

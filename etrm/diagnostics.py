@@ -16,6 +16,7 @@ outputs". These numbers separate the questions that one number mixed up:
 Rows with the blank identifier (padding) are left out. A value that needs two samples
 and does not have them is NaN.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -29,16 +30,19 @@ DIAGNOSTIC_KEYS = ("output_mean", "output_std", "output_norm", "cross_sample_std
 NAN = float("nan")
 
 
-def encoder_diagnostics(context: torch.Tensor, puzzle_identifiers: torch.Tensor,
-                        identifiers_to_task: Sequence[str] | None = None) -> dict[str, float]:
+def encoder_diagnostics(
+    context: torch.Tensor, puzzle_identifiers: torch.Tensor, identifiers_to_task: Sequence[str] | None = None
+) -> dict[str, float]:
     """Diagnostics of a (B, P, h) context for the samples' puzzle identifiers (B,).
 
     `identifiers_to_task`: the identifier names (`identifiers.json`, index = identifier);
     each name's task is its part before `|||` (`<task>|||t<t>|||<mapping>`).
     """
     if context.ndim != 3 or puzzle_identifiers.shape != context.shape[:1]:
-        raise ValueError(f"encoder_diagnostics: context must be (B, P, h) with puzzle_identifiers (B,); got "
-                         f"{tuple(context.shape)} and {tuple(puzzle_identifiers.shape)}")
+        raise ValueError(
+            f"encoder_diagnostics: context must be (B, P, h) with puzzle_identifiers (B,); got "
+            f"{tuple(context.shape)} and {tuple(puzzle_identifiers.shape)}"
+        )
     ids = puzzle_identifiers.detach().long().cpu()
     keep = ids != BLANK_IDENTIFIER_ID
     ctx = context.detach().to("cpu", torch.float64)[keep]
@@ -62,17 +66,21 @@ def _within_task_std(ctx: torch.Tensor, ids: torch.Tensor, names: Sequence[str] 
     # duplicates would pull the spread towards 0 without saying anything about the encoder.
     unique_ids, inverse = ids.unique(return_inverse=True)
     first = torch.full((len(unique_ids),), len(ids), dtype=torch.long).scatter_reduce(
-        0, inverse, torch.arange(len(ids)), reduce="amin")
+        0, inverse, torch.arange(len(ids)), reduce="amin"
+    )
     rows, uids = ctx[first], unique_ids.tolist()
     if max(uids) >= len(names):
-        raise ValueError(f"encoder_diagnostics: puzzle identifier {max(uids)} is outside the identifier "
-                         f"names ({len(names)} entries)")
+        raise ValueError(
+            f"encoder_diagnostics: puzzle identifier {max(uids)} is outside the identifier names ({len(names)} entries)"
+        )
     tasks = [parse_augmentation_name(names[i])[0] for i in uids]
     _, task_index = np.unique(np.asarray(tasks), return_inverse=True)
     group = torch.as_tensor(task_index.reshape(-1), dtype=torch.long)
     num_groups = int(group.max()) + 1
     flat = rows.flatten(1)
-    count = torch.zeros(num_groups, dtype=torch.float64).index_add_(0, group, torch.ones(len(group), dtype=torch.float64))
+    count = torch.zeros(num_groups, dtype=torch.float64).index_add_(
+        0, group, torch.ones(len(group), dtype=torch.float64)
+    )
     total = torch.zeros(num_groups, flat.shape[1], dtype=torch.float64).index_add_(0, group, flat)
     mean = total / count.unsqueeze(-1)
     squares = torch.zeros_like(total).index_add_(0, group, (flat - mean[group]) ** 2)

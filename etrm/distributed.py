@@ -5,6 +5,7 @@ process's environment; `start()` then joins the process group (NCCL on CUDA, glo
 CPU) and pins each rank to its local GPU. Without those variables it is one process and
 torch.distributed is never touched. Rank 0 is the master: the only one that writes.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,9 @@ class Processes:
         return self.rank == 0
 
     def describe(self) -> str:
-        return f"{self.world_size} process{'es' if self.world_size > 1 else ''} on {self.device.type}" + \
-            (f" ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda" else "")
+        return f"{self.world_size} process{'es' if self.world_size > 1 else ''} on {self.device.type}" + (
+            f" ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda" else ""
+        )
 
 
 def launched_by_torchrun() -> bool:

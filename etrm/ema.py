@@ -13,6 +13,7 @@ from the official `EMAHelper`:
 Names are those of the unwrapped module (no `_orig_mod.` / `module.`), so a shadow
 taken from a compiled or DDP-wrapped model applies to a plain one and back.
 """
+
 from __future__ import annotations
 
 import copy
@@ -79,8 +80,11 @@ class EMA:
         return self.copy_to(copy.deepcopy(self.model if model is None else model))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rate": self.rate, "num_updates": self.num_updates,
-                "shadow": {name: t.clone() for name, t in self.shadow.items()}}
+        return {
+            "rate": self.rate,
+            "num_updates": self.num_updates,
+            "shadow": {name: t.clone() for name, t in self.shadow.items()},
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a saved EMA; its parameter names and shapes must match the tracked model."""
@@ -92,7 +96,11 @@ class EMA:
         absent, extra = sorted(set(params) - set(shadow)), sorted(set(shadow) - set(params))
         if absent or extra:
             raise KeyError(f"EMA state does not match the model: missing {absent}, unexpected {extra}")
-        bad = [f"{n}: {tuple(shadow[n].shape)} vs {tuple(p.shape)}" for n, p in params.items() if shadow[n].shape != p.shape]
+        bad = [
+            f"{n}: {tuple(shadow[n].shape)} vs {tuple(p.shape)}"
+            for n, p in params.items()
+            if shadow[n].shape != p.shape
+        ]
         if bad:
             raise ValueError(f"EMA state shapes differ from the model: {'; '.join(bad)}")
         self.rate = float(state["rate"])
@@ -102,8 +110,10 @@ class EMA:
     def _check_names(self, params: dict[str, nn.Parameter], what: str) -> None:
         if params.keys() != self.shadow.keys():
             absent, extra = sorted(set(params) - set(self.shadow)), sorted(set(self.shadow) - set(params))
-            raise KeyError(f"EMA shadow does not match {what}: parameters without shadow {absent}, "
-                           f"shadow without parameter {extra}")
+            raise KeyError(
+                f"EMA shadow does not match {what}: parameters without shadow {absent}, "
+                f"shadow without parameter {extra}"
+            )
 
 
 __all__ = ["EMA"]

@@ -12,6 +12,7 @@ is decided from that log by `decide_scenario`, the check `pytest -m experiment1
 --metrics-log` runs. Ctrl-C stops the run, keeps the log of the steps done and writes
 their report (exit status 130).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,34 +27,68 @@ INTERRUPTED = 130  # the shell's status for a SIGINT-terminated command
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("experiment1", help="Experiment 1: frozen-decoder run on your checkpoint, scenario A/B/C",
-                              description=__doc__.split("\n\n")[0])
-    p.add_argument("--trm-checkpoint", metavar="PATH",
-                   help="TRM checkpoint (official layout) with its all_config.yaml or etrm metadata beside it "
-                        "(default: the config's load_pretrained_decoder)")
+    p = subparsers.add_parser(
+        "experiment1",
+        help="Experiment 1: frozen-decoder run on your checkpoint, scenario A/B/C",
+        description=__doc__.split("\n\n")[0],
+    )
+    p.add_argument(
+        "--trm-checkpoint",
+        metavar="PATH",
+        help="TRM checkpoint (official layout) with its all_config.yaml or etrm metadata beside it "
+        "(default: the config's load_pretrained_decoder)",
+    )
     p.add_argument("--data", required=True, metavar="DIR", help="few-shot dataset (etrm build-data --mode fewshot)")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for metrics.jsonl, report.md, plots, checkpoints")
-    p.add_argument("--config", metavar="YAML", help="the origin's experiment config (e.g. config/cfg_test_frozen_decoder"
-                   ".yaml), composed through its defaults by hydra; the flags below override it")
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="folder for metrics.jsonl, report.md, plots, checkpoints"
+    )
+    p.add_argument(
+        "--config",
+        metavar="YAML",
+        help="the origin's experiment config (e.g. config/cfg_test_frozen_decoder"
+        ".yaml), composed through its defaults by hydra; the flags below override it",
+    )
     p.add_argument("--steps", type=_positive, help="training steps (default: the config's epochs, else 200)")
-    p.add_argument("--global-batch-size", "--batch-size", dest="global_batch_size", type=_positive,
-                   help="global batch over all processes, as the origin's global_batch_size (default: 8)")
+    p.add_argument(
+        "--global-batch-size",
+        "--batch-size",
+        dest="global_batch_size",
+        type=_positive,
+        help="global batch over all processes, as the origin's global_batch_size (default: 8)",
+    )
     p.add_argument("--eval-every", type=_positive, metavar="K", help="evaluate every K steps (default: steps / 4)")
-    p.add_argument("--checkpoint-every", type=_positive, metavar="K",
-                   help="write OUT/step_N and the resume state every K steps (always at the end)")
+    p.add_argument(
+        "--checkpoint-every",
+        type=_positive,
+        metavar="K",
+        help="write OUT/step_N and the resume state every K steps (always at the end)",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--max-train-groups", type=_positive, metavar="N", help="train on the first N tasks only")
     p.add_argument("--max-eval-groups", type=_positive, metavar="N", help="evaluate the first N test tasks only")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--forward-dtype", choices=FORWARD_DTYPES, metavar="DTYPE",
-                   help="compute dtype (default: the checkpoint's; bfloat16 matmuls are several times slower than "
-                        "float32 on CPUs without AVX512-BF16 or AMX, and the weights are float32 either way)")
-    p.add_argument("--model-code", metavar="ROOT", help="run your own ETRM class: the repository holding models/ "
-                   "(its code runs); the model is the --config's arch")
+    p.add_argument(
+        "--forward-dtype",
+        choices=FORWARD_DTYPES,
+        metavar="DTYPE",
+        help="compute dtype (default: the checkpoint's; bfloat16 matmuls are several times slower than "
+        "float32 on CPUs without AVX512-BF16 or AMX, and the weights are float32 either way)",
+    )
+    p.add_argument(
+        "--model-code",
+        metavar="ROOT",
+        help="run your own ETRM class: the repository holding models/ "
+        "(its code runs); the model is the --config's arch",
+    )
     p.add_argument("--compile", action="store_true", help="run the model under torch.compile")
-    p.add_argument("--wandb-project", metavar="NAME", help="also log to Weights & Biases (offline with WANDB_MODE=offline)")
-    p.add_argument("--with-unfrozen", action="store_true",
-                   help="also run the comparison with the decoder training (its own log in OUT/unfrozen)")
+    p.add_argument(
+        "--wandb-project", metavar="NAME", help="also log to Weights & Biases (offline with WANDB_MODE=offline)"
+    )
+    p.add_argument(
+        "--with-unfrozen",
+        action="store_true",
+        help="also run the comparison with the decoder training (its own log in OUT/unfrozen)",
+    )
     p.add_argument("--seed", type=int, help="seed of the model, sampler and exploration (default: 0)")
     from etrm.h7_after_experiment1 import add_options
 
@@ -103,13 +138,24 @@ def _run(args: argparse.Namespace, processes) -> int:
             raise UsageError(f"{path}: not found ({what})")
     if args.model_code and not composed:
         raise UsageError("--model-code builds your model from a config's arch block: give --config too")
-    settings = RunSettings().replace(**(composed.settings if composed else {})).replace(
-        steps=args.steps, global_batch_size=args.global_batch_size, eval_every=args.eval_every, seed=args.seed,
-        max_train_groups=args.max_train_groups, max_eval_groups=args.max_eval_groups,
-        checkpoint_every=args.checkpoint_every)
+    settings = (
+        RunSettings()
+        .replace(**(composed.settings if composed else {}))
+        .replace(
+            steps=args.steps,
+            global_batch_size=args.global_batch_size,
+            eval_every=args.eval_every,
+            seed=args.seed,
+            max_train_groups=args.max_train_groups,
+            max_eval_groups=args.max_eval_groups,
+            checkpoint_every=args.checkpoint_every,
+        )
+    )
     if settings.global_batch_size % processes.world_size:
-        raise UsageError(f"--global-batch-size {settings.global_batch_size} does not split over {processes.world_size} "
-                         f"processes: each rank takes global / world size rows")
+        raise UsageError(
+            f"--global-batch-size {settings.global_batch_size} does not split over {processes.world_size} "
+            f"processes: each rank takes global / world size rows"
+        )
     runs = [("frozen decoder", Path(args.out), True)]
     if args.with_unfrozen:
         runs.append(("unfrozen decoder (comparison)", Path(args.out) / UNFROZEN_DIR, False))
@@ -117,8 +163,10 @@ def _run(args: argparse.Namespace, processes) -> int:
     build, described = _builder(args, composed, trm, processes)
     if processes.master and composed:
         for key, why in {**composed.ignored, **described.pop("ignored", {})}.items():
-            print(f"etrm experiment1: warning: {composed.path}: {key} changes nothing in this run ({why})",
-                  file=sys.stderr)
+            print(
+                f"etrm experiment1: warning: {composed.path}: {key} changes nothing in this run ({why})",
+                file=sys.stderr,
+            )
     for label, folder, frozen in runs:
         status = _run_one(args, settings, build, described, trm, label, folder, frozen, processes)
         if status:
@@ -137,8 +185,9 @@ def _check_out(runs, resume: bool) -> None:
         return
     taken = [str(folder / LOG_NAME) for _, folder, _ in runs if (folder / LOG_NAME).exists()]
     if taken:
-        raise UsageError(f"{', '.join(taken)} exists; a new run never overwrites a log: choose another --out, "
-                         "or --resume it")
+        raise UsageError(
+            f"{', '.join(taken)} exists; a new run never overwrites a log: choose another --out, or --resume it"
+        )
 
 
 def _builder(args, composed, trm, processes):
@@ -151,8 +200,9 @@ def _builder(args, composed, trm, processes):
         from etrm.run_state import write_composed
 
         config_file = write_composed(Path(args.out), composed.doc, processes)
-        return (lambda: build_user_model(args.model_code, config_file, trm, args.data)), \
-            {"model": f"{composed.doc['arch'].get('name')} from {args.model_code}"}
+        return (lambda: build_user_model(args.model_code, config_file, trm, args.data)), {
+            "model": f"{composed.doc['arch'].get('name')} from {args.model_code}"
+        }
     from etrm.experiment_model import build_etrm
     from etrm.run_config import model_overrides
 
@@ -169,13 +219,25 @@ def _run_one(args, settings, build, described, trm, label: str, folder: Path, fr
 
     interrupted, trainer = False, None
     if processes.master:
-        print(f"etrm experiment1: {label}: {settings.steps} steps, global batch {settings.global_batch_size}, evaluation "
-              f"every {settings.interval} steps, {processes.describe()}, {described['model']}", flush=True)
+        print(
+            f"etrm experiment1: {label}: {settings.steps} steps, global batch {settings.global_batch_size}, evaluation "
+            f"every {settings.interval} steps, {processes.describe()}, {described['model']}",
+            flush=True,
+        )
     resume = args.resume and (folder / "resume.pt").is_file()
     try:
-        trainer = run_experiment(build, args.data, folder, settings, processes=processes, frozen=frozen, resume=resume,
-                                 compile_model=args.compile, extra_log=_wandb(args, folder, settings, processes),
-                                 run_record={"run/model": described["model"]})
+        trainer = run_experiment(
+            build,
+            args.data,
+            folder,
+            settings,
+            processes=processes,
+            frozen=frozen,
+            resume=resume,
+            compile_model=args.compile,
+            extra_log=_wandb(args, folder, settings, processes),
+            run_record={"run/model": described["model"]},
+        )
         if processes.master:
             print(f"etrm experiment1: {label}: {trainer.timings.summary()}", flush=True)
     except KeyboardInterrupt:
@@ -209,8 +271,11 @@ def _finish(args, settings, trm, model: str, label: str, folder: Path, interrupt
     records = read_metrics_log(log)
     done = max((r["step"] for r in records if "train/lm_loss" in r), default=0)
     result = decide_scenario(records)
-    run = f"{label}, {done} of {settings.steps} steps" + (" (interrupted)" if interrupted else "") + \
-        f", batch {settings.global_batch_size}, seed {settings.seed}, {processes.describe()}"
+    run = (
+        f"{label}, {done} of {settings.steps} steps"
+        + (" (interrupted)" if interrupted else "")
+        + f", batch {settings.global_batch_size}, seed {settings.seed}, {processes.describe()}"
+    )
     artifacts = {"TRM checkpoint": f"`{trm}`", "data": f"`{args.data}`", "run": run, "model": model}
     from etrm.h7_after_experiment1 import SCENARIO_C, h7_records, hint
 
@@ -233,13 +298,27 @@ def _verdict(result, label: str, extra=()):
     from etrm.testing.plugin import MARKERS
     from etrm.testing.verdict import TestRecord, VerdictTable
 
-    record = TestRecord(f"etrm experiment1 ({label})", ["experiment1"],
-                        outcome="passed" if result.passed else "skipped",
-                        reason="" if result.passed else result.message, checks=[result.to_dict()])
+    record = TestRecord(
+        f"etrm experiment1 ({label})",
+        ["experiment1"],
+        outcome="passed" if result.passed else "skipped",
+        reason="" if result.passed else result.message,
+        checks=[result.to_dict()],
+    )
     return VerdictTable.build([record, *extra], MARKERS)
 
 
 def _describe(config) -> str:
-    return ", ".join(f"{name} {getattr(config, name)}" for name in
-                     ("H_cycles", "L_cycles", "L_layers", "hidden_size", "halt_max_steps", "forward_dtype", "seq_len",
-                      "max_demos"))
+    return ", ".join(
+        f"{name} {getattr(config, name)}"
+        for name in (
+            "H_cycles",
+            "L_cycles",
+            "L_layers",
+            "hidden_size",
+            "halt_max_steps",
+            "forward_dtype",
+            "seq_len",
+            "max_demos",
+        )
+    )

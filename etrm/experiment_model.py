@@ -4,6 +4,7 @@ researcher's own ETRM class (`--model-code ROOT`) built by `etrm.model_code`, th
 (every decoder tensor loaded, or an error naming the ones that are not) and the encoder
 is the model's `encoder` submodule, which is what trains.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -68,11 +69,17 @@ def build_user_model(root, config_file: Path, trm_checkpoint, data_dir) -> Built
         raise ModelCodeError(f"{model.name}: the loss head has parameters outside its model")
     stray = [n for n, _ in head.named_parameters() if not n.startswith(("model.inner.", "model.encoder."))]
     if stray:
-        raise ModelCodeError(f"{model.name}: parameters outside model.inner and model.encoder, which the trainer cannot "
-                             f"assign to the decoder or the encoder: {stray[:4]}")
+        raise ModelCodeError(
+            f"{model.name}: parameters outside model.inner and model.encoder, which the trainer cannot "
+            f"assign to the decoder or the encoder: {stray[:4]}"
+        )
     report = SimpleNamespace(**load_decoder_by_name(head, trm_checkpoint))
-    return BuiltModel(OfficialHeadAdapter(head, model.halt_max_steps), decoder_load_record(report),
-                      config_file=Path(config_file), max_demos=code.max_demos)
+    return BuiltModel(
+        OfficialHeadAdapter(head, model.halt_max_steps),
+        decoder_load_record(report),
+        config_file=Path(config_file),
+        max_demos=code.max_demos,
+    )
 
 
 def load_decoder_by_name(head: nn.Module, trm_checkpoint) -> dict[str, Any]:
@@ -83,22 +90,34 @@ def load_decoder_by_name(head: nn.Module, trm_checkpoint) -> dict[str, Any]:
     from etrm.model_code import ModelCodeError
 
     path = Path(trm_checkpoint)
-    saved = {normalize_key(k): v for k, v in read_state_dict(path).items()
-             if normalize_key(k).startswith("model.inner.") and ".puzzle_emb." not in k}
+    saved = {
+        normalize_key(k): v
+        for k, v in read_state_dict(path).items()
+        if normalize_key(k).startswith("model.inner.") and ".puzzle_emb." not in k
+    }
     params = {n for n, _ in head.named_parameters()}
-    targets = {k: t for k, t in head.state_dict(keep_vars=True).items()
-               if k.startswith("model.inner.") and ".puzzle_emb." not in k}
+    targets = {
+        k: t
+        for k, t in head.state_dict(keep_vars=True).items()
+        if k.startswith("model.inner.") and ".puzzle_emb." not in k
+    }
     missing = sorted(set(targets) - set(saved))
     unexpected = sorted(set(saved) - set(targets))
     wrong = sorted(k for k in set(saved) & set(targets) if saved[k].shape != targets[k].shape)
     if missing or unexpected or wrong:
-        parts = [f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
-                 for what, keys in (("missing from it", missing), ("not in the model", unexpected),
-                                    ("shape differs", wrong)) if keys]
+        parts = [
+            f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+            for what, keys in (("missing from it", missing), ("not in the model", unexpected), ("shape differs", wrong))
+            if keys
+        ]
         raise ModelCodeError(f"{path}: its decoder does not fit the model's model.inner: " + "; ".join(parts))
     with torch.no_grad():
         for name, tensor in targets.items():
             tensor.copy_(saved[name])
-    return dict(path=path, loaded_params=[k for k in targets if k in params],
-                missing_params=[], loaded_buffers=[k for k in targets if k not in params],
-                config_status="unverified (a user's model: settings not compared)")
+    return dict(
+        path=path,
+        loaded_params=[k for k in targets if k in params],
+        missing_params=[],
+        loaded_buffers=[k for k in targets if k not in params],
+        config_status="unverified (a user's model: settings not compared)",
+    )

@@ -9,6 +9,7 @@ the same way and gathered on rank 0 by the evaluator. Only rank 0 writes the met
 the checkpoints and W&B. Each step: train, evaluate if due, checkpoint if due, in that
 order, so a checkpoint holds everything logged up to its step.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -104,16 +105,27 @@ def wrap_encoder(head: nn.Module, processes: Processes) -> None:
     if processes.world_size == 1:
         return
     act = head.model
-    ddp = nn.parallel.DistributedDataParallel(act.encoder, device_ids=[processes.device.index]
-                                              if processes.device.type == "cuda" else None)
+    ddp = nn.parallel.DistributedDataParallel(
+        act.encoder, device_ids=[processes.device.index] if processes.device.type == "cuda" else None
+    )
     ddp.register_comm_hook(None, sum_gradients_hook)
     act.encoder = ddp
 
 
-def run_experiment(build: Callable[[], BuiltModel], data_dir: str | Path, out: Path, settings: RunSettings, *,
-                   processes: Processes, frozen: bool = True, resume: bool = False, compile_model: bool = False,
-                   progress: bool = True, extra_log: Callable[[dict], None] | None = None,
-                   run_record: dict[str, Any] | None = None):
+def run_experiment(
+    build: Callable[[], BuiltModel],
+    data_dir: str | Path,
+    out: Path,
+    settings: RunSettings,
+    *,
+    processes: Processes,
+    frozen: bool = True,
+    resume: bool = False,
+    compile_model: bool = False,
+    progress: bool = True,
+    extra_log: Callable[[dict], None] | None = None,
+    run_record: dict[str, Any] | None = None,
+):
     """Train and evaluate one run into `out` (metrics.jsonl and checkpoints on rank 0).
     Returns the trainer. `extra_log` also receives every record on rank 0 (W&B)."""
     from etrm.data.datasets import FewShotPuzzleDataset, load_metadata
@@ -127,26 +139,59 @@ def run_experiment(build: Callable[[], BuiltModel], data_dir: str | Path, out: P
     built = build()
     head = built.head.to(device)
     wrap_encoder(head, processes)
-    recipe = TrainingConfig(lr=settings.lr, encoder_lr_scale=settings.encoder_lr_scale, warmup_steps=settings.warmup,
-                            global_batch_size=settings.global_batch_size, weight_decay=settings.weight_decay,
-                            betas=settings.betas, lr_min_ratio=settings.lr_min_ratio,
-                            freeze_decoder_steps=settings.frozen_steps(frozen), grad_clip_norm=settings.grad_clip_norm,
-                            total_steps=settings.steps, seed=settings.seed)
+    recipe = TrainingConfig(
+        lr=settings.lr,
+        encoder_lr_scale=settings.encoder_lr_scale,
+        warmup_steps=settings.warmup,
+        global_batch_size=settings.global_batch_size,
+        weight_decay=settings.weight_decay,
+        betas=settings.betas,
+        lr_min_ratio=settings.lr_min_ratio,
+        freeze_decoder_steps=settings.frozen_steps(frozen),
+        grad_clip_norm=settings.grad_clip_norm,
+        total_steps=settings.steps,
+        seed=settings.seed,
+    )
     shard = dict(rank=processes.rank, world_size=processes.world_size)
     groups = min(load_metadata(data_dir, "train").total_groups, settings.max_train_groups or math.inf)
     epochs = math.ceil(settings.steps * settings.global_batch_size / max(1, groups)) + 1  # >= one row per group each
-    train_set = FewShotPuzzleDataset(data_dir, "train", settings.global_batch_size, max_demos=built.max_demos,
-                                     seed=settings.seed, epochs=epochs, max_groups=groups, **shard)
-    eval_set = FewShotPuzzleDataset(data_dir, "test", settings.global_batch_size, max_demos=built.max_demos,
-                                    test_mode=True, max_groups=settings.max_eval_groups, **shard)
+    train_set = FewShotPuzzleDataset(
+        data_dir,
+        "train",
+        settings.global_batch_size,
+        max_demos=built.max_demos,
+        seed=settings.seed,
+        epochs=epochs,
+        max_groups=groups,
+        **shard,
+    )
+    eval_set = FewShotPuzzleDataset(
+        data_dir,
+        "test",
+        settings.global_batch_size,
+        max_demos=built.max_demos,
+        test_mode=True,
+        max_groups=settings.max_eval_groups,
+        **shard,
+    )
     evaluator = ArcEvaluator.from_data_dir(data_dir)
     log_path = out / LOG_NAME
-    trainer = Trainer(torch.compile(head) if compile_model else head, recipe, world_size=processes.world_size,
-                      identifiers=_identifiers(data_dir))
+    trainer = Trainer(
+        torch.compile(head) if compile_model else head,
+        recipe,
+        world_size=processes.world_size,
+        identifiers=_identifiers(data_dir),
+    )
     torch.manual_seed(settings.seed + processes.rank)  # exploration: each rank its own draws
 
     # What a resumed run must share with the checkpointed one (it may run more steps).
-    same_run = {**settings.to_dict(), "steps": None, "checkpoint_every": None, "world_size": processes.world_size, "frozen": frozen}
+    same_run = {
+        **settings.to_dict(),
+        "steps": None,
+        "checkpoint_every": None,
+        "world_size": processes.world_size,
+        "frozen": frozen,
+    }
     position = {"iteration": 0, "taken": 0}
     if resume:
         state = load_resume_state(out, device)
@@ -180,11 +225,24 @@ def run_experiment(build: Callable[[], BuiltModel], data_dir: str | Path, out: P
     log = MetricsLog(log_path, append=resume) if master else None
     try:
         if not resume:
-            write({"step": 0, **built.load_record, **(run_record or {}), "run/world_size": processes.world_size,
-                   "run/device": str(device)})
+            write(
+                {
+                    "step": 0,
+                    **built.load_record,
+                    **(run_record or {}),
+                    "run/world_size": processes.world_size,
+                    "run/device": str(device),
+                }
+            )
             run_evaluation()  # the baseline: the pretrained decoder with the untrained encoder
-        bar = tqdm(total=settings.steps, initial=trainer.step_count, desc="train", unit="step",
-                   disable=not (progress and master), dynamic_ncols=True)
+        bar = tqdm(
+            total=settings.steps,
+            initial=trainer.step_count,
+            desc="train",
+            unit="step",
+            disable=not (progress and master),
+            dynamic_ncols=True,
+        )
         while trainer.step_count < settings.steps:
             started = time.perf_counter()
             record = trainer.step(next(batches))
@@ -218,27 +276,50 @@ class Timings:
     def summary(self) -> str:
         def mean(values):
             return f"{sum(values) / len(values):.3g} s" if values else "-"
-        return f"{len(self.step_s)} steps at {mean(self.step_s)} each, {len(self.eval_s)} evaluations at " \
-               f"{mean(self.eval_s)} each"
+
+        return (
+            f"{len(self.step_s)} steps at {mean(self.step_s)} each, {len(self.eval_s)} evaluations at "
+            f"{mean(self.eval_s)} each"
+        )
 
 
-def _checkpoint(out: Path, trainer, built: BuiltModel, batches: DataPosition, processes: Processes,
-                config: dict[str, Any]) -> None:
+def _checkpoint(
+    out: Path, trainer, built: BuiltModel, batches: DataPosition, processes: Processes, config: dict[str, Any]
+) -> None:
     """step_N (audit layout) and resume.pt on rank 0, with every rank's carry and RNG."""
     from etrm.run_state import portable
 
     carries = gather_to_master(portable(trainer.carry), processes)
     rngs = gather_to_master(rng_state(processes.device), processes)
     if processes.master:
-        training = {"lr": trainer.config.lr, "global_batch_size": trainer.config.global_batch_size,
-                    "freeze_decoder_steps": trainer.config.freeze_decoder_steps,
-                    "encoder_lr_scale": trainer.config.encoder_lr_scale, "seed": trainer.config.seed}
+        training = {
+            "lr": trainer.config.lr,
+            "global_batch_size": trainer.config.global_batch_size,
+            "freeze_decoder_steps": trainer.config.freeze_decoder_steps,
+            "encoder_lr_scale": trainer.config.encoder_lr_scale,
+            "seed": trainer.config.seed,
+        }
         with unwrapped_encoder(trainer.head) as raw:
-            save_weights(out, trainer.step_count, raw, model_config=built.model_config, training=training,
-                         config_file=built.config_file)
-            save_resume_state(out, {"model": raw.state_dict(), "optimizers": [o.state_dict() for o in trainer.optimizers],
-                                    "step": trainer.step_count, "config": config, "data": batches.state(),
-                                    "carry": carries, "rng": rngs})
+            save_weights(
+                out,
+                trainer.step_count,
+                raw,
+                model_config=built.model_config,
+                training=training,
+                config_file=built.config_file,
+            )
+            save_resume_state(
+                out,
+                {
+                    "model": raw.state_dict(),
+                    "optimizers": [o.state_dict() for o in trainer.optimizers],
+                    "step": trainer.step_count,
+                    "config": config,
+                    "data": batches.state(),
+                    "carry": carries,
+                    "rng": rngs,
+                },
+            )
     from_master(None, processes)  # no rank runs ahead of a checkpoint being written
 
 

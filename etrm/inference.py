@@ -4,6 +4,7 @@ In evaluation mode every sample runs exactly `halt_max_steps` ACT steps (the Q h
 does not stop it early), so one episode is `halt_max_steps` calls on the same batch
 and the last call's outputs are the answers, as in the official evaluation loop.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
@@ -48,13 +49,22 @@ def run_episode(head: nn.Module, batch: Mapping[str, torch.Tensor]) -> dict[str,
     finally:
         head.train(was_training)
     if not all_halted:  # eval-mode ACT halts every sample exactly at halt_max_steps
-        raise RuntimeError(f"after halt_max_steps={max_steps} evaluation steps some samples have not halted "
-                           f"(steps {carry.steps.tolist()}): the model's evaluation-mode halting is broken")
+        raise RuntimeError(
+            f"after halt_max_steps={max_steps} evaluation steps some samples have not halted "
+            f"(steps {carry.steps.tolist()}): the model's evaluation-mode halting is broken"
+        )
     return outputs
 
 
-def evaluate(head: nn.Module, dataset: Iterable[Mapping[str, torch.Tensor]], evaluator: Evaluator, *,
-             progress: bool = True, max_batches: int | None = None, save_dir: str | Path | None = None) -> Any:
+def evaluate(
+    head: nn.Module,
+    dataset: Iterable[Mapping[str, torch.Tensor]],
+    evaluator: Evaluator,
+    *,
+    progress: bool = True,
+    max_batches: int | None = None,
+    save_dir: str | Path | None = None,
+) -> Any:
     """Score `head` on every batch of `dataset` (test-mode iteration) with a fresh round of
     `evaluator`; returns `evaluator.result(save_dir)` (an `EvaluationResult`; None on
     distributed ranks other than 0). `max_batches` stops early, for quick checks."""
@@ -78,15 +88,24 @@ __all__ = ["EVALUATOR_OUTPUT_KEYS", "Evaluator", "evaluate", "run_episode"]
 
 # --- command line -------------------------------------------------------------------------------
 
+
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("evaluate", help="pass@K of a checkpoint on a built dataset's test split",
-                              description="Run a checkpoint (ours, official or origin layout) over the test split of a "
-                                          "built dataset and score it with the ARC evaluator (mean over the tasks that "
-                                          "received predictions; tasks left out are listed).")
+    p = subparsers.add_parser(
+        "evaluate",
+        help="pass@K of a checkpoint on a built dataset's test split",
+        description="Run a checkpoint (ours, official or origin layout) over the test split of a "
+        "built dataset and score it with the ARC evaluator (mean over the tasks that "
+        "received predictions; tasks left out are listed).",
+    )
     p.add_argument("--checkpoint", required=True, help="checkpoint file (all_config.yaml or etrm metadata beside it)")
     p.add_argument("--data", required=True, help="built dataset folder (official layout)")
-    p.add_argument("--max-eval-groups", type=int_at_least(1), default=None, metavar="N",
-                   help="evaluate only the first N tasks (all augmentations)")
+    p.add_argument(
+        "--max-eval-groups",
+        type=int_at_least(1),
+        default=None,
+        metavar="N",
+        help="evaluate only the first N tasks (all augmentations)",
+    )
     p.add_argument("--batch-size", type=int_at_least(1), default=16)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--save-dir", default=None, help="write submission.json here")
@@ -104,13 +123,18 @@ def _evaluate_command(args) -> int:
     head = load_model(args.checkpoint).to(args.device)
     config = head.config
     options = dict(test_mode=True, max_groups=args.max_eval_groups)
-    dataset = (FewShotPuzzleDataset(args.data, "test", args.batch_size, max_demos=config.max_demos, **options)
-               if config.uses_encoder else PuzzleDataset(args.data, "test", args.batch_size, **options))
+    dataset = (
+        FewShotPuzzleDataset(args.data, "test", args.batch_size, max_demos=config.max_demos, **options)
+        if config.uses_encoder
+        else PuzzleDataset(args.data, "test", args.batch_size, **options)
+    )
     if dataset.metadata.seq_len != config.seq_len:
-        raise DatasetFormatError(f"{args.data}: seq_len {dataset.metadata.seq_len}, but the checkpoint's model "
-                                 f"expects {config.seq_len}")
-    result = evaluate(head, _to_device(dataset, args.device), ArcEvaluator.from_data_dir(args.data),
-                      save_dir=args.save_dir)
+        raise DatasetFormatError(
+            f"{args.data}: seq_len {dataset.metadata.seq_len}, but the checkpoint's model expects {config.seq_len}"
+        )
+    result = evaluate(
+        head, _to_device(dataset, args.device), ArcEvaluator.from_data_dir(args.data), save_dir=args.save_dir
+    )
     print(result.summary())
     return 0
 

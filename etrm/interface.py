@@ -18,12 +18,13 @@ A check that needs what a model does not offer returns inconclusive naming it
 (`TRMInterface.missing`); a model that breaks the protocol raises `ProtocolError`
 naming what is missing, which is an error, never evidence.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -48,7 +49,9 @@ class _Captured(Exception):
     """Raised by the context hook to stop a step once the encoder has answered."""
 
 
-def context_tensor(output: Any, *, batch_size: int, puzzle_emb_len: int | None, hidden_size: int | None) -> torch.Tensor:
+def context_tensor(
+    output: Any, *, batch_size: int, puzzle_emb_len: int | None, hidden_size: int | None
+) -> torch.Tensor:
     """The context in an encoder's output, by this rule, first match wins:
     1. the output is a tensor;
     2. it has a tensor attribute or key `context` (etrm's and the origin's EncoderOutput,
@@ -72,8 +75,10 @@ def context_tensor(output: Any, *, batch_size: int, puzzle_emb_len: int | None, 
     if len(matches) == 1:
         return fields[matches[0]]
     seen = {k: tuple(v.shape) for k, v in fields.items() if isinstance(v, torch.Tensor)}
-    raise ProtocolError(f"encoder output {type(output).__name__}: no tensor, 'context' or get_context(), and "
-                        f"{len(matches) or 'no'} field(s) of shape {shape} ({matches or seen}): cannot tell the context")
+    raise ProtocolError(
+        f"encoder output {type(output).__name__}: no tensor, 'context' or get_context(), and "
+        f"{len(matches) or 'no'} field(s) of shape {shape} ({matches or seen}): cannot tell the context"
+    )
 
 
 class ContextNotReplaceable(ProtocolError):
@@ -81,8 +86,9 @@ class ContextNotReplaceable(ProtocolError):
     `get_context()`); checks that need a free context are inconclusive on such a model."""
 
 
-def with_context(output: Any, context: torch.Tensor, *, batch_size: int, puzzle_emb_len: int | None,
-                 hidden_size: int | None) -> Any:
+def with_context(
+    output: Any, context: torch.Tensor, *, batch_size: int, puzzle_emb_len: int | None, hidden_size: int | None
+) -> Any:
     """`output` with its context (found by `context_tensor`'s rule) replaced by `context`,
     everything else unchanged: what a forward hook returns to substitute the context."""
     if isinstance(output, torch.Tensor):
@@ -95,17 +101,22 @@ def with_context(output: Any, context: torch.Tensor, *, batch_size: int, puzzle_
             return dataclasses.replace(output, context=context)
         if isinstance(output, tuple) and hasattr(output, "_replace"):  # a NamedTuple
             return output._replace(context=context)
-        raise ContextNotReplaceable(f"encoder output {type(output).__name__}: its 'context' attribute is neither a "
-                                    "dataclass field nor a NamedTuple field, so a hook cannot replace it")
+        raise ContextNotReplaceable(
+            f"encoder output {type(output).__name__}: its 'context' attribute is neither a "
+            "dataclass field nor a NamedTuple field, so a hook cannot replace it"
+        )
     if callable(getattr(output, "get_context", None)):
-        raise ContextNotReplaceable(f"encoder output {type(output).__name__} gives its context only through "
-                                    "get_context(), which a hook cannot replace")
+        raise ContextNotReplaceable(
+            f"encoder output {type(output).__name__} gives its context only through "
+            "get_context(), which a hook cannot replace"
+        )
     fields = _fields(output)
     shape = (batch_size, puzzle_emb_len, hidden_size)
     matches = [k for k, v in fields.items() if isinstance(v, torch.Tensor) and tuple(v.shape) == shape]
     if len(matches) != 1 or not isinstance(output, tuple):
-        raise ContextNotReplaceable(f"encoder output {type(output).__name__}: no single replaceable context field "
-                                    f"of shape {shape}")
+        raise ContextNotReplaceable(
+            f"encoder output {type(output).__name__}: no single replaceable context field of shape {shape}"
+        )
     items = list(output)
     items[int(matches[0][1:-1])] = context
     return type(output)(*items) if hasattr(output, "_fields") else type(output)(items)
@@ -130,8 +141,10 @@ def find_encoder(head: nn.Module, name: str = ENCODER_MODULE) -> tuple[str, nn.M
     depth = min(path.count(".") for path, _ in found)
     top = [(path, m) for path, m in found if path.count(".") == depth]
     if len(top) > 1:
-        raise ProtocolError(f"{type(head).__name__}: several submodules named {name!r} ({', '.join(p for p, _ in top)}); "
-                            "name the encoder explicitly")
+        raise ProtocolError(
+            f"{type(head).__name__}: several submodules named {name!r} ({', '.join(p for p, _ in top)}); "
+            "name the encoder explicitly"
+        )
     return top[0]
 
 
@@ -145,10 +158,21 @@ class TRMInterface:
     context the decoder expects; `etrm_model` is set for etrm's own models only, for the
     checks that need their internals."""
 
-    def __init__(self, head: nn.Module, *, halt_max_steps: int, encoder: nn.Module | None = None,
-                 decoder: nn.Module | None = None, puzzle_emb_len: int | None = None, hidden_size: int | None = None,
-                 forward_dtype: str | None = None, halt_exploration_prob: float | None = None,
-                 etrm_model: nn.Module | None = None, name: str | None = None, encoder_name: str = ENCODER_MODULE):
+    def __init__(
+        self,
+        head: nn.Module,
+        *,
+        halt_max_steps: int,
+        encoder: nn.Module | None = None,
+        decoder: nn.Module | None = None,
+        puzzle_emb_len: int | None = None,
+        hidden_size: int | None = None,
+        forward_dtype: str | None = None,
+        halt_exploration_prob: float | None = None,
+        etrm_model: nn.Module | None = None,
+        name: str | None = None,
+        encoder_name: str = ENCODER_MODULE,
+    ):
         self.name = name or type(head).__name__
         if not isinstance(head, nn.Module):
             raise ProtocolError(f"{self.name}: the loss head must be a torch.nn.Module, got {type(head).__name__}")
@@ -164,12 +188,21 @@ class TRMInterface:
         self.encoder_name = encoder_name
 
     @classmethod
-    def from_etrm(cls, head: nn.Module) -> "TRMInterface":
+    def from_etrm(cls, head: nn.Module) -> TRMInterface:
         """etrm's own `LossHead`, behind the same protocol as any other model."""
         model, cfg = head.model, head.config
-        return cls(head, halt_max_steps=cfg.halt_max_steps, encoder=getattr(model, "encoder", None), decoder=model.inner,
-                   puzzle_emb_len=cfg.puzzle_emb_len, hidden_size=cfg.hidden_size, forward_dtype=cfg.forward_dtype,
-                   halt_exploration_prob=cfg.halt_exploration_prob, etrm_model=model, name=f"etrm {type(model).__name__}")
+        return cls(
+            head,
+            halt_max_steps=cfg.halt_max_steps,
+            encoder=getattr(model, "encoder", None),
+            decoder=model.inner,
+            puzzle_emb_len=cfg.puzzle_emb_len,
+            hidden_size=cfg.hidden_size,
+            forward_dtype=cfg.forward_dtype,
+            halt_exploration_prob=cfg.halt_exploration_prob,
+            etrm_model=model,
+            name=f"etrm {type(model).__name__}",
+        )
 
     # --- capabilities ------------------------------------------------------------------------
     @property
@@ -187,12 +220,18 @@ class TRMInterface:
     def missing(self, *needs: str) -> str | None:
         """Why a check cannot run on this model ("encoder", "context_shape", "exploration",
         "etrm"), or None when it has everything."""
-        why = {"encoder": (not self.has_encoder, f"{self.name} has no demo encoder (no submodule named "
-                                                 f"{self.encoder_name!r})"),
-               "context_shape": (None in (self.puzzle_emb_len, self.hidden_size, self.forward_dtype),
-                                 f"{self.name} does not say the prefix shape/dtype its decoder expects"),
-               "exploration": (self.halt_exploration_prob is None, f"{self.name} does not say its halt_exploration_prob"),
-               "etrm": (not self.is_etrm, f"needs an etrm model: {self.name} is not one of etrm's classes")}
+        why = {
+            "encoder": (
+                not self.has_encoder,
+                f"{self.name} has no demo encoder (no submodule named {self.encoder_name!r})",
+            ),
+            "context_shape": (
+                None in (self.puzzle_emb_len, self.hidden_size, self.forward_dtype),
+                f"{self.name} does not say the prefix shape/dtype its decoder expects",
+            ),
+            "exploration": (self.halt_exploration_prob is None, f"{self.name} does not say its halt_exploration_prob"),
+            "etrm": (not self.is_etrm, f"needs an etrm model: {self.name} is not one of etrm's classes"),
+        }
         unknown = sorted(set(needs) - set(why))
         if unknown:
             raise ValueError(f"unknown capabilities {unknown}; known: {sorted(why)}")
@@ -214,8 +253,10 @@ class TRMInterface:
             raise ProtocolError(f"{self.name}: one step returned {got}, expected {PROTOCOL}")
         step = ACTStep(*result)
         if not isinstance(step.loss, torch.Tensor) or step.loss.numel() != 1:
-            raise ProtocolError(f"{self.name}: the step's loss (2nd item) is {type(step.loss).__name__}, "
-                                f"not a scalar tensor; expected {PROTOCOL}")
+            raise ProtocolError(
+                f"{self.name}: the step's loss (2nd item) is {type(step.loss).__name__}, "
+                f"not a scalar tensor; expected {PROTOCOL}"
+            )
         if not hasattr(step.carry, "halted"):
             raise ProtocolError(f"{self.name}: the step's carry {type(step.carry).__name__} has no 'halted' field")
         return step
@@ -229,7 +270,7 @@ class TRMInterface:
         return carry
 
     @contextmanager
-    def mode(self, training: bool) -> Iterator["TRMInterface"]:
+    def mode(self, training: bool) -> Iterator[TRMInterface]:
         """Training or evaluation mode for the duration, restored afterwards."""
         was_training = self.head.training
         self.head.train(training)
@@ -247,8 +288,14 @@ class TRMInterface:
         captured: list[torch.Tensor] = []
 
         def hook(_module, _args, output):
-            captured.append(context_tensor(output, batch_size=batch["inputs"].shape[0],
-                                           puzzle_emb_len=self.puzzle_emb_len, hidden_size=self.hidden_size))
+            captured.append(
+                context_tensor(
+                    output,
+                    batch_size=batch["inputs"].shape[0],
+                    puzzle_emb_len=self.puzzle_emb_len,
+                    hidden_size=self.hidden_size,
+                )
+            )
             raise _Captured
 
         handle = self.encoder.register_forward_hook(hook)
@@ -261,12 +308,14 @@ class TRMInterface:
         finally:
             handle.remove()
         if not captured:
-            raise ProtocolError(f"{self.name}: the {self.encoder_name!r} submodule was not called on a sample's first "
-                                "ACT step, so its output cannot be taken as the context")
+            raise ProtocolError(
+                f"{self.name}: the {self.encoder_name!r} submodule was not called on a sample's first "
+                "ACT step, so its output cannot be taken as the context"
+            )
         return captured[0]
 
     @contextmanager
-    def context_replaced(self, replace: Callable[[torch.Tensor], torch.Tensor]) -> Iterator["TRMInterface"]:
+    def context_replaced(self, replace: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[TRMInterface]:
         """While active, the encoder's output reaches the decoder with its context replaced
         by `replace(context)` (same shape), through a forward hook that returns the new
         output. Gradient flows into what `replace` returns whenever it is enabled where the
@@ -277,15 +326,26 @@ class TRMInterface:
 
         def hook(_module, _args, output):
             with torch.set_grad_enabled(grad):
-                old = context_tensor(output, batch_size=_batch_size(_args, output), puzzle_emb_len=self.puzzle_emb_len,
-                                     hidden_size=self.hidden_size)
+                old = context_tensor(
+                    output,
+                    batch_size=_batch_size(_args, output),
+                    puzzle_emb_len=self.puzzle_emb_len,
+                    hidden_size=self.hidden_size,
+                )
                 size = old.shape[0]
                 new = replace(old)
                 if tuple(new.shape) != tuple(old.shape):
-                    raise ProtocolError(f"{self.name}: a replacement context of shape {tuple(new.shape)} for the "
-                                        f"encoder's {tuple(old.shape)}")
-                return with_context(output, new.to(old.dtype), batch_size=size, puzzle_emb_len=self.puzzle_emb_len,
-                                    hidden_size=self.hidden_size)
+                    raise ProtocolError(
+                        f"{self.name}: a replacement context of shape {tuple(new.shape)} for the "
+                        f"encoder's {tuple(old.shape)}"
+                    )
+                return with_context(
+                    output,
+                    new.to(old.dtype),
+                    batch_size=size,
+                    puzzle_emb_len=self.puzzle_emb_len,
+                    hidden_size=self.hidden_size,
+                )
 
         handle = self.encoder.register_forward_hook(hook)
         try:
@@ -330,5 +390,7 @@ def as_interface(model: Any) -> TRMInterface:
 
     if isinstance(model, LossHead):
         return TRMInterface.from_etrm(model)
-    raise ProtocolError(f"expected a TRMInterface or an etrm LossHead, got {type(model).__name__}: wrap your model "
-                        "with etrm.interface.TRMInterface or load it with etrm.model_code.load_model_code")
+    raise ProtocolError(
+        f"expected a TRMInterface or an etrm LossHead, got {type(model).__name__}: wrap your model "
+        "with etrm.interface.TRMInterface or load it with etrm.model_code.load_model_code"
+    )

@@ -7,6 +7,7 @@ behaves the same from a wheel as from the repository. Exit status: pytest's, i.e
 when no check failed and 1 when some did; a missing artifact or a `-m` that selects
 no check is a usage error (2), an unusable metrics log for the report 1.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,39 +47,68 @@ def default_workers(device: str) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("investigate", help="run the hypothesis checks and print a verdict per hypothesis",
-                              description=__doc__.split("\n\n")[0])
+    p = subparsers.add_parser(
+        "investigate",
+        help="run the hypothesis checks and print a verdict per hypothesis",
+        description=__doc__.split("\n\n")[0],
+    )
     # The plugin's options under their short names (--data for the plugin's --etrm-data).
     add_artifact_options(p.add_argument, CLI_PREFIX)
-    p.add_argument("-m", dest="markexpr", metavar="EXPR", default=DEFAULT_SELECTION,
-                   help="pytest marker expression (default: every hypothesis and experiment1)")
+    p.add_argument(
+        "-m",
+        dest="markexpr",
+        metavar="EXPR",
+        default=DEFAULT_SELECTION,
+        help="pytest marker expression (default: every hypothesis and experiment1)",
+    )
     p.add_argument("-k", dest="keyword", metavar="EXPR", help="pytest -k expression on test names, e.g. checkpoint")
     p.add_argument("--report", metavar="DIR", help="write DIR/report.md with the verdict and metric plots")
-    p.add_argument("-n", dest="workers", metavar="N", type=int_at_least(0),
-                   help="pytest-xdist workers; 0 runs in this process (default: one per CPU core up to "
-                        f"{MAX_DEFAULT_WORKERS} when pytest-xdist is installed and the device is the CPU)")
-    p.add_argument("--suite", default=SUITE, metavar="PACKAGE",
-                   help=f"Python package of check modules to run (default: {SUITE})")
+    p.add_argument(
+        "-n",
+        dest="workers",
+        metavar="N",
+        type=int_at_least(0),
+        help="pytest-xdist workers; 0 runs in this process (default: one per CPU core up to "
+        f"{MAX_DEFAULT_WORKERS} when pytest-xdist is installed and the device is the CPU)",
+    )
+    p.add_argument(
+        "--suite", default=SUITE, metavar="PACKAGE", help=f"Python package of check modules to run (default: {SUITE})"
+    )
     p.set_defaults(func=run)
 
 
 def pytest_args(args: argparse.Namespace, verdict_json: str | None) -> list[str]:
     """The pytest command line for `args`."""
     root = Path(etrm.__file__).resolve().parent.parent
-    argv = ["--pyargs", args.suite, "-m", args.markexpr, "-p", "no:cacheprovider", "--strict-markers",
-            # An empty config and a fixed rootdir: a checkout's pyproject (addopts, testpaths)
-            # must not change what an installed `etrm investigate` does.
-            "-c", os.devnull, "--rootdir", str(root), "-o", "xfail_strict=true",
-            # Only the suite's own conftest files: in a checkout (editable install) the
-            # repository's root conftest would otherwise load, and with it its test defaults.
-            *_confcutdir(args.suite),
-            # Messages (skip reasons, errors) name the flags above, not the plugin's.
-            INVESTIGATE_FLAG,
-            # The CLI has imported etrm before pytest could mark the plugin's package for
-            # assertion rewriting; the checks return results rather than assert, so that is fine.
-            "-W", "ignore:Module already imported so cannot be rewritten:pytest.PytestAssertRewriteWarning",
-            # torch's own warning when torch.compile is imported (used for key layouts only).
-            "-W", "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"]
+    argv = [
+        "--pyargs",
+        args.suite,
+        "-m",
+        args.markexpr,
+        "-p",
+        "no:cacheprovider",
+        "--strict-markers",
+        # An empty config and a fixed rootdir: a checkout's pyproject (addopts, testpaths)
+        # must not change what an installed `etrm investigate` does.
+        "-c",
+        os.devnull,
+        "--rootdir",
+        str(root),
+        "-o",
+        "xfail_strict=true",
+        # Only the suite's own conftest files: in a checkout (editable install) the
+        # repository's root conftest would otherwise load, and with it its test defaults.
+        *_confcutdir(args.suite),
+        # Messages (skip reasons, errors) name the flags above, not the plugin's.
+        INVESTIGATE_FLAG,
+        # The CLI has imported etrm before pytest could mark the plugin's package for
+        # assertion rewriting; the checks return results rather than assert, so that is fine.
+        "-W",
+        "ignore:Module already imported so cannot be rewritten:pytest.PytestAssertRewriteWarning",
+        # torch's own warning when torch.compile is imported (used for key layouts only).
+        "-W",
+        "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning",
+    ]
     argv += plugin_args({**vars(args), "etrm_verdict_json": verdict_json})
     if args.keyword:
         argv += ["-k", args.keyword]
@@ -107,8 +137,11 @@ def _confcutdir(suite: str) -> list[str]:
 
 
 def _given(args: argparse.Namespace) -> dict[str, str]:
-    return {name: getattr(args, f"etrm_{name}") for name, (stem, *_) in OPTIONS.items()
-            if stem is not None and getattr(args, f"etrm_{name}") is not None}
+    return {
+        name: getattr(args, f"etrm_{name}")
+        for name, (stem, *_) in OPTIONS.items()
+        if stem is not None and getattr(args, f"etrm_{name}") is not None
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -136,8 +169,11 @@ def _write_report(args: argparse.Namespace, artifacts: Artifacts, verdict_json: 
     from etrm.testing.verdict import VerdictTable
 
     verdict = VerdictTable.from_dict(json.loads(verdict_json.read_text()))
-    used = {name: f"`{getattr(artifacts, name)}` ({artifacts.source(name)})"
-            for name, (stem, *_) in OPTIONS.items() if stem is not None and getattr(artifacts, name) is not None}
+    used = {
+        name: f"`{getattr(artifacts, name)}` ({artifacts.source(name)})"
+        for name, (stem, *_) in OPTIONS.items()
+        if stem is not None and getattr(artifacts, name) is not None
+    }
     used["device"] = f"`{args.etrm_device}`"
     try:
         target = write_report(Path(args.report).expanduser().resolve(), verdict, artifacts.metrics_log, used)

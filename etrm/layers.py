@@ -4,6 +4,7 @@ Weights are stored in float32 and cast to the compute dtype on use (the official
 TRM's "casted" modules), and module attribute names match the official TRM so
 its checkpoints load without renaming.
 """
+
 from __future__ import annotations
 
 import functools
@@ -61,14 +62,17 @@ def onednn_linear_available() -> bool:
     other = torch.arange(12, dtype=torch.float32).view(4, 3).sin()
     expected = F.linear(x, w, b)
     try:
-        got = (torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], ""),
-               torch.ops.mkldnn._linear_pointwise(x, w, None, "swish", [], ""),
-               torch.ops.mkldnn._linear_pointwise.binary(x, other, w, None, "mul"))
+        got = (
+            torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], ""),
+            torch.ops.mkldnn._linear_pointwise(x, w, None, "swish", [], ""),
+            torch.ops.mkldnn._linear_pointwise.binary(x, other, w, None, "mul"),
+        )
     except (AttributeError, RuntimeError):
         return False
     plain = F.linear(x, w)
-    return all(torch.allclose(g, e, rtol=1e-5, atol=1e-5)
-               for g, e in zip(got, (expected, F.silu(plain), plain * other)))
+    return all(
+        torch.allclose(g, e, rtol=1e-5, atol=1e-5) for g, e in zip(got, (expected, F.silu(plain), plain * other))
+    )
 
 
 class CastedLinear(nn.Module):
@@ -99,9 +103,15 @@ class CastedLinear(nn.Module):
         dimension = hidden size) 10-40% faster than MKL's sgemm behind F.linear, but costs
         ~10 us more per call, so small products keep F.linear. It has no autograd
         formula: only gradient-free calls (most of the recursion) can take it."""
-        return (CastedLinear.onednn and x.dtype == torch.float32 and x.device.type == "cpu"
-                and not torch.is_grad_enabled() and x.numel() * self.weight.shape[0] >= ONEDNN_MIN_MACS
-                and not torch.compiler.is_compiling() and onednn_linear_available())
+        return (
+            CastedLinear.onednn
+            and x.dtype == torch.float32
+            and x.device.type == "cpu"
+            and not torch.is_grad_enabled()
+            and x.numel() * self.weight.shape[0] >= ONEDNN_MIN_MACS
+            and not torch.compiler.is_compiling()
+            and onednn_linear_available()
+        )
 
 
 def use_onednn_linear(enabled: bool = True) -> bool:
@@ -142,7 +152,9 @@ class CastedEmbedding(nn.Module):
     def __init__(self, num_embeddings: int, embedding_dim: int, init_std: float, cast_to: torch.dtype):
         super().__init__()
         self.cast_to = cast_to
-        self.embedding_weight = nn.Parameter(trunc_normal_init_(torch.empty(num_embeddings, embedding_dim), std=init_std))
+        self.embedding_weight = nn.Parameter(
+            trunc_normal_init_(torch.empty(num_embeddings, embedding_dim), std=init_std)
+        )
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, _cast(self.embedding_weight, self.cast_to))
@@ -164,8 +176,11 @@ class RotaryEmbedding(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)
         sin = emb.sin().float()
         self.register_buffer("cos_cached", emb.cos().float(), persistent=False)
-        self.register_buffer("signed_sin_cached", torch.cat((-sin[:, : head_dim // 2], sin[:, head_dim // 2:]), dim=-1),
-                             persistent=False)
+        self.register_buffer(
+            "signed_sin_cached",
+            torch.cat((-sin[:, : head_dim // 2], sin[:, head_dim // 2 :]), dim=-1),
+            persistent=False,
+        )
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.cos_cached, self.signed_sin_cached

@@ -18,6 +18,7 @@ values under etrm's names (`train/lm_loss`, `grad/encoder_norm_preclip`, `eval/A
 W&B records are renamed by `ORIGIN_METRIC_NAMES` (keys not listed keep their names).
 Anything malformed is one `MetricsLogError` naming the file and line.
 """
+
 from __future__ import annotations
 
 import csv
@@ -114,12 +115,15 @@ def read_metrics_log(path: str | Path) -> list[dict[str, Any]]:
     if path.suffix.lower() == ".csv" or (first and first[0] not in "{[" and "," in first):
         return _read_wandb_csv(path, text)
     if first and first[0] not in "{[":
-        raise MetricsLogError(f"{path}:1: neither JSON lines (one object per line) nor a CSV export with a "
-                              f"header row; the file starts with {first[:40]!r}")
+        raise MetricsLogError(
+            f"{path}:1: neither JSON lines (one object per line) nor a CSV export with a "
+            f"header row; the file starts with {first[:40]!r}"
+        )
     return _read_json_lines(path, text)
 
 
 # --- JSON lines ------------------------------------------------------------------------------
+
 
 def _read_json_lines(path: Path, text: str) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
@@ -169,6 +173,7 @@ def _flatten(path: Path, number: int, row: Mapping[str, Any], prefix: str, out: 
 
 # --- CSV -------------------------------------------------------------------------------------
 
+
 def _read_wandb_csv(path: Path, text: str) -> list[dict[str, Any]]:
     rows = csv.reader(text.splitlines())
     header = next(rows, None)
@@ -197,8 +202,9 @@ def _read_wandb_csv(path: Path, text: str) -> list[dict[str, Any]]:
     for number, step, values in lines:
         for index in numeric:
             if isinstance(values.get(index, 0.0), str):
-                raise MetricsLogError(f"{path}:{number}: column {header[index]!r} holds {values[index]!r}, "
-                                      f"not a number")
+                raise MetricsLogError(
+                    f"{path}:{number}: column {header[index]!r} holds {values[index]!r}, not a number"
+                )
         if values:
             records.append(_rename(path, number, step, {metrics[i]: v for i, v in values.items()}))
     return records
@@ -215,8 +221,9 @@ def _csv_metric_columns(path: Path, header: list[str], step_at: int) -> dict[int
             runs.add(run)
         columns[index] = name
     if len(runs) > 1:
-        raise MetricsLogError(f"{path}:1: columns of {len(runs)} runs ({', '.join(sorted(runs))}); "
-                              f"export one run per file")
+        raise MetricsLogError(
+            f"{path}:1: columns of {len(runs)} runs ({', '.join(sorted(runs))}); export one run per file"
+        )
     if len(set(columns.values())) < len(columns):
         twice = sorted({n for n in columns.values() if list(columns.values()).count(n) > 1})
         raise MetricsLogError(f"{path}:1: column(s) {twice} appear twice")
@@ -224,6 +231,7 @@ def _csv_metric_columns(path: Path, header: list[str], step_at: int) -> dict[int
 
 
 # --- shared ----------------------------------------------------------------------------------
+
 
 def _rename(path: Path, number: int, step: int, values: Mapping[str, Any]) -> dict[str, Any]:
     record: dict[str, Any] = {"step": step}
@@ -249,5 +257,11 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-__all__ = ["MetricsLog", "MetricsLogError", "ORIGIN_METRIC_NAMES", "WANDB_STEP_COLUMNS", "eval_record",
-           "read_metrics_log"]
+__all__ = [
+    "MetricsLog",
+    "MetricsLogError",
+    "ORIGIN_METRIC_NAMES",
+    "WANDB_STEP_COLUMNS",
+    "eval_record",
+    "read_metrics_log",
+]

@@ -27,6 +27,7 @@ the config is an origin-style `config/arch/*.yaml` or an `all_config.yaml` at a 
 (`etrm.arch_config`), `batch_size` is the largest batch the checks feed, and the weights
 are the classes' own initialisation under a fixed seed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -70,39 +71,76 @@ class ModelCode:
         return int(self.config["seq_len"])
 
 
-def build_model_code(root: str | Path, config_path: str | Path, data_dir: str | Path, *,
-                     encoder_module: str = ENCODER_MODULE) -> ModelCode:
+def build_model_code(
+    root: str | Path, config_path: str | Path, data_dir: str | Path, *, encoder_module: str = ENCODER_MODULE
+) -> ModelCode:
     """The model of a trainer's `all_config.yaml` built from the code under `root`, freshly initialised."""
     config_path = Path(config_path)
     saved = _read_config(config_path)
     if "global_batch_size" not in saved:
         raise ModelCodeError(f"{config_path}: no global_batch_size (the model's batch_size is derived from it)")
-    return _build(root, config_path, saved, dict(saved["arch"]), data_dir, batch_size=saved["global_batch_size"] // WORLD_SIZE,
-                  max_demos=int(saved.get("max_demos", ORIGIN_MAX_DEMOS)), encoder_module=encoder_module)
+    return _build(
+        root,
+        config_path,
+        saved,
+        dict(saved["arch"]),
+        data_dir,
+        batch_size=saved["global_batch_size"] // WORLD_SIZE,
+        max_demos=int(saved.get("max_demos", ORIGIN_MAX_DEMOS)),
+        encoder_module=encoder_module,
+    )
 
 
-def build_model_at_size(root: str | Path, config: ArchConfig, sized: SizedArch, data_dir: str | Path, *, batch_size: int,
-                        encoder_module: str = ENCODER_MODULE, seed: int = 0) -> ModelCode:
+def build_model_at_size(
+    root: str | Path,
+    config: ArchConfig,
+    sized: SizedArch,
+    data_dir: str | Path,
+    *,
+    batch_size: int,
+    encoder_module: str = ENCODER_MODULE,
+    seed: int = 0,
+) -> ModelCode:
     """The model of a config/arch file or an all_config.yaml (`etrm.arch_config`) at a CI size, built from the
     code under `root` with a random initialisation (seeded), for the checks that need no trained weights.
     `batch_size`: the largest batch the checks feed (the trainers pass the per-rank batch size)."""
     if config.kind == ETRM:
-        raise ModelCodeError(f"{config.path}: an etrm ModelConfig names no model class of yours; give your "
-                             "config/arch/*.yaml or a trainer's all_config.yaml")
+        raise ModelCodeError(
+            f"{config.path}: an etrm ModelConfig names no model class of yours; give your "
+            "config/arch/*.yaml or a trainer's all_config.yaml"
+        )
     torch.manual_seed(seed)
-    code = _build(root, config.path, {**config.top, "arch": config.arch}, dict(sized.arch), data_dir,
-                  batch_size=batch_size, max_demos=sized.max_demos, encoder_module=encoder_module)
+    code = _build(
+        root,
+        config.path,
+        {**config.top, "arch": config.arch},
+        dict(sized.arch),
+        data_dir,
+        batch_size=batch_size,
+        max_demos=sized.max_demos,
+        encoder_module=encoder_module,
+    )
     return dataclasses.replace(code, shrunk=dict(sized.shrunk))
 
 
-def _build(root: str | Path, config_path: Path, saved: dict[str, Any], arch: dict[str, Any], data_dir: str | Path, *,
-           batch_size: int, max_demos: int, encoder_module: str) -> ModelCode:
+def _build(
+    root: str | Path,
+    config_path: Path,
+    saved: dict[str, Any],
+    arch: dict[str, Any],
+    data_dir: str | Path,
+    *,
+    batch_size: int,
+    max_demos: int,
+    encoder_module: str,
+) -> ModelCode:
     from etrm.data.layout import DatasetFormatError, load_metadata
 
     root = Path(root).resolve()
     if not (root / MODEL_PACKAGE).is_dir():
-        raise ModelCodeError(f"model code root {root}: no {MODEL_PACKAGE}/ folder there (give the repository root that "
-                             "holds it)")
+        raise ModelCodeError(
+            f"model code root {root}: no {MODEL_PACKAGE}/ folder there (give the repository root that holds it)"
+        )
     arch_name, loss = arch.pop("name", None), arch.pop("loss", None)
     if not isinstance(loss, dict) or "name" not in loss:
         raise ModelCodeError(f"{config_path}: arch.loss must be a mapping with a name (e.g. losses@ACTLossHead)")
@@ -111,8 +149,13 @@ def _build(root: str | Path, config_path: Path, saved: dict[str, Any], arch: dic
         meta = load_metadata(data_dir, "train")
     except DatasetFormatError as err:
         raise ModelCodeError(f"dataset for the model's config: {err}") from None
-    derived = dict(batch_size=batch_size, vocab_size=meta.vocab_size, seq_len=meta.seq_len,
-                   num_puzzle_identifiers=meta.num_puzzle_identifiers, causal=False)
+    derived = dict(
+        batch_size=batch_size,
+        vocab_size=meta.vocab_size,
+        seq_len=meta.seq_len,
+        num_puzzle_identifiers=meta.num_puzzle_identifiers,
+        causal=False,
+    )
     clash = sorted(set(arch) & set(derived))
     if clash:
         raise ModelCodeError(f"{config_path}: arch sets {clash}, which the trainer derives from the dataset")
@@ -125,14 +168,22 @@ def _build(root: str | Path, config_path: Path, saved: dict[str, Any], arch: dic
         with torch.device("cpu"):
             head = loss_cls(model_cls(config), **loss_kwargs)
     except Exception as err:  # the user's constructor: report which one and why, as an error
-        raise ModelCodeError(f"building {loss['name']}({arch_name}) from {root} with {config_path}: "
-                             f"{type(err).__name__}: {err}") from err
-    return ModelCode(_interface(head, arch, arch_name, root, encoder_module), root, config_path, saved, config,
-                     max_demos=max_demos)
+        raise ModelCodeError(
+            f"building {loss['name']}({arch_name}) from {root} with {config_path}: {type(err).__name__}: {err}"
+        ) from err
+    return ModelCode(
+        _interface(head, arch, arch_name, root, encoder_module), root, config_path, saved, config, max_demos=max_demos
+    )
 
 
-def load_model_code(root: str | Path, checkpoint: str | Path, data_dir: str | Path, *,
-                    encoder_module: str = ENCODER_MODULE, device: str = "cpu") -> ModelCode:
+def load_model_code(
+    root: str | Path,
+    checkpoint: str | Path,
+    data_dir: str | Path,
+    *,
+    encoder_module: str = ENCODER_MODULE,
+    device: str = "cpu",
+) -> ModelCode:
     """The model of the checkpoint's `all_config.yaml` from the code under `root`, with the
     checkpoint's weights loaded strictly."""
     from etrm.checkpoints import CheckpointError, normalize_key, read_state_dict
@@ -147,15 +198,20 @@ def load_model_code(root: str | Path, checkpoint: str | Path, data_dir: str | Pa
     for key, tensor in saved.items():
         name = normalize_key(key)
         if name in state:
-            raise ModelCodeError(f"{checkpoint}: keys {key!r} and another one both name {name!r} once prefixes are stripped")
+            raise ModelCodeError(
+                f"{checkpoint}: keys {key!r} and another one both name {name!r} once prefixes are stripped"
+            )
         state[name] = tensor.clone()  # off the memory map: checks perturb weights in place
     head = code.model.head
     expected = head.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
     if missing or unexpected or wrong:
-        parts = [f"{what} {len(keys)}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
-                 for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong)) if keys]
+        parts = [
+            f"{what} {len(keys)}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+            for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong))
+            if keys
+        ]
         raise ModelCodeError(f"{checkpoint} does not fit {code.model.name}: " + "; ".join(parts))
     head.load_state_dict(state, strict=True, assign=True)
     head.to(device)
@@ -169,8 +225,9 @@ def _read_config(path: Path) -> dict[str, Any]:
     try:
         saved = _read_yaml(path)
     except ConfigError as err:
-        raise ModelCodeError(f"{err} (the model is built from the all_config.yaml the trainer saves beside its "
-                             "checkpoints)") from None
+        raise ModelCodeError(
+            f"{err} (the model is built from the all_config.yaml the trainer saves beside its checkpoints)"
+        ) from None
     if not isinstance(saved.get("arch"), dict):
         raise ModelCodeError(f"{path}: no 'arch' mapping (the model settings, arch.name and arch.loss)")
     return saved
@@ -196,15 +253,21 @@ def _load_class(root: Path, config_path: Path, key: str, identifier: Any) -> typ
     try:
         module = importlib.import_module(module_name)
     except Exception as err:  # any failure of the user's import is an error naming it
-        raise ModelCodeError(f"{config_path}: {key} {identifier!r}: importing {module_name} from {root} failed: "
-                             f"{type(err).__name__}: {err}") from err
+        raise ModelCodeError(
+            f"{config_path}: {key} {identifier!r}: importing {module_name} from {root} failed: "
+            f"{type(err).__name__}: {err}"
+        ) from err
     cls = getattr(module, class_name, None)
     if not isinstance(cls, type):
-        raise ModelCodeError(f"{config_path}: {key} {identifier!r}: {module_name} ({module.__file__}) has no class {class_name}")
+        raise ModelCodeError(
+            f"{config_path}: {key} {identifier!r}: {module_name} ({module.__file__}) has no class {class_name}"
+        )
     return cls
 
 
-def _interface(head: torch.nn.Module, arch: dict[str, Any], arch_name: str, root: Path, encoder_module: str) -> TRMInterface:
+def _interface(
+    head: torch.nn.Module, arch: dict[str, Any], arch_name: str, root: Path, encoder_module: str
+) -> TRMInterface:
     values = {**ARCH_DEFAULTS, **arch}
     if not isinstance(values.get("halt_max_steps"), int):
         raise ModelCodeError(f"arch of {arch_name}: no integer halt_max_steps (the checks step the model that often)")
@@ -213,7 +276,14 @@ def _interface(head: torch.nn.Module, arch: dict[str, Any], arch_name: str, root
     if puzzle_emb_len == 0 and hidden:  # the official rule: ceil(puzzle_emb_ndim / hidden_size) tokens
         puzzle_emb_len = -(values.get("puzzle_emb_ndim", 0) // -hidden)
     found = find_encoder(head, encoder_module)
-    return TRMInterface(head, halt_max_steps=values["halt_max_steps"], encoder=found[1] if found else None,
-                        puzzle_emb_len=puzzle_emb_len, hidden_size=hidden, forward_dtype=values["forward_dtype"],
-                        halt_exploration_prob=values.get("halt_exploration_prob"),
-                        name=f"{arch_name.split('@')[-1]} ({root})", encoder_name=encoder_module)
+    return TRMInterface(
+        head,
+        halt_max_steps=values["halt_max_steps"],
+        encoder=found[1] if found else None,
+        puzzle_emb_len=puzzle_emb_len,
+        hidden_size=hidden,
+        forward_dtype=values["forward_dtype"],
+        halt_exploration_prob=values.get("halt_exploration_prob"),
+        name=f"{arch_name.split('@')[-1]} ({root})",
+        encoder_name=encoder_module,
+    )

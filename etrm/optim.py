@@ -11,6 +11,7 @@
 Parameters whose `.grad` is None are skipped entirely by both optimizers, neither
 stepped nor decayed: that is how a frozen part of the model stays bitwise unchanged.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,9 +29,11 @@ def lr_schedule(step: int, base_lr: float, warmup_steps: int, total_steps: int, 
     from `base_lr` at `warmup_steps` to `min_ratio * base_lr` at `total_steps`, held there.
     """
     if warmup_steps < 0 or total_steps < 1 or not 0.0 <= min_ratio <= 1.0 or step < 0:
-        raise ValueError(f"lr_schedule: need step >= 0, warmup_steps >= 0, total_steps >= 1 and min_ratio in "
-                         f"[0, 1]; got step={step}, warmup_steps={warmup_steps}, total_steps={total_steps}, "
-                         f"min_ratio={min_ratio}")
+        raise ValueError(
+            f"lr_schedule: need step >= 0, warmup_steps >= 0, total_steps >= 1 and min_ratio in "
+            f"[0, 1]; got step={step}, warmup_steps={warmup_steps}, total_steps={total_steps}, "
+            f"min_ratio={min_ratio}"
+        )
     if step < warmup_steps:
         return base_lr * step / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
@@ -48,11 +51,18 @@ class AdamATan2(torch.optim.Optimizer):
     no step count.
     """
 
-    def __init__(self, params: Iterable[torch.Tensor] | Iterable[dict], lr: float = 1e-4,
-                 betas: tuple[float, float] = (0.9, 0.95), weight_decay: float = 0.1):
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict],
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.95),
+        weight_decay: float = 0.1,
+    ):
         if lr < 0 or weight_decay < 0 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"AdamATan2: need lr >= 0, weight_decay >= 0 and betas in [0, 1); got lr={lr}, "
-                             f"betas={betas}, weight_decay={weight_decay}")
+            raise ValueError(
+                f"AdamATan2: need lr >= 0, weight_decay >= 0 and betas in [0, 1); got lr={lr}, "
+                f"betas={betas}, weight_decay={weight_decay}"
+            )
         super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay))
 
     @torch.no_grad()
@@ -80,8 +90,8 @@ class AdamATan2(torch.optim.Optimizer):
                 m, v = state["exp_avg"], state["exp_avg_sq"]
                 m.lerp_(grad, 1.0 - beta1)
                 v.lerp_(grad.square(), 1.0 - beta2)
-                update = torch.atan2(m, v.sqrt() / math.sqrt(1.0 - beta2 ** t))
-                new = p.float().mul_(1.0 - lr * wd).add_(update, alpha=-lr / (1.0 - beta1 ** t))
+                update = torch.atan2(m, v.sqrt() / math.sqrt(1.0 - beta2**t))
+                new = p.float().mul_(1.0 - lr * wd).add_(update, alpha=-lr / (1.0 - beta1**t))
                 p.copy_(new)
         return loss
 
@@ -98,11 +108,15 @@ class SparseSignSGD(torch.optim.Optimizer):
 
     def __init__(self, embedding: nn.Module, lr: float = 1e-2, weight_decay: float = 0.1, world_size: int = 1):
         if not hasattr(embedding, "weights") or not hasattr(embedding, "local_weights"):
-            raise TypeError(f"SparseSignSGD needs a PuzzleEmbedding (with 'weights' and 'local_weights'), "
-                            f"got {type(embedding).__name__}")
+            raise TypeError(
+                f"SparseSignSGD needs a PuzzleEmbedding (with 'weights' and 'local_weights'), "
+                f"got {type(embedding).__name__}"
+            )
         if lr < 0 or weight_decay < 0 or world_size < 1:
-            raise ValueError(f"SparseSignSGD: need lr >= 0, weight_decay >= 0, world_size >= 1; got lr={lr}, "
-                             f"weight_decay={weight_decay}, world_size={world_size}")
+            raise ValueError(
+                f"SparseSignSGD: need lr >= 0, weight_decay >= 0, world_size >= 1; got lr={lr}, "
+                f"weight_decay={weight_decay}, world_size={world_size}"
+            )
         self.embedding = embedding
         self.world_size = world_size
         super().__init__([embedding.weights], dict(lr=lr, weight_decay=weight_decay))

@@ -31,6 +31,7 @@ official TRM's and origin ETRM's own outputs in the interop corpus) and `tests/t
 code by the procedure in `fixtures/interop/README.md` ("Reference outputs"), for a
 user who writes them from their own checkout.
 """
+
 from __future__ import annotations
 
 import json
@@ -91,7 +92,7 @@ class Reference:
     forward_dtype: str
 
     @classmethod
-    def load(cls, folder: str | Path) -> "Reference":
+    def load(cls, folder: str | Path) -> Reference:
         folder = Path(folder)
         pt, js = folder / REFERENCE_FILE, folder / PROCEDURE_FILE
         for path in (pt, js):
@@ -106,15 +107,18 @@ class Reference:
         batch = {k.removeprefix("batch."): v for k, v in tensors.items() if k.startswith("batch.")}
         if not batch:
             raise ParityError(f"{pt}: no batch.* tensors")
-        steps = [{k.removeprefix(f"step{i}."): v for k, v in tensors.items() if k.startswith(f"step{i}.")}
-                 for i in range(1, count + 1)]
+        steps = [
+            {k.removeprefix(f"step{i}."): v for k, v in tensors.items() if k.startswith(f"step{i}.")}
+            for i in range(1, count + 1)
+        ]
         if missing := [i + 1 for i, s in enumerate(steps) if "logits" not in s]:
             raise ParityError(f"{pt}: no step{missing[0]}.logits although {js.name} says {count} steps")
         return cls(folder, batch, steps, dtype)
 
 
-def replay(model: torch.nn.Module, batch: Mapping[str, torch.Tensor], steps: int,
-           context: torch.Tensor | None = None) -> list[dict[str, torch.Tensor]]:
+def replay(
+    model: torch.nn.Module, batch: Mapping[str, torch.Tensor], steps: int, context: torch.Tensor | None = None
+) -> list[dict[str, torch.Tensor]]:
     """The reference procedure on an ACT model: eval, no_grad, `initial_carry(batch)`, then
     `steps` calls on the same batch; per step the outputs and the carry's steps/halted.
     `context`, if given, replaces the encoder's output in every call (a forward hook), so
@@ -124,7 +128,8 @@ def replay(model: torch.nn.Module, batch: Mapping[str, torch.Tensor], steps: int
         if not hasattr(model, "encoder"):
             raise ParityError(f"{type(model).__name__} has no encoder whose context could be replaced")
         hook = model.encoder.register_forward_hook(
-            lambda module, args, out: type(out)(**{**vars(out), "context": context.to(out.context.dtype)}))
+            lambda module, args, out: type(out)(**{**vars(out), "context": context.to(out.context.dtype)})
+        )
     was_training = model.training
     model.eval()
     try:
@@ -148,10 +153,15 @@ class Mismatch:
     message: str
 
 
-def first_mismatch(ours: Sequence[Mapping[str, torch.Tensor]], reference: Reference, *,
-                   exact: Sequence[Mapping[str, torch.Tensor]] | None = None,
-                   forward_dtype: str | None = None, keys: Sequence[str] = OUTPUT_KEYS,
-                   steps: int | None = None) -> Mismatch | None:
+def first_mismatch(
+    ours: Sequence[Mapping[str, torch.Tensor]],
+    reference: Reference,
+    *,
+    exact: Sequence[Mapping[str, torch.Tensor]] | None = None,
+    forward_dtype: str | None = None,
+    keys: Sequence[str] = OUTPUT_KEYS,
+    steps: int | None = None,
+) -> Mismatch | None:
     """The first (step, key), in step order then `keys` order, where `ours` differs from the
     reference beyond `tolerance_for(forward_dtype, key)`; None when every compared tensor
     agrees. Keys absent from the reference are skipped (a TRM has no context); a key the
@@ -189,8 +199,14 @@ def _difference(got: torch.Tensor, expected: torch.Tensor, tol: Tolerance, exact
     a, b = got.detach().double(), expected.double()
     diff = (a - b).abs()
     worst = tuple(torch.unravel_index(diff.argmax(), diff.shape)) if diff.numel() else ()
-    at = (f"max |diff| {diff.max().item():.4g} at {tuple(int(j) for j in worst)} "
-          f"(ours {a[worst].item():.5g}, reference {b[worst].item():.5g})") if diff.numel() else "empty"
+    at = (
+        (
+            f"max |diff| {diff.max().item():.4g} at {tuple(int(j) for j in worst)} "
+            f"(ours {a[worst].item():.5g}, reference {b[worst].item():.5g})"
+        )
+        if diff.numel()
+        else "empty"
+    )
     if tol.rounding_factor is None:
         outside = diff > tol.atol + tol.rtol * b.abs()
         if not outside.any():
@@ -204,9 +220,22 @@ def _difference(got: torch.Tensor, expected: torch.Tensor, tol: Tolerance, exact
     allowed = max(tol.rounding_factor * rounding, tol.floor)
     if distance <= allowed:
         return ""
-    return (f"relative RMS distance {distance:.4f} > {allowed:.4f} (= max({tol.rounding_factor:g} x our bfloat16 "
-            f"rounding error {rounding:.4f}, {tol.floor:.4g})); {at}")
+    return (
+        f"relative RMS distance {distance:.4f} > {allowed:.4f} (= max({tol.rounding_factor:g} x our bfloat16 "
+        f"rounding error {rounding:.4f}, {tol.floor:.4g})); {at}"
+    )
 
 
-__all__ = ["BFLOAT16_PASS", "BFLOAT16_RECURSION", "EXACT", "FLOAT32", "Mismatch", "ParityError", "Reference",
-           "Tolerance", "first_mismatch", "replay", "tolerance_for"]
+__all__ = [
+    "BFLOAT16_PASS",
+    "BFLOAT16_RECURSION",
+    "EXACT",
+    "FLOAT32",
+    "Mismatch",
+    "ParityError",
+    "Reference",
+    "Tolerance",
+    "first_mismatch",
+    "replay",
+    "tolerance_for",
+]

@@ -5,12 +5,14 @@ The metrics log is JSON lines written by the training step, one object per step
 evaluation lines (`eval/...`); not every line has every key. Plots need matplotlib
 (`pip install 'etrm[plots]'`); without it the report says so and keeps the rest.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -19,23 +21,40 @@ from etrm.testing.verdict import VerdictTable
 # (file name, title, panels); a panel is (title, keys, log scale). Panels and figures
 # whose keys are all absent from the log are left out, and the report says so.
 FIGURES: tuple[tuple[str, str, tuple[tuple[str, tuple[str, ...], bool], ...]], ...] = (
-    ("losses.png", "Training losses", (
-        ("LM loss", ("train/lm_loss",), False),
-        ("Q-halt loss", ("train/q_halt_loss",), False),
-        ("KL loss", ("train/kl_loss",), False),
-        ("learning rate", ("lr", "lr/*"), False),
-    )),
-    ("grad_norms.png", "Gradient norms, pre- vs post-clip", tuple(
-        (part, (f"grad/{part}_norm_preclip", f"grad/{part}_norm_postclip"), True)
-        for part in ("encoder", "decoder", "total"))),
-    ("encoder_diversity.png", "Encoder output diversity", (
-        ("diversity", ("encoder/cross_sample_std", "encoder/within_task_std", "encoder/token_std"), False),
-        ("output statistics", ("encoder/output_mean", "encoder/output_std", "encoder/output_norm"), False),
-    )),
-    ("accuracy.png", "Accuracy", (
-        ("training", ("train/accuracy", "train/exact_accuracy", "train/q_halt_accuracy"), False),
-        ("evaluation", ("eval/*",), False),
-    )),
+    (
+        "losses.png",
+        "Training losses",
+        (
+            ("LM loss", ("train/lm_loss",), False),
+            ("Q-halt loss", ("train/q_halt_loss",), False),
+            ("KL loss", ("train/kl_loss",), False),
+            ("learning rate", ("lr", "lr/*"), False),
+        ),
+    ),
+    (
+        "grad_norms.png",
+        "Gradient norms, pre- vs post-clip",
+        tuple(
+            (part, (f"grad/{part}_norm_preclip", f"grad/{part}_norm_postclip"), True)
+            for part in ("encoder", "decoder", "total")
+        ),
+    ),
+    (
+        "encoder_diversity.png",
+        "Encoder output diversity",
+        (
+            ("diversity", ("encoder/cross_sample_std", "encoder/within_task_std", "encoder/token_std"), False),
+            ("output statistics", ("encoder/output_mean", "encoder/output_std", "encoder/output_norm"), False),
+        ),
+    ),
+    (
+        "accuracy.png",
+        "Accuracy",
+        (
+            ("training", ("train/accuracy", "train/exact_accuracy", "train/q_halt_accuracy"), False),
+            ("evaluation", ("eval/*",), False),
+        ),
+    ),
 )
 PLOTS_MISSING = "plots skipped: matplotlib is not installed (pip install 'etrm[plots]')"
 
@@ -63,7 +82,8 @@ class MetricsLog:
 def read_metrics_log(path: str | Path) -> MetricsLog:
     """Read a metrics log (parsed by `etrm.training.read_metrics_log`, which owns the format)
     and check that every value is a number or null; anything else names file, step and key."""
-    from etrm.training import MetricsLogError, read_metrics_log as read_records
+    from etrm.training import MetricsLogError
+    from etrm.training import read_metrics_log as read_records
 
     try:
         records = read_records(path)
@@ -81,8 +101,9 @@ def read_metrics_log(path: str | Path) -> MetricsLog:
                 notes.setdefault(key, value)
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ReportError(f"{path}, step {record['step']}: {key!r} must be a number, text or null, "
-                                  f"got {value!r}")
+                raise ReportError(
+                    f"{path}, step {record['step']}: {key!r} must be a number, text or null, got {value!r}"
+                )
             values[key] = value if key == "step" else float(value)
         lines.append(values)
     return MetricsLog(Path(path), lines, notes)
@@ -117,10 +138,11 @@ def plot_metrics(log: MetricsLog, out_dir: str | Path) -> list[tuple[str, str]]:
         height = 3.2 * nrows + 0.5
         fig = Figure(figsize=(5.0 * ncols, height))
         # Fixed margins instead of a layout engine, which would draw every figure twice.
-        fig.subplots_adjust(left=0.1 / ncols ** 0.5, right=0.98, bottom=0.45 / height, top=1 - 0.55 / height,
-                            wspace=0.3, hspace=0.45)
+        fig.subplots_adjust(
+            left=0.1 / ncols**0.5, right=0.98, bottom=0.45 / height, top=1 - 0.55 / height, wspace=0.3, hspace=0.45
+        )
         axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-        for ax in axes[len(present):]:
+        for ax in axes[len(present) :]:
             ax.set_visible(False)
         for ax, (name, found, log_scale) in zip(axes, present):
             values_seen = []
@@ -143,8 +165,12 @@ def plot_metrics(log: MetricsLog, out_dir: str | Path) -> list[tuple[str, str]]:
     return written
 
 
-def write_report(out_dir: str | Path, verdict: VerdictTable | None, metrics_log: str | Path | None,
-                 artifacts: Mapping[str, str] | None = None) -> Path:
+def write_report(
+    out_dir: str | Path,
+    verdict: VerdictTable | None,
+    metrics_log: str | Path | None,
+    artifacts: Mapping[str, str] | None = None,
+) -> Path:
     """Write `<out_dir>/report.md` (+ PNG plots when a metrics log and matplotlib are there).
     `artifacts` maps names to markdown descriptions of what the checks ran on."""
     out_dir = Path(out_dir)
@@ -178,8 +204,10 @@ def write_report(out_dir: str | Path, verdict: VerdictTable | None, metrics_log:
             if missing:
                 md += [f"No data in the log for: {', '.join(missing)}.", ""]
         md += ["### Summary", "", "| metric | lines | first | last | min | max |", "|---|---:|---:|---:|---:|---:|"]
-        md += [f"| {key} | {n} | {_num(a)} | {_num(b)} | {_num(lo)} | {_num(hi)} |"
-               for key, n, a, b, lo, hi in summarise(log)]
+        md += [
+            f"| {key} | {n} | {_num(a)} | {_num(b)} | {_num(lo)} | {_num(hi)} |"
+            for key, n, a, b, lo, hi in summarise(log)
+        ]
         md.append("")
     target = out_dir / "report.md"
     target.write_text("\n".join(md))

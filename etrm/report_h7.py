@@ -1,6 +1,7 @@
 """The report's H7 section: per held-out task, the test-query loss with (a) the encoder's
 context, (b) the optimised one and (c) the TRM's embedding, and the generalisation gap, read
 from the checks recorded in the verdict (`context_headroom`, `generalisation_gap`)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,10 +36,13 @@ def h7_section(verdict: VerdictTable | None, out_dir: Path, plots_missing: str) 
     headroom, gap = recorded(verdict, "context_headroom"), recorded(verdict, "generalisation_gap")
     if headroom is None or not per_task(headroom):
         return []
-    md = ["## Hypothesis 7: context headroom", "",
-          f"{headroom['tasks']} held-out tasks, {headroom['steps']} optimisation steps; "
-          f"(c): {headroom['trm_embedding']}.",
-          ""]
+    md = [
+        "## Hypothesis 7: context headroom",
+        "",
+        f"{headroom['tasks']} held-out tasks, {headroom['steps']} optimisation steps; "
+        f"(c): {headroom['trm_embedding']}.",
+        "",
+    ]
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -58,8 +62,11 @@ def h7_section(verdict: VerdictTable | None, out_dir: Path, plots_missing: str) 
     axes[0].set_title("per task: (a) / (b) / (c)")
     axes[0].legend(fontsize="small")
     if gap is not None:
-        axes[1].bar(["training tasks", "held-out tasks"], [gap["train_loss"], gap["heldout_loss"]],
-                    color=["tab:gray", "tab:red"])
+        axes[1].bar(
+            ["training tasks", "held-out tasks"],
+            [gap["train_loss"], gap["heldout_loss"]],
+            color=["tab:gray", "tab:red"],
+        )
         axes[1].set_title(f"generalisation gap {gap['gap_ratio']:.2f}x, confusion {gap['confusion_rate']:.0%}")
         axes[1].set_ylabel("loss with the encoder's context")
     else:

@@ -20,6 +20,7 @@ Command-line flags override the file. Every other key is listed in `ignored` wit
 reason it changes nothing in this run (the CLI prints them as a warning): none is dropped
 silently.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,9 +52,26 @@ NO_EFFECT_KEYS = {
     "hydra": "hydra's own settings",
 }
 # Keys read into RunSettings (or the model) and so never warned about.
-READ_KEYS = {"lr", "encoder_lr_scale", "lr_warmup_steps", "grad_clip_norm", "global_batch_size", "seed", "epochs",
-             "eval_interval", "max_train_groups", "max_eval_groups", "freeze_decoder_steps", "load_pretrained_decoder",
-             "arch", "max_demos", "weight_decay", "beta1", "beta2", "lr_min_ratio"}
+READ_KEYS = {
+    "lr",
+    "encoder_lr_scale",
+    "lr_warmup_steps",
+    "grad_clip_norm",
+    "global_batch_size",
+    "seed",
+    "epochs",
+    "eval_interval",
+    "max_train_groups",
+    "max_eval_groups",
+    "freeze_decoder_steps",
+    "load_pretrained_decoder",
+    "arch",
+    "max_demos",
+    "weight_decay",
+    "beta1",
+    "beta2",
+    "lr_min_ratio",
+}
 
 
 @dataclass(frozen=True)
@@ -143,9 +161,16 @@ def settings_from_config(path: str | Path, data_dir: str | Path) -> ComposedConf
     doc = compose_config(path)
     get = doc.get
     settings: dict[str, Any] = {}
-    for key, field in (("lr", "lr"), ("lr_warmup_steps", "warmup_steps"), ("global_batch_size", "global_batch_size"),
-                       ("seed", "seed"), ("max_train_groups", "max_train_groups"), ("max_eval_groups", "max_eval_groups"),
-                       ("weight_decay", "weight_decay"), ("lr_min_ratio", "lr_min_ratio")):
+    for key, field in (
+        ("lr", "lr"),
+        ("lr_warmup_steps", "warmup_steps"),
+        ("global_batch_size", "global_batch_size"),
+        ("seed", "seed"),
+        ("max_train_groups", "max_train_groups"),
+        ("max_eval_groups", "max_eval_groups"),
+        ("weight_decay", "weight_decay"),
+        ("lr_min_ratio", "lr_min_ratio"),
+    ):
         if get(key) is not None:
             settings[field] = get(key)
     if get("encoder_lr_scale") is not None:  # the origin's 0: no separate encoder group, i.e. the encoder at lr
@@ -161,12 +186,16 @@ def settings_from_config(path: str | Path, data_dir: str | Path) -> ComposedConf
         batch = int(settings.get("global_batch_size", RunSettings.global_batch_size))
         steps = int(get("epochs") * meta.total_groups * meta.mean_puzzle_examples / batch)
         if steps < 1:
-            raise ConfigError(f"{path}: epochs {get('epochs')} on {data_dir} ({meta.total_groups} groups, "
-                              f"{meta.mean_puzzle_examples:g} examples each) at global_batch_size {batch} is 0 steps")
+            raise ConfigError(
+                f"{path}: epochs {get('epochs')} on {data_dir} ({meta.total_groups} groups, "
+                f"{meta.mean_puzzle_examples:g} examples each) at global_batch_size {batch} is 0 steps"
+            )
         settings["steps"] = steps
         if get("eval_interval"):
             settings["eval_every"] = max(1, int(steps * get("eval_interval") / get("epochs")))
-    ignored = {key: NO_EFFECT_KEYS.get(key, "not a setting etrm experiment1 has") for key in doc if key not in READ_KEYS}
+    ignored = {
+        key: NO_EFFECT_KEYS.get(key, "not a setting etrm experiment1 has") for key in doc if key not in READ_KEYS
+    }
     return ComposedConfig(Path(path), doc, settings, get("load_pretrained_decoder"), ignored)
 
 
@@ -189,8 +218,12 @@ def model_overrides(composed: ComposedConfig, checkpoint_config) -> tuple[dict[s
     for key, value in arch.items():
         saved = getattr(checkpoint_config, key, None)
         if key in (*DECODER_SETTINGS, "forward_dtype") and value != saved:
-            ignored[f"arch.{key}"] = f"{value!r} in the config, {saved!r} in the TRM checkpoint: the decoder runs at " \
-                                     "the checkpoint's (--forward-dtype chooses the dtype)"
+            ignored[f"arch.{key}"] = (
+                f"{value!r} in the config, {saved!r} in the TRM checkpoint: the decoder runs at "
+                "the checkpoint's (--forward-dtype chooses the dtype)"
+            )
         elif key not in (*DECODER_SETTINGS, "forward_dtype"):
-            ignored[f"arch.{key}"] = "not a setting of etrm's ETRM" if key != "name" else "etrm's ETRM runs (or --model-code)"
+            ignored[f"arch.{key}"] = (
+                "not a setting of etrm's ETRM" if key != "name" else "etrm's ETRM runs (or --model-code)"
+            )
     return overrides, ignored

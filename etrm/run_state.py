@@ -15,6 +15,7 @@ At each checkpoint step N, rank 0 writes into the run's folder:
 lines a killed run wrote after it are redone), and continues; an uninterrupted run and a
 stopped-and-resumed one then write the same log.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,8 +42,10 @@ def portable(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.detach().cpu()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {"__dataclass__": f"{type(value).__module__}:{type(value).__qualname__}",
-                **{f.name: portable(getattr(value, f.name)) for f in dataclasses.fields(value)}}
+        return {
+            "__dataclass__": f"{type(value).__module__}:{type(value).__qualname__}",
+            **{f.name: portable(getattr(value, f.name)) for f in dataclasses.fields(value)},
+        }
     if isinstance(value, dict):
         return {k: portable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -82,8 +85,15 @@ def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def save_weights(folder: Path, step: int, head: torch.nn.Module, *, model_config=None, training: dict | None = None,
-                 config_file: Path | None = None) -> Path:
+def save_weights(
+    folder: Path,
+    step: int,
+    head: torch.nn.Module,
+    *,
+    model_config=None,
+    training: dict | None = None,
+    config_file: Path | None = None,
+) -> Path:
     """`folder/step_N` in the official layout with `all_config.yaml` beside it: etrm's
     writer for etrm's models, else the state dict under `_orig_mod.` and `config_file` copied."""
     from etrm.checkpoints import save_checkpoint
@@ -126,8 +136,10 @@ def save_resume_state(folder: Path, state: dict[str, Any]) -> Path:
 def load_resume_state(folder: Path, device: torch.device) -> dict[str, Any]:
     path = folder / RESUME_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no checkpoint to resume from (--resume continues a run that wrote one; "
-                                "checkpoints are written every --checkpoint-every steps and at the end)")
+        raise FileNotFoundError(
+            f"{path}: no checkpoint to resume from (--resume continues a run that wrote one; "
+            "checkpoints are written every --checkpoint-every steps and at the end)"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file
@@ -149,8 +161,9 @@ def cut_log(log: Path, step: int) -> None:
     step's evaluation, so everything later is redone by the resumed run)."""
     if not log.is_file():
         return
-    kept = [line for line in log.read_text().splitlines(keepends=True)
-            if line.strip() and json.loads(line)["step"] <= step]
+    kept = [
+        line for line in log.read_text().splitlines(keepends=True) if line.strip() and json.loads(line)["step"] <= step
+    ]
     _atomic(log, lambda tmp: tmp.write_text("".join(kept)))
 
 

@@ -1,5 +1,6 @@
 """Deterministic synthetic batches in the dataset format, for tests and benchmarks
 that need the shapes of real data but not its content."""
+
 from __future__ import annotations
 
 import torch
@@ -7,8 +8,14 @@ import torch
 from etrm.config import ModelConfig
 
 
-def random_batch(config: ModelConfig, batch_size: int = 2, *, seed: int = 0,
-                 demo_counts: list[int] | None = None, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+def random_batch(
+    config: ModelConfig,
+    batch_size: int = 2,
+    *,
+    seed: int = 0,
+    demo_counts: list[int] | None = None,
+    device: str | torch.device = "cpu",
+) -> dict[str, torch.Tensor]:
     """A batch of random grids-as-tokens. Encoder models also get `config.max_demos`
     demo slots, of which the first `demo_counts[i]` are valid for sample i (default: all)."""
     gen = torch.Generator().manual_seed(seed)
@@ -16,7 +23,9 @@ def random_batch(config: ModelConfig, batch_size: int = 2, *, seed: int = 0,
     batch = {
         "inputs": torch.randint(2, config.vocab_size, (batch_size, s), generator=gen, dtype=torch.int32),
         "labels": torch.randint(2, config.vocab_size, (batch_size, s), generator=gen).long(),
-        "puzzle_identifiers": torch.randint(1, config.num_puzzle_identifiers, (batch_size,), generator=gen, dtype=torch.int32),
+        "puzzle_identifiers": torch.randint(
+            1, config.num_puzzle_identifiers, (batch_size,), generator=gen, dtype=torch.int32
+        ),
     }
     if config.uses_encoder:
         d = config.max_demos

@@ -14,6 +14,7 @@ parameters without a gradient, neither update nor decay it, in either optimizer 
 The investigation's mistakes this module rules out: gradient norms read after clipping
 (its "1.0" was the clip threshold), and a frozen decoder that still moved.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,6 +31,7 @@ from tqdm.auto import tqdm
 
 from etrm.config import ConfigError
 from etrm.diagnostics import DIAGNOSTIC_KEYS, encoder_diagnostics
+
 # The log's writer and reader live in etrm.metrics_log; re-exported here, where the trainer's users look.
 from etrm.metrics_log import MetricsLog, MetricsLogError, eval_record, read_metrics_log
 from etrm.optim import AdamATan2, SparseSignSGD, lr_schedule
@@ -68,8 +70,14 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(self.betas))
-        for name in ("lr", "encoder_lr_scale", "weight_decay", "encoder_weight_decay_scale", "puzzle_emb_lr",
-                     "puzzle_emb_weight_decay"):
+        for name in (
+            "lr",
+            "encoder_lr_scale",
+            "weight_decay",
+            "encoder_weight_decay_scale",
+            "puzzle_emb_lr",
+            "puzzle_emb_weight_decay",
+        ):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"training config: {name} must be a finite number >= 0, got {value!r}")
@@ -90,8 +98,9 @@ class TrainingConfig:
         if self.ema_rate is not None and not 0.0 < self.ema_rate < 1.0:
             raise ConfigError(f"training config: ema_rate must be in (0, 1) or None (off), got {self.ema_rate!r}")
         if self.optimizer_layout not in OPTIMIZER_LAYOUTS:
-            raise ConfigError(f"training config: optimizer_layout must be one of {OPTIMIZER_LAYOUTS}, "
-                              f"got {self.optimizer_layout!r}")
+            raise ConfigError(
+                f"training config: optimizer_layout must be one of {OPTIMIZER_LAYOUTS}, got {self.optimizer_layout!r}"
+            )
 
     @property
     def encoder_lr(self) -> float:
@@ -122,9 +131,20 @@ def official_trm_recipe(**overrides: Any) -> TrainingConfig:
     """The official ARC-AGI-1 TRM run (DESIGN.md section 4): lr 1e-4, puzzle-embedding
     sign-SGD lr 1e-2, weight decay 0.1 for both, betas (0.9, 0.95), warmup 2000, global
     batch 768, EMA 0.999, constant lr after warmup, no clipping, nothing frozen."""
-    base = dict(lr=1e-4, weight_decay=0.1, betas=(0.9, 0.95), warmup_steps=2000, lr_min_ratio=1.0,
-                global_batch_size=768, ema_rate=0.999, puzzle_emb_lr=1e-2, puzzle_emb_weight_decay=0.1,
-                grad_clip_norm=None, encoder_lr_scale=1.0, encoder_weight_decay_scale=1.0)
+    base = dict(
+        lr=1e-4,
+        weight_decay=0.1,
+        betas=(0.9, 0.95),
+        warmup_steps=2000,
+        lr_min_ratio=1.0,
+        global_batch_size=768,
+        ema_rate=0.999,
+        puzzle_emb_lr=1e-2,
+        puzzle_emb_weight_decay=0.1,
+        grad_clip_norm=None,
+        encoder_lr_scale=1.0,
+        encoder_weight_decay_scale=1.0,
+    )
     base.update(overrides)
     return TrainingConfig(**base)
 
@@ -137,15 +157,18 @@ def parameter_part(name: str) -> str:
         stripped = False
         for prefix in _WRAPPER_PREFIXES:
             if bare.startswith(prefix):
-                bare, stripped = bare[len(prefix):], True
+                bare, stripped = bare[len(prefix) :], True
     for prefix, part in _PART_PREFIXES.items():
         if bare.startswith(prefix):
             return part
-    raise ValueError(f"parameter {name!r} belongs to neither model.encoder.* nor model.inner.*: "
-                     f"the trainer cannot tell which part it trains, freezes or measures")
+    raise ValueError(
+        f"parameter {name!r} belongs to neither model.encoder.* nor model.inner.*: "
+        f"the trainer cannot tell which part it trains, freezes or measures"
+    )
 
 
 # --- trainer ---------------------------------------------------------------------------------
+
 
 class Trainer:
     """Trains a `LossHead` one ACT step per `step(batch)` call.
@@ -156,11 +179,19 @@ class Trainer:
     Seeds torch's global generator with `config.seed` (ACT exploration draws from it).
     """
 
-    def __init__(self, head: nn.Module, config: TrainingConfig, *, metrics_log: MetricsLog | str | Path | None = None,
-                 world_size: int = 1, identifiers: Sequence[str] | None = None):
+    def __init__(
+        self,
+        head: nn.Module,
+        config: TrainingConfig,
+        *,
+        metrics_log: MetricsLog | str | Path | None = None,
+        world_size: int = 1,
+        identifiers: Sequence[str] | None = None,
+    ):
         if world_size < 1 or config.global_batch_size % world_size:
-            raise ConfigError(f"global_batch_size {config.global_batch_size} must split evenly over "
-                              f"world_size {world_size}")
+            raise ConfigError(
+                f"global_batch_size {config.global_batch_size} must split evenly over world_size {world_size}"
+            )
         if world_size > 1 and not dist.is_initialized():
             raise RuntimeError(f"world_size {world_size} needs an initialised torch.distributed process group")
         self.head = head
@@ -177,7 +208,9 @@ class Trainer:
             self.named_params[parameter_part(name)].append((name, param))
         self.has_encoder = bool(self.named_params["encoder"])
         if config.freeze_encoder_steps and not self.has_encoder:
-            raise ConfigError(f"freeze_encoder_steps {config.freeze_encoder_steps}: {type(act).__name__} has no encoder")
+            raise ConfigError(
+                f"freeze_encoder_steps {config.freeze_encoder_steps}: {type(act).__name__} has no encoder"
+            )
         self._trainable = {id(p): p.requires_grad for _, p in head.named_parameters()}  # restored on unfreeze
         self._freeze_encoder = getattr(act, "freeze_encoder", None)  # ETRM: also skips autograd in the encoder
         self._encoder_frozen_by_user = bool(getattr(act, "encoder_frozen", False))
@@ -190,8 +223,10 @@ class Trainer:
     def _build_optimizers(self, act: nn.Module) -> list[torch.optim.Optimizer]:
         cfg = self.config
         groups = []
-        for part, lr, wd in (("decoder", cfg.lr, cfg.weight_decay),
-                             ("encoder", cfg.encoder_lr, cfg.encoder_weight_decay)):
+        for part, lr, wd in (
+            ("decoder", cfg.lr, cfg.weight_decay),
+            ("encoder", cfg.encoder_lr, cfg.encoder_weight_decay),
+        ):
             params = [p for _, p in self.named_params[part]]
             if params:  # "base_lr" is what the schedule scales; "part" names the group in logs and checks
                 groups.append(dict(params=params, lr=lr, base_lr=lr, weight_decay=wd, part=part))
@@ -201,8 +236,9 @@ class Trainer:
             optimizers = [AdamATan2([group], lr=group["lr"], betas=cfg.betas) for group in groups]
         puzzle_emb = getattr(act.inner, "puzzle_emb", None)
         if puzzle_emb is not None:
-            sign_sgd = SparseSignSGD(puzzle_emb, lr=cfg.puzzle_emb_lr, weight_decay=cfg.puzzle_emb_weight_decay,
-                                     world_size=self.world_size)
+            sign_sgd = SparseSignSGD(
+                puzzle_emb, lr=cfg.puzzle_emb_lr, weight_decay=cfg.puzzle_emb_weight_decay, world_size=self.world_size
+            )
             sign_sgd.param_groups[0].update(base_lr=cfg.puzzle_emb_lr, part="puzzle_emb")
             optimizers.append(sign_sgd)
         return optimizers
@@ -245,8 +281,11 @@ class Trainer:
         squares = {}
         for part in PARTS:
             grads = [p.grad for _, p in self.named_params[part] if p.grad is not None]
-            squares[part] = (torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]) ** 2).sum() \
-                if grads else torch.zeros(())
+            squares[part] = (
+                (torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]) ** 2).sum()
+                if grads
+                else torch.zeros(())
+            )
         norms = {part: value.sqrt() for part, value in squares.items()}
         norms["total"] = (squares["encoder"].to(norms["decoder"].device) + squares["decoder"]).sqrt()
         return norms
@@ -265,8 +304,11 @@ class Trainer:
     def learning_rates(self, step: int) -> dict[str, float]:
         """Scheduled lr per part ('decoder', 'encoder', 'puzzle_emb') for update number `step`."""
         cfg = self.config
-        return {group["part"]: lr_schedule(step, group["base_lr"], cfg.warmup_steps, cfg.total_steps, cfg.lr_min_ratio)
-                for opt in self.optimizers for group in opt.param_groups}
+        return {
+            group["part"]: lr_schedule(step, group["base_lr"], cfg.warmup_steps, cfg.total_steps, cfg.lr_min_ratio)
+            for opt in self.optimizers
+            for group in opt.param_groups
+        }
 
     def step(self, batch: Mapping[str, torch.Tensor]) -> dict[str, float]:
         """One ACT step and optimizer update on `batch`; returns (and logs) its metrics."""
@@ -276,9 +318,11 @@ class Trainer:
         rows = batch["inputs"].shape[0]
         local = self.config.global_batch_size // self.world_size
         if rows != local:
-            raise ValueError(f"step {step}: batch has {rows} rows, but global_batch_size "
-                             f"{self.config.global_batch_size} / world_size {self.world_size} = {local}; the loss "
-                             f"would be scaled by the wrong batch size")
+            raise ValueError(
+                f"step {step}: batch has {rows} rows, but global_batch_size "
+                f"{self.config.global_batch_size} / world_size {self.world_size} = {local}; the loss "
+                f"would be scaled by the wrong batch size"
+            )
 
         frozen = self.frozen_parts(step)
         self._set_trainable(frozen)
@@ -315,16 +359,28 @@ class Trainer:
 
     def _all_reduce_grads(self) -> None:
         # Parameters inside a DistributedDataParallel module were summed by its hook already.
-        ddp = {id(p) for m in self.head.modules() if isinstance(m, nn.parallel.DistributedDataParallel)
-               for p in m.parameters()}
+        ddp = {
+            id(p)
+            for m in self.head.modules()
+            if isinstance(m, nn.parallel.DistributedDataParallel)
+            for p in m.parameters()
+        }
         for part in PARTS:
             for _, p in self.named_params[part]:
                 if p.grad is not None and id(p) not in ddp:
                     dist.all_reduce(p.grad)
 
-    def _record(self, step: int, loss: torch.Tensor, metrics: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor],
-                pre: dict[str, torch.Tensor], post: dict[str, torch.Tensor], lrs: dict[str, float],
-                frozen: frozenset[str]) -> dict[str, Any]:
+    def _record(
+        self,
+        step: int,
+        loss: torch.Tensor,
+        metrics: dict[str, torch.Tensor],
+        outputs: dict[str, torch.Tensor],
+        pre: dict[str, torch.Tensor],
+        post: dict[str, torch.Tensor],
+        lrs: dict[str, float],
+        frozen: frozenset[str],
+    ) -> dict[str, Any]:
         metrics = {**metrics, "loss": loss.detach()}
         metrics.setdefault("kl_loss", torch.zeros((), device=loss.device))
         names = sorted(metrics)  # the same order on every rank
@@ -398,10 +454,18 @@ def _dataset_identifiers(dataset: Any) -> list[str] | None:
     return load_identifiers(data_dir)
 
 
-def train(head: nn.Module, dataset: Iterable[Mapping[str, torch.Tensor]], config: TrainingConfig, *, steps: int,
-          metrics_log: MetricsLog | str | Path | None = None, eval_every: int | None = None,
-          eval_dataset: Iterable[Mapping[str, torch.Tensor]] | None = None, evaluator: Any = None,
-          progress: bool = True) -> Trainer:
+def train(
+    head: nn.Module,
+    dataset: Iterable[Mapping[str, torch.Tensor]],
+    config: TrainingConfig,
+    *,
+    steps: int,
+    metrics_log: MetricsLog | str | Path | None = None,
+    eval_every: int | None = None,
+    eval_dataset: Iterable[Mapping[str, torch.Tensor]] | None = None,
+    evaluator: Any = None,
+    progress: bool = True,
+) -> Trainer:
     """Train for `steps` updates, re-iterating `dataset` as often as needed, evaluating
     (the EMA copy, if any) every `eval_every` steps. Returns the trainer (its `step_count`,
     `carry`, `optimizers`, `ema`); the numbers are in the metrics log."""
@@ -424,5 +488,15 @@ def train(head: nn.Module, dataset: Iterable[Mapping[str, torch.Tensor]], config
     return trainer
 
 
-__all__ = ["MetricsLog", "MetricsLogError", "OPTIMIZER_LAYOUTS", "PARTS", "Trainer", "TrainingConfig",
-           "official_trm_recipe", "parameter_part", "read_metrics_log", "train"]
+__all__ = [
+    "MetricsLog",
+    "MetricsLogError",
+    "OPTIMIZER_LAYOUTS",
+    "PARTS",
+    "Trainer",
+    "TrainingConfig",
+    "official_trm_recipe",
+    "parameter_part",
+    "read_metrics_log",
+    "train",
+]

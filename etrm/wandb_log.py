@@ -7,6 +7,7 @@ rows given to `wandb.log` are also written, one JSON object per line with W&B's 
 to `OUT/wandb-history.jsonl`, the file `--metrics-log` reads as a W&B history (the same
 shape as `run.scan_history()` dumped one row per line).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,9 @@ class WandbLog:
         except ImportError:
             raise ValueError("--wandb-project needs wandb (pip install 'etrm[wandb]')") from None
         folder.mkdir(parents=True, exist_ok=True)
-        self.run = wandb.init(project=project, dir=str(folder), config=config, name=folder.name, reinit="finish_previous")
+        self.run = wandb.init(
+            project=project, dir=str(folder), config=config, name=folder.name, reinit="finish_previous"
+        )
         self._history = (folder / HISTORY_FILE).open("a")
 
     def __call__(self, record: dict[str, Any]) -> None:

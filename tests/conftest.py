@@ -1,4 +1,5 @@
 """Batches shared by the unit tests that run at the official canvas."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,5 +18,7 @@ def canvas30_batch():
 
     dataset = FewShotPuzzleDataset(fixtures_root() / INTEROP_FEWSHOT, "test", 2, max_demos=1, test_mode=True)
     batch = dataset.first_batch()
-    assert batch["inputs"].shape == (2, 900) and (batch["labels"] == IGNORE_LABEL_ID).any(), "not a padded canvas-30 batch"
+    assert batch["inputs"].shape == (2, 900) and (batch["labels"] == IGNORE_LABEL_ID).any(), (
+        "not a padded canvas-30 batch"
+    )
     return batch

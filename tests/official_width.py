@@ -10,6 +10,7 @@ non-zero puzzle embeddings, so no check passes for want of a signal).
 
     python tests/official_width.py OUT    # prints the `etrm investigate` command line
 """
+
 from __future__ import annotations
 
 import shutil
@@ -68,8 +69,12 @@ def write_official_width(out: str | Path, seed: int = 7, etrm_l_cycles: int = WI
             p.add_(torch.randn_like(p) * (1.0 if "puzzle_emb" in name else 1e-3))
     trm_path = _write_run(trm_dir, trm_config, trm, step=100)
 
-    etrm_config = _official_width_config("origin/etrm-standard", data_paths=[str(data)],
-                                         checkpoint_path=str(out / "etrm"), load_pretrained_decoder=str(trm_path))
+    etrm_config = _official_width_config(
+        "origin/etrm-standard",
+        data_paths=[str(data)],
+        checkpoint_path=str(out / "etrm"),
+        load_pretrained_decoder=str(trm_path),
+    )
     etrm_config["arch"]["halt_exploration_prob"] = trm_config["arch"]["halt_exploration_prob"]
     etrm_config["arch"]["L_cycles"] = etrm_l_cycles
     etrm_dir = out / "etrm"
@@ -88,8 +93,14 @@ def write_official_width(out: str | Path, seed: int = 7, etrm_l_cycles: int = WI
 
 
 def investigate_args(paths: dict[str, Path]) -> list[str]:
-    return ["--trm-checkpoint", str(paths["trm_checkpoint"]), "--etrm-checkpoint", str(paths["etrm_checkpoint"]),
-            "--data", str(paths["data"])]
+    return [
+        "--trm-checkpoint",
+        str(paths["trm_checkpoint"]),
+        "--etrm-checkpoint",
+        str(paths["etrm_checkpoint"]),
+        "--data",
+        str(paths["data"]),
+    ]
 
 
 if __name__ == "__main__":

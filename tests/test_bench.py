@@ -1,4 +1,5 @@
 """etrm.bench: sizes, the FLOP formula, the timing helpers and `etrm bench recursion`."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,8 @@ from etrm.cli import main
 from etrm.config import tiny_config
 from etrm.layers import CastedLinear, onednn_linear_available
 
-
 # --- sizes and FLOPs ---------------------------------------------------------------------
+
 
 def test_sizes_are_the_specified_configurations():
     assert bench.SIZES["tiny"].config("trm") == tiny_config("trm")
@@ -60,6 +61,7 @@ def test_benchmark_batches_carry_typical_demo_counts():
 
 # --- timing helpers ------------------------------------------------------------------------
 
+
 def test_alternate_interleaves_calls_and_does_not_time_warmup():
     order = []
     times = bench.alternate({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeat=3, warmup=2)
@@ -84,8 +86,9 @@ def tiny_trm():
 def test_inference_step_runs_an_eval_act_step_without_autograd(tiny_trm):
     head, batch = tiny_trm
     seen = []
-    handle = head.model.inner.register_forward_hook(lambda m, i, o: seen.append((m.training, torch.is_grad_enabled(),
-                                                                                 o[1].requires_grad)))
+    handle = head.model.inner.register_forward_hook(
+        lambda m, i, o: seen.append((m.training, torch.is_grad_enabled(), o[1].requires_grad))
+    )
     try:
         step = bench.inference_step(head, batch)
         step()
@@ -111,7 +114,13 @@ def test_training_step_runs_backward_and_leaves_no_gradient(tiny_trm):
 def test_time_recursion_reports_medians_and_gflops():
     result = bench.time_recursion("tiny", "etrm", "cpu", repeat=2, warmup=1)
     assert result["infer_ms"] > 0 and result["train_ms"] > 0
-    assert (result["size"], result["model"], result["device"], result["batch"], result["repeat"]) == ("tiny", "etrm", "cpu", 2, 2)
+    assert (result["size"], result["model"], result["device"], result["batch"], result["repeat"]) == (
+        "tiny",
+        "etrm",
+        "cpu",
+        2,
+        2,
+    )
     cfg = bench.SIZES["tiny"].config("etrm")
     assert result["config"] == cfg.to_dict() and result["flops"] == bench.step_flops(cfg, 2)
     assert result["gflops"] == pytest.approx(result["flops"] / (result["infer_ms"] / 1e3) / 1e9)
@@ -138,6 +147,7 @@ def test_matmul_gflops_is_a_positive_rate():
 
 
 # --- command line --------------------------------------------------------------------------
+
 
 def test_cli_json_prints_one_object_with_the_medians(capsys):
     assert main(["bench", "recursion", "--size", "tiny", "--model", "trm", "--repeat", "1", "--json"]) == 0

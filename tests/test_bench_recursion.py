@@ -8,6 +8,7 @@ ours vs the optimised official-style re-implementation, share of the matmul peak
 `extra_info` (see `--benchmark-json`); the second measurement runs in pytest-benchmark's
 untimed `setup`, so the two alternate A B A B and share the machine's load alike.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,8 +28,12 @@ CPU_THREADS = 2  # the reference machine's cores; fixed so that runs compare
 ROUNDS = {"tiny": 20, "mid": 5, "official": 3}
 EPISODE_ROUNDS = {"tiny": 10, "mid": 3, "official": 1}  # an episode is halt_max_steps (16) steps
 WARMUP = 1
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
-                                                                 reason="CUDA is not available on this machine"))]
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available on this machine")
+    ),
+]
 SIZES = list(bench.SIZES)
 
 
@@ -83,8 +88,9 @@ def step(size: str, model: str, device: str, kind: str):
 def test_recursion_step(benchmark, size, model, device, kind):
     cfg, call = step(size, model, device, kind)
     flops = bench.step_flops(cfg, bench.SIZES[size].batch)
-    benchmark.extra_info.update(size=size, model=model, device=device, kind=kind, threads=torch.get_num_threads(),
-                                decoder_flops=flops)
+    benchmark.extra_info.update(
+        size=size, model=model, device=device, kind=kind, threads=torch.get_num_threads(), decoder_flops=flops
+    )
     median = run(benchmark, call, device, size)
     if median is not None and kind == "infer":
         benchmark.extra_info["gflops"] = flops / median / 1e6
@@ -101,13 +107,26 @@ def test_etrm_over_trm_cost(benchmark, size, device, kind):
     trm = Companion(trm_call, device)
     median = run(benchmark, etrm_call, device, size, setup=trm)
     if median is not None:
-        benchmark.extra_info.update(size=size, device=device, kind=kind, etrm_ms=median, trm_ms=trm.median_ms(),
-                                    etrm_over_trm=median / trm.median_ms())
+        benchmark.extra_info.update(
+            size=size,
+            device=device,
+            kind=kind,
+            etrm_ms=median,
+            trm_ms=trm.median_ms(),
+            etrm_over_trm=median / trm.median_ms(),
+        )
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("size,context", [(size, context) for size in SIZES for context in ("carried", "recomputed")
-                                          if (size, context) != ("official", "recomputed")])
+@pytest.mark.parametrize(
+    "size,context",
+    [
+        (size, context)
+        for size in SIZES
+        for context in ("carried", "recomputed")
+        if (size, context) != ("official", "recomputed")
+    ],
+)
 def test_etrm_over_trm_episode_cost(benchmark, size, context, device):
     """A full evaluation episode (`etrm.inference.run_episode`: halt_max_steps ACT steps)
     of ETRM (benchmarked) against TRM's (alternating). "carried": the context is encoded
@@ -121,26 +140,42 @@ def test_etrm_over_trm_episode_cost(benchmark, size, context, device):
     trm = Companion(lambda: run_episode(*heads["trm"]), device)
     median = run(benchmark, lambda: run_episode(*heads["etrm"]), device, size, setup=trm, rounds=EPISODE_ROUNDS)
     if median is not None:
-        benchmark.extra_info.update(size=size, device=device, context=context, threads=torch.get_num_threads(),
-                                    steps=heads["etrm"][0].config.halt_max_steps, etrm_ms=median,
-                                    trm_ms=trm.median_ms(), etrm_over_trm=median / trm.median_ms())
+        benchmark.extra_info.update(
+            size=size,
+            device=device,
+            context=context,
+            threads=torch.get_num_threads(),
+            steps=heads["etrm"][0].config.halt_max_steps,
+            etrm_ms=median,
+            trm_ms=trm.median_ms(),
+            etrm_over_trm=median / trm.median_ms(),
+        )
 
 
 @pytest.fixture
 def linear_kernel(request):
-    """"onednn" (the default: etrm.layers.use_onednn_linear) or "f_linear" (torch's F.linear
+    """ "onednn" (the default: etrm.layers.use_onednn_linear) or "f_linear" (torch's F.linear
     throughout, as the re-implementation runs), restored afterwards."""
     previous = use_onednn_linear(request.param == "onednn")
     yield request.param
     use_onednn_linear(previous)
 
 
-@pytest.mark.parametrize("device,linear_kernel", [
-    ("cpu", "f_linear"),
-    pytest.param("cpu", "onednn", marks=pytest.mark.skipif(not onednn_linear_available(),
-                                                           reason="oneDNN's linear kernel is not in this torch build")),
-    pytest.param("cuda", "f_linear", marks=DEVICES[1].marks),
-], indirect=["linear_kernel"])
+@pytest.mark.parametrize(
+    "device,linear_kernel",
+    [
+        ("cpu", "f_linear"),
+        pytest.param(
+            "cpu",
+            "onednn",
+            marks=pytest.mark.skipif(
+                not onednn_linear_available(), reason="oneDNN's linear kernel is not in this torch build"
+            ),
+        ),
+        pytest.param("cuda", "f_linear", marks=DEVICES[1].marks),
+    ],
+    indirect=["linear_kernel"],
+)
 @pytest.mark.parametrize("size", ["mid", "official"])
 def test_recursion_vs_official_style_reimpl(benchmark, size, device, linear_kernel):
     """Our decoder's inference recursion (benchmarked) against the optimised official-style
@@ -155,7 +190,9 @@ def test_recursion_vs_official_style_reimpl(benchmark, size, device, linear_kern
     reimpl = OfficialStyleDecoder(cfg).to(device).eval()
     reimpl.load_state_dict(ours.state_dict())
     batch = bench.make_batch(size, cfg, device)
-    carry = ours.reset_carry(torch.ones(batch_size, dtype=torch.bool, device=device), ours.empty_carry(batch_size, device))
+    carry = ours.reset_carry(
+        torch.ones(batch_size, dtype=torch.bool, device=device), ours.empty_carry(batch_size, device)
+    )
 
     def ours_step() -> None:
         with torch.no_grad():
@@ -175,11 +212,21 @@ def test_recursion_vs_official_style_reimpl(benchmark, size, device, linear_kern
     flops = bench.step_flops(cfg, batch_size)
     gflops, reimpl_gflops = flops / median / 1e6, flops / other.median_ms() / 1e6
     benchmark.extra_info.update(
-        size=size, device=device, linear=linear_kernel, threads=torch.get_num_threads(), ours_ms=median,
+        size=size,
+        device=device,
+        linear=linear_kernel,
+        threads=torch.get_num_threads(),
+        ours_ms=median,
         reimpl_ms=other.median_ms(),
-        ours_over_reimpl=median / other.median_ms(), gflops=gflops, reimpl_gflops=reimpl_gflops,
-        matmul_gflops=matmul, share_of_matmul=gflops / matmul, reimpl_share_of_matmul=reimpl_gflops / matmul,
-        kernel_floor_ms=floor, floor_over_reimpl=floor / other.median_ms())
+        ours_over_reimpl=median / other.median_ms(),
+        gflops=gflops,
+        reimpl_gflops=reimpl_gflops,
+        matmul_gflops=matmul,
+        share_of_matmul=gflops / matmul,
+        reimpl_share_of_matmul=reimpl_gflops / matmul,
+        kernel_floor_ms=floor,
+        floor_over_reimpl=floor / other.median_ms(),
+    )
 
 
 OFFICIAL_CODE = "ETRM_OFFICIAL_TRM"  # a checkout of SamsungSAILMontreal/TinyRecursiveModels
@@ -194,8 +241,10 @@ def official_decoder_class():
 
     root = os.environ.get(OFFICIAL_CODE)
     if not root:
-        pytest.skip(f"set {OFFICIAL_CODE} to a checkout of SamsungSAILMontreal/TinyRecursiveModels to time the "
-                    "official code itself")
+        pytest.skip(
+            f"set {OFFICIAL_CODE} to a checkout of SamsungSAILMontreal/TinyRecursiveModels to time the "
+            "official code itself"
+        )
     for name in [m for m in sys.modules if m == "models" or m.startswith("models.")]:
         del sys.modules[name]  # another `models` package (a model-code test's) must not answer
     sys.path.insert(0, root)
@@ -237,6 +286,12 @@ def test_recursion_vs_the_official_code(benchmark, size, dtype):
     other = Companion(official_step, "cpu")
     median = run(benchmark, ours_step, "cpu", size, setup=other)
     if median is not None:
-        benchmark.extra_info.update(size=size, dtype=dtype, threads=torch.get_num_threads(), ours_ms=median,
-                                    official_ms=other.median_ms(), ours_over_official=median / other.median_ms(),
-                                    native_bfloat16=__import__("etrm.layers").layers.native_bfloat16_products())
+        benchmark.extra_info.update(
+            size=size,
+            dtype=dtype,
+            threads=torch.get_num_threads(),
+            ours_ms=median,
+            official_ms=other.median_ms(),
+            ours_over_official=median / other.median_ms(),
+            native_bfloat16=__import__("etrm.layers").layers.native_bfloat16_products(),
+        )

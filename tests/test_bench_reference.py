@@ -2,6 +2,7 @@
 (tests/reference/official_style.py) computes, so the side-by-side
 timings in tests/test_bench_recursion.py compare equal work (and the hot-path rewrites in
 etrm/layers.py keep the official numerics)."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,8 +11,16 @@ import torch.nn.functional as F
 from reference import official_style as ref
 
 from etrm.config import tiny_config
-from etrm.layers import (ONEDNN_MIN_MACS, CastedLinear, RotaryEmbedding, SwiGLU, apply_rotary, onednn_linear_available,
-                         rms_norm, use_onednn_linear)
+from etrm.layers import (
+    ONEDNN_MIN_MACS,
+    CastedLinear,
+    RotaryEmbedding,
+    SwiGLU,
+    apply_rotary,
+    onednn_linear_available,
+    rms_norm,
+    use_onednn_linear,
+)
 from etrm.models import InnerCarry, build_model
 from etrm.synthetic import random_batch
 
@@ -38,10 +47,16 @@ def inputs(decoder, batch_size: int = 3):
     cfg = decoder.config
     gen = torch.Generator().manual_seed(1)
     shape = (batch_size, cfg.full_seq_len, cfg.hidden_size)
-    carry = InnerCarry(z_H=torch.randn(shape, generator=gen).to(decoder.forward_dtype),
-                       z_L=torch.randn(shape, generator=gen).to(decoder.forward_dtype))
-    batch = {"inputs": torch.randint(0, cfg.vocab_size, (batch_size, cfg.seq_len), generator=gen, dtype=torch.int32),
-             "puzzle_identifiers": torch.randint(0, cfg.num_puzzle_identifiers, (batch_size,), generator=gen, dtype=torch.int32)}
+    carry = InnerCarry(
+        z_H=torch.randn(shape, generator=gen).to(decoder.forward_dtype),
+        z_L=torch.randn(shape, generator=gen).to(decoder.forward_dtype),
+    )
+    batch = {
+        "inputs": torch.randint(0, cfg.vocab_size, (batch_size, cfg.seq_len), generator=gen, dtype=torch.int32),
+        "puzzle_identifiers": torch.randint(
+            0, cfg.num_puzzle_identifiers, (batch_size,), generator=gen, dtype=torch.int32
+        ),
+    }
     return carry, batch
 
 
@@ -51,10 +66,15 @@ def test_reference_has_our_state_dict_layout():
     assert all(theirs.state_dict()[k].shape == v.shape for k, v in ours.state_dict().items())
 
 
-@pytest.mark.parametrize("grad, cycles, tol", [
-    (False, dict(), FLOAT32), (True, dict(), FLOAT32),  # the tiny default
-    (False, dict(H_cycles=3, L_cycles=4), DEEP_FLOAT32),  # the official TRM's
-], ids=["no_grad", "grad", "H3L4"])
+@pytest.mark.parametrize(
+    "grad, cycles, tol",
+    [
+        (False, dict(), FLOAT32),
+        (True, dict(), FLOAT32),  # the tiny default
+        (False, dict(H_cycles=3, L_cycles=4), DEEP_FLOAT32),  # the official TRM's
+    ],
+    ids=["no_grad", "grad", "H3L4"],
+)
 def test_recursion_step_equals_the_reference(grad, cycles, tol):
     ours, theirs = pair("float32", **cycles)
     carry, batch = inputs(ours)
@@ -78,11 +98,14 @@ def test_bfloat16_recursion_is_as_close_to_float32_as_the_reference():
     carry, batch = inputs(ours)
     with torch.no_grad():
         truth = exact(InnerCarry(z_H=carry.z_H.float(), z_L=carry.z_L.float()), batch)[1]
-        ours_err = (ours(carry, batch["inputs"], ours.puzzle_prefix(batch["puzzle_identifiers"]))[1].float() - truth).abs()
+        ours_err = (
+            ours(carry, batch["inputs"], ours.puzzle_prefix(batch["puzzle_identifiers"]))[1].float() - truth
+        ).abs()
         ref_err = (theirs(carry, batch)[1].float() - truth).abs()
-    assert ours_err.mean() <= 1.25 * ref_err.mean() and ours_err.max() <= 2 * ref_err.max(), \
-        f"bfloat16 error vs float32: ours mean {ours_err.mean():.4f} max {ours_err.max():.3f}, " \
+    assert ours_err.mean() <= 1.25 * ref_err.mean() and ours_err.max() <= 2 * ref_err.max(), (
+        f"bfloat16 error vs float32: ours mean {ours_err.mean():.4f} max {ours_err.max():.3f}, "
         f"reference mean {ref_err.mean():.4f} max {ref_err.max():.3f}"
+    )
 
 
 def test_gradients_of_the_last_cycle_equal_the_reference():
@@ -97,8 +120,9 @@ def test_gradients_of_the_last_cycle_equal_the_reference():
     for name, p in ours.named_parameters():
         assert p.grad is not None, name
         expected = theirs_params[name].grad  # tolerance relative to the gradient's scale (sums over many terms)
-        torch.testing.assert_close(p.grad, expected, rtol=0, atol=1e-4 * expected.abs().max().item(),
-                                   msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            p.grad, expected, rtol=0, atol=1e-4 * expected.abs().max().item(), msg=lambda m, name=name: f"{name}: {m}"
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -133,7 +157,9 @@ def ops_run(fn) -> set[str]:
 
 
 ONEDNN = "mkldnn::_linear_pointwise"
-needs_onednn = pytest.mark.skipif(not onednn_linear_available(), reason="oneDNN's linear kernel is not in this torch build")
+needs_onednn = pytest.mark.skipif(
+    not onednn_linear_available(), reason="oneDNN's linear kernel is not in this torch build"
+)
 
 
 @pytest.fixture
@@ -202,7 +228,9 @@ def test_onednn_recursion_equals_the_f_linear_one(onednn, model_type):
         f_linear = head(head.initial_carry(batch), batch)[3]
     assert ONEDNN in ops
     for name in f_linear:
-        torch.testing.assert_close(with_onednn[name], f_linear[name], **FLOAT32, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            with_onednn[name], f_linear[name], **FLOAT32, msg=lambda m, name=name: f"{name}: {m}"
+        )
 
 
 def test_onednn_probe_draws_no_random_numbers():

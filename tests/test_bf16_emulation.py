@@ -2,22 +2,24 @@
 operands, rounded back once (etrm.layers.use_emulated_bfloat16). They must give the native
 kernel's results within bfloat16 rounding, in one product and after the recursion, and the same
 gradients where bfloat16 is kept for its faults (a logit of exactly 1.0 in stablemax)."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 from etrm.config import tiny_config
+from etrm.data.datasets import fewshot_batch
 from etrm.layers import CastedLinear, native_bfloat16_products, use_emulated_bfloat16
 from etrm.models import build_model
 from etrm.models.loss import IGNORE_LABEL_ID, stablemax_cross_entropy
-from etrm.data.datasets import fewshot_batch
 from etrm.testing.artifacts import BUNDLED, fixtures_root
 
 BFLOAT16_STEP = 2.0**-7  # the largest relative spacing of bfloat16 numbers (8 significant bits)
 
-pytestmark = pytest.mark.skipif(not native_bfloat16_products(),
-                                reason="this CPU has no native bfloat16 products to compare the emulation with")
+pytestmark = pytest.mark.skipif(
+    not native_bfloat16_products(), reason="this CPU has no native bfloat16 products to compare the emulation with"
+)
 
 
 @pytest.fixture
@@ -58,8 +60,11 @@ def test_recursion_is_as_close_to_native_as_native_is_to_float32(emulation):
     measured as the native run's distance from float32 on the same weights."""
     batch = fewshot_batch(fixtures_root() / BUNDLED["data_dir"], tiny_config("etrm"), batch_size=2)
     runs = {}
-    for name, dtype, emulated in (("float32", "float32", False), ("native", "bfloat16", False),
-                                  ("emulated", "bfloat16", True)):
+    for name, dtype, emulated in (
+        ("float32", "float32", False),
+        ("native", "bfloat16", False),
+        ("emulated", "bfloat16", True),
+    ):
         emulation(emulated)
         torch.manual_seed(0)
         runs[name] = _episode(build_model(tiny_config("etrm", forward_dtype=dtype)).eval(), batch)

@@ -1,4 +1,5 @@
 """Unit tests of helpers the hypothesis checks rely on."""
+
 import pytest
 import torch
 

@@ -1,5 +1,6 @@
 """Checkpoint tools: safe reading, key layouts, pretrained-decoder loading, our checkpoints
 with metadata, EMA provenance, decoder comparison and the inspect / verify-decoder commands."""
+
 from __future__ import annotations
 
 import os
@@ -11,10 +12,25 @@ import pytest
 import torch
 import yaml
 
-from etrm.checkpoints import (DECODER_BUFFERS, ENCODER_BUFFERS, CheckpointError, ConfigMismatchError,
-                              DecoderLoadError, LegacyCheckpointWarning, act_key, compare_decoders, ema_provenance,
-                              inspect_checkpoint, load_checkpoint, load_model, load_pretrained_decoder,
-                              normalize_key, read_state_dict, save_checkpoint, sidecar_path)
+from etrm.checkpoints import (
+    DECODER_BUFFERS,
+    ENCODER_BUFFERS,
+    CheckpointError,
+    ConfigMismatchError,
+    DecoderLoadError,
+    LegacyCheckpointWarning,
+    act_key,
+    compare_decoders,
+    ema_provenance,
+    inspect_checkpoint,
+    load_checkpoint,
+    load_model,
+    load_pretrained_decoder,
+    normalize_key,
+    read_state_dict,
+    save_checkpoint,
+    sidecar_path,
+)
 from etrm.cli import main
 from etrm.config import tiny_config
 from etrm.config_import import DECODER_SETTINGS, import_training_config, write_training_config
@@ -56,8 +72,11 @@ def save(tmp_path: Path, state: dict, name: str = "step_100") -> Path:
 
 
 def decoder_of(state: dict) -> dict[str, torch.Tensor]:
-    return {act_key(k).removeprefix("inner."): v for k, v in state.items()
-            if act_key(k).startswith("inner.") and "puzzle_emb" not in k}
+    return {
+        act_key(k).removeprefix("inner."): v
+        for k, v in state.items()
+        if act_key(k).startswith("inner.") and "puzzle_emb" not in k
+    }
 
 
 def assert_decoder_equals(head, state: dict) -> None:
@@ -70,15 +89,19 @@ def assert_decoder_equals(head, state: dict) -> None:
 
 # --- key normalisation ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("key, normalized, act", [
-    ("_orig_mod.model.inner.lm_head.weight", "model.inner.lm_head.weight", "inner.lm_head.weight"),
-    ("module.model.inner.H_init", "model.inner.H_init", "inner.H_init"),
-    ("module._orig_mod.model.encoder.x", "model.encoder.x", "encoder.x"),
-    ("_orig_mod.module._orig_mod.inner.H_init", "inner.H_init", "inner.H_init"),
-    ("model.inner.L_level.module.weight", "model.inner.L_level.module.weight", "inner.L_level.module.weight"),
-    ("inner.my_orig_mod.x", "inner.my_orig_mod.x", "inner.my_orig_mod.x"),
-    ("modules.model.inner.x", "modules.model.inner.x", "modules.model.inner.x"),
-])
+
+@pytest.mark.parametrize(
+    "key, normalized, act",
+    [
+        ("_orig_mod.model.inner.lm_head.weight", "model.inner.lm_head.weight", "inner.lm_head.weight"),
+        ("module.model.inner.H_init", "model.inner.H_init", "inner.H_init"),
+        ("module._orig_mod.model.encoder.x", "model.encoder.x", "encoder.x"),
+        ("_orig_mod.module._orig_mod.inner.H_init", "inner.H_init", "inner.H_init"),
+        ("model.inner.L_level.module.weight", "model.inner.L_level.module.weight", "inner.L_level.module.weight"),
+        ("inner.my_orig_mod.x", "inner.my_orig_mod.x", "inner.my_orig_mod.x"),
+        ("modules.model.inner.x", "modules.model.inner.x", "modules.model.inner.x"),
+    ],
+)
 def test_prefixes_are_stripped_only_at_the_start(key, normalized, act):
     assert normalize_key(key) == normalized
     assert act_key(key) == act
@@ -95,6 +118,7 @@ def test_known_buffer_names_match_the_modules():
 
 
 # --- loading a pretrained decoder -------------------------------------------------------------
+
 
 def test_the_compiled_stand_in_has_torch_compiles_layout_and_loads_alike(tmp_path, trm_state):
     """The one test here that wraps with real torch.compile (importing dynamo costs ~3 s per
@@ -136,7 +160,9 @@ def test_decoder_loads_bitwise_from_every_layout_into_every_target(tmp_path, trm
     assert list(report.skipped) == [layout + "inner.puzzle_emb.weights"]
     assert report.key_layouts == (layout,)
     summary = report.summary()
-    assert f"parameters: {n_params}/{n_params} loaded" in summary and "buffers:    2/2 loaded (H_init, L_init" in summary
+    assert (
+        f"parameters: {n_params}/{n_params} loaded" in summary and "buffers:    2/2 loaded (H_init, L_init" in summary
+    )
 
 
 def test_decoder_loads_into_etrmtrm_and_reports_bf16_buffer_casts(tmp_path, trm_state):
@@ -165,7 +191,9 @@ def _expect_load_error(path: Path, fragments: list[str], error=DecoderLoadError,
 @pytest.mark.parametrize("wrong", ["backbone.", "_orig_mod.model.decoder.", "_orig_mod.net."])
 def test_wrong_prefix_is_an_error_naming_the_keys(tmp_path, trm_state, wrong):
     state = {wrong + act_key(k).removeprefix("inner."): v for k, v in trm_state.items()}
-    err = _expect_load_error(save(tmp_path, state), ["missing from the checkpoint", "lm_head.weight", "not decoder tensors"])
+    err = _expect_load_error(
+        save(tmp_path, state), ["missing from the checkpoint", "lm_head.weight", "not decoder tensors"]
+    )
     assert len(err.report.loaded_params) == 0 and len(err.report.missing_params) > 0
 
 
@@ -253,6 +281,7 @@ def test_loading_into_trm_is_refused(tmp_path, trm_state):
 
 # --- reading files safely ---------------------------------------------------------------------
 
+
 class _RunsCode:
     """Unpickling this calls os.mkdir(marker): a stand-in for any code a pickle can run."""
 
@@ -267,8 +296,11 @@ class _RunsCode:
 def test_pickle_that_would_run_code_is_refused_and_nothing_runs(tmp_path, zip_format):
     marker = tmp_path / "code_ran"
     path = tmp_path / "evil.pt"
-    torch.save({"inner.lm_head.weight": torch.zeros(2), "x": _RunsCode(marker)}, path,
-               _use_new_zipfile_serialization=zip_format)
+    torch.save(
+        {"inner.lm_head.weight": torch.zeros(2), "x": _RunsCode(marker)},
+        path,
+        _use_new_zipfile_serialization=zip_format,
+    )
     with pytest.warns(LegacyCheckpointWarning) if not zip_format else nullcontext():
         with pytest.raises(CheckpointError, match=r"evil\.pt: refused: .*run code"):
             read_state_dict(path)
@@ -301,11 +333,14 @@ def test_truncated_file_is_an_error(tmp_path, trm_state, zip_format):
             read_state_dict(path)
 
 
-@pytest.mark.parametrize("payload, fragment", [
-    ([torch.zeros(1)], "expected a state dict .* got list"),
-    ({"inner.H_init": torch.zeros(1), "step": 5}, "not a state dict: entry 'step' holds a int, not a tensor"),
-    ({}, "the state dict is empty"),
-])
+@pytest.mark.parametrize(
+    "payload, fragment",
+    [
+        ([torch.zeros(1)], "expected a state dict .* got list"),
+        ({"inner.H_init": torch.zeros(1), "step": 5}, "not a state dict: entry 'step' holds a int, not a tensor"),
+        ({}, "the state dict is empty"),
+    ],
+)
 def test_payload_that_is_not_a_state_dict_is_an_error(tmp_path, payload, fragment):
     path = save(tmp_path, payload)
     with pytest.raises(CheckpointError, match=f"step_100: {fragment}"):
@@ -329,12 +364,19 @@ def test_legacy_format_loads_with_a_clear_warning_or_is_refused(tmp_path, trm_st
 
 # --- our checkpoints --------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("wrap", ["head", "act", "compiled"])
 def test_save_writes_the_official_layout_with_metadata_and_all_config(tmp_path, wrap):
     head = seeded_head("etrm", seed=2)
     module = {"head": head, "act": head.model, "compiled": CompiledLayout(head)}[wrap]
-    path = save_checkpoint(tmp_path / "run" / "step_10", module, step=10, ema_rate=0.999, is_ema=True,
-                           training_config={"lr": 3e-4, "freeze_decoder_steps": 5})
+    path = save_checkpoint(
+        tmp_path / "run" / "step_10",
+        module,
+        step=10,
+        ema_rate=0.999,
+        is_ema=True,
+        training_config={"lr": 3e-4, "freeze_decoder_steps": 5},
+    )
     assert zipfile.is_zipfile(path)
     state, meta = load_checkpoint(path)
     assert set(state) == {OFFICIAL + k for k in head.model.state_dict()}
@@ -407,6 +449,7 @@ def test_ema_provenance_comes_from_metadata_or_config_only(tmp_path, trm_state):
 
 
 # --- comparing decoders and the commands ------------------------------------------------------
+
 
 @pytest.fixture
 def trm_and_etrm(tmp_path, trm_state):

@@ -7,6 +7,7 @@ does not mask the load) and reports the peak (VmHWM) minus the RSS before the lo
 the load's own time. (pytest-benchmark's timing covers the whole process, torch import
 included.) A control loads the same file without memory-mapping and must grow by about
 the table's size, which shows the measurement can see the table."""
+
 from __future__ import annotations
 
 import json
@@ -83,8 +84,13 @@ def big_checkpoint(tmp_path_factory) -> Path:
 
 
 def _measure(path: Path, mode: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", _MEASURE, str(path), mode], capture_output=True, text=True,
-                          check=False, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        [sys.executable, "-c", _MEASURE, str(path), mode],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -96,9 +102,12 @@ def test_decoder_load_does_not_read_the_puzzle_table(benchmark, big_checkpoint):
     control = _measure(big_checkpoint, "full")
     growth = max(r["growth_bytes"] for r in results)
     benchmark.extra_info.update(
-        table_mib=TABLE_BYTES / 2**20, decoder_load_seconds=[round(r["seconds"], 3) for r in results],
+        table_mib=TABLE_BYTES / 2**20,
+        decoder_load_seconds=[round(r["seconds"], 3) for r in results],
         decoder_load_peak_growth_mib=round(growth / 2**20, 1),
-        full_load_seconds=round(control["seconds"], 3), full_load_peak_growth_mib=round(control["growth_bytes"] / 2**20, 1))
+        full_load_seconds=round(control["seconds"], 3),
+        full_load_peak_growth_mib=round(control["growth_bytes"] / 2**20, 1),
+    )
     print("\n" + json.dumps(benchmark.extra_info, indent=1))
     assert all(r["loaded"] == 14 for r in results)  # 12 decoder parameters + H_init, L_init
     assert control["growth_bytes"] > 0.9 * TABLE_BYTES, "control: a full load must show the table in RSS"

@@ -1,6 +1,7 @@
 """Every command's bad inputs end in one line, `etrm <command>: error: <message>`, on
 stderr: exit 2 for usage (a path that cannot be used, a flag that cannot be honoured),
 1 for content, no traceback; `ETRM_DEBUG=1` lets the exception through."""
+
 from __future__ import annotations
 
 import json
@@ -46,6 +47,7 @@ def truncated(tmp_path: Path) -> Path:
 
 # --- build-data ------------------------------------------------------------------------------
 
+
 def test_build_data_ragged_task(ragged, tmp_path, capsys):
     assert main(["build-data", "--source", str(ragged), "--out", str(tmp_path / "out")]) == 1
     message = _error(capsys, "build-data")
@@ -61,12 +63,15 @@ def test_build_data_non_json_task(tmp_path, capsys):
     assert f"{tmp_path / 'src' / 'abcd1234.json'}: invalid JSON" in _error(capsys, "build-data")
 
 
-@pytest.mark.parametrize("flag, value, message", [
-    ("--canvas", "99", "argument --canvas: must be in 1..30, got 99"),
-    ("--num-aug", "-1", "argument --num-aug: must be at least 0, got -1"),
-    ("--max-tasks", "0", "argument --max-tasks: must be at least 1, got 0"),
-    ("--seed", "x", "argument --seed: expected an integer, got 'x'"),
-])
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--canvas", "99", "argument --canvas: must be in 1..30, got 99"),
+        ("--num-aug", "-1", "argument --num-aug: must be at least 0, got -1"),
+        ("--max-tasks", "0", "argument --max-tasks: must be at least 1, got 0"),
+        ("--seed", "x", "argument --seed: expected an integer, got 'x'"),
+    ],
+)
 def test_build_data_out_of_range_values_are_usage_errors(tmp_path, capsys, flag, value, message):
     with pytest.raises(SystemExit) as exit_:
         main(["build-data", flag, value, "--out", str(tmp_path / "out")])
@@ -84,7 +89,6 @@ def test_build_data_missing_source_and_occupied_output_are_usage_errors(tmp_path
     assert str(tmp_path / "full") in _error(capsys, "build-data")
 
 
-
 def test_build_data_refuses_an_occupied_out_before_augmenting(tmp_path, capsys, monkeypatch):
     """Through the command: an occupied --out stops it before any task is read or augmented
     (tests/test_data_build.py holds build_dataset itself to this)."""
@@ -100,17 +104,28 @@ def test_build_data_refuses_an_occupied_out_before_augmenting(tmp_path, capsys, 
 
 # Out-of-range values of every command's flags are usage errors (2) naming the flag, not a
 # library ValueError from deeper down (1).
-@pytest.mark.parametrize("argv, message", [
-    (["evaluate", "--checkpoint", str(TRM), "--data", str(FEWSHOT), "--batch-size", "0"],
-     "argument --batch-size: must be at least 1, got 0"),
-    (["evaluate", "--checkpoint", str(TRM), "--data", str(FEWSHOT), "--max-eval-groups", "-1"],
-     "argument --max-eval-groups: must be at least 1, got -1"),
-    (["score", "--predictions", str(TRM), "--data", str(FEWSHOT), "--pass-ks", "1", "0"],
-     "argument --pass-ks: must be at least 1, got 0"),
-    (["investigate", "-n", "-1"], "argument -n: must be at least 0, got -1"),
-    (["experiment1", "--trm-checkpoint", str(TRM), "--data", str(FEWSHOT), "--out", "o", "--steps", "0"],
-     "argument --steps: must be a positive integer, got 0"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["evaluate", "--checkpoint", str(TRM), "--data", str(FEWSHOT), "--batch-size", "0"],
+            "argument --batch-size: must be at least 1, got 0",
+        ),
+        (
+            ["evaluate", "--checkpoint", str(TRM), "--data", str(FEWSHOT), "--max-eval-groups", "-1"],
+            "argument --max-eval-groups: must be at least 1, got -1",
+        ),
+        (
+            ["score", "--predictions", str(TRM), "--data", str(FEWSHOT), "--pass-ks", "1", "0"],
+            "argument --pass-ks: must be at least 1, got 0",
+        ),
+        (["investigate", "-n", "-1"], "argument -n: must be at least 0, got -1"),
+        (
+            ["experiment1", "--trm-checkpoint", str(TRM), "--data", str(FEWSHOT), "--out", "o", "--steps", "0"],
+            "argument --steps: must be a positive integer, got 0",
+        ),
+    ],
+)
 def test_out_of_range_flag_values_are_usage_errors_in_every_command(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(argv)
@@ -125,7 +140,9 @@ def test_evaluate_on_cuda_without_cuda_is_a_usage_error(capsys):
     assert main(["evaluate", "--checkpoint", str(TRM), "--data", str(FEWSHOT), "--device", "cuda"]) == 2
     assert _error(capsys, "evaluate") == "--device cuda but CUDA is not available to this torch build"
 
+
 # --- checkpoints -----------------------------------------------------------------------------
+
 
 def test_inspect_truncated_checkpoint(truncated, capsys):
     assert main(["inspect", str(truncated)]) == 2  # 1 would read as "holds NaN/Inf"
@@ -138,6 +155,7 @@ def test_verify_decoder_missing_checkpoint(tmp_path, capsys):
 
 
 # --- evaluate and score ----------------------------------------------------------------------
+
 
 def test_evaluate_dataset_of_another_canvas(capsys):
     assert main(["evaluate", "--checkpoint", str(TRM), "--data", str(OFFICIAL_DATA)]) == 1
@@ -161,6 +179,7 @@ def test_score_wrong_prediction_dump(tmp_path, capsys):
 
 # --- investigate and bench -------------------------------------------------------------------
 
+
 def test_investigate_missing_artifact_stops_before_pytest(tmp_path, capsys):
     assert main(["investigate", "--data", str(tmp_path / "nope"), "-m", "hypothesis5"]) == 2
     assert _error(capsys, "investigate") == f"--data {tmp_path / 'nope'}: built dataset directory not found"
@@ -180,7 +199,14 @@ def test_etrm_debug_lets_the_exception_through(ragged, tmp_path, monkeypatch):
 def test_the_installed_command_prints_no_traceback(ragged, tmp_path):
     """Through a real process (one: torch's import costs seconds): the console entry point,
     stderr and the exit status. ETRM_DEBUG is tested in-process above."""
-    command = [str(Path(sys.executable).parent / "etrm"), "build-data", "--source", str(ragged), "--out", str(tmp_path / "o")]
+    command = [
+        str(Path(sys.executable).parent / "etrm"),
+        "build-data",
+        "--source",
+        str(ragged),
+        "--out",
+        str(tmp_path / "o"),
+    ]
     env = {k: v for k, v in os.environ.items() if k != "ETRM_DEBUG"}
     plain = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert plain.returncode == 1 and plain.stdout == ""

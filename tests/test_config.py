@@ -1,19 +1,23 @@
 """ModelConfig validation and serialisation."""
+
 import pytest
 
 from etrm.config import ConfigError, ModelConfig, official_arc1_config, tiny_config
 
 
-@pytest.mark.parametrize("changes, fragment", [
-    ({"hidden_size": 30, "num_heads": 4}, "not divisible by num_heads"),
-    ({"H_cycles": 0}, "H_cycles must be a positive integer"),
-    ({"L_cycles": -1}, "L_cycles must be a positive integer"),
-    ({"encoder_type": "lpn"}, "valid: standard, variational"),
-    ({"model_type": "hrm"}, "valid: trm, etrm, etrmtrm"),
-    ({"encoder_pooling_method": "max"}, "valid: mean, attention, weighted"),
-    ({"halt_exploration_prob": 1.5}, "halt_exploration_prob"),
-    ({"puzzle_emb_ndim": 10_000}, "puzzle_emb_ndim"),
-])
+@pytest.mark.parametrize(
+    "changes, fragment",
+    [
+        ({"hidden_size": 30, "num_heads": 4}, "not divisible by num_heads"),
+        ({"H_cycles": 0}, "H_cycles must be a positive integer"),
+        ({"L_cycles": -1}, "L_cycles must be a positive integer"),
+        ({"encoder_type": "lpn"}, "valid: standard, variational"),
+        ({"model_type": "hrm"}, "valid: trm, etrm, etrmtrm"),
+        ({"encoder_pooling_method": "max"}, "valid: mean, attention, weighted"),
+        ({"halt_exploration_prob": 1.5}, "halt_exploration_prob"),
+        ({"puzzle_emb_ndim": 10_000}, "puzzle_emb_ndim"),
+    ],
+)
 def test_invalid_values_are_errors_that_say_what(changes, fragment):
     with pytest.raises(ConfigError, match=fragment):
         tiny_config("etrm").replace(**changes)
@@ -25,7 +29,9 @@ def test_unknown_keys_are_named():
         ModelConfig.from_dict(data)
 
 
-@pytest.mark.parametrize("config", [tiny_config("trm"), tiny_config("etrmtrm", encoder_type="variational"), official_arc1_config()])
+@pytest.mark.parametrize(
+    "config", [tiny_config("trm"), tiny_config("etrmtrm", encoder_type="variational"), official_arc1_config()]
+)
 def test_round_trips_through_json_and_yaml(config, tmp_path):
     assert ModelConfig.from_json(config.to_json()) == config
     assert ModelConfig.from_yaml(config.to_yaml()) == config

@@ -2,6 +2,7 @@
 the decoder loader, `load_model` and the H4 audit refuse a model whose function differs
 from the one the weights were trained in, even where no tensor shape changes. Run on the
 official trainer's own checkpoint (fixtures/interop), not on ours."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,8 +17,14 @@ from etrm.models import build_model
 
 OFFICIAL = Path(__file__).resolve().parents[1] / "fixtures" / "interop" / "official" / "trm-fp32" / "step_100"
 # Each changes what the official decoder computes and none changes a tensor shape.
-SAME_SHAPES = {"pos_encodings": "none", "rope_theta": 500.0, "halt_max_steps": 7, "rms_norm_eps": 1e-3,
-               "L_cycles": 6, "H_cycles": 2}
+SAME_SHAPES = {
+    "pos_encodings": "none",
+    "rope_theta": 500.0,
+    "halt_max_steps": 7,
+    "rms_norm_eps": 1e-3,
+    "L_cycles": 6,
+    "H_cycles": 2,
+}
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +33,9 @@ def saved():
 
 
 def test_the_list_names_every_setting_the_issue_lists():
-    assert set(SAME_SHAPES) | {"L_layers", "hidden_size", "num_heads", "puzzle_emb_len", "expansion"} == set(DECODER_SETTINGS)
+    assert set(SAME_SHAPES) | {"L_layers", "hidden_size", "num_heads", "puzzle_emb_len", "expansion"} == set(
+        DECODER_SETTINGS
+    )
 
 
 @pytest.mark.parametrize("setting", SAME_SHAPES)

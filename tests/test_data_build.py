@@ -1,5 +1,6 @@
 """Dataset builder: official layout, split semantics per mode, augmentation groups,
 translation, determinism, streaming writes, safety of the output folder, and the CLI."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,8 +15,18 @@ from etrm.data.build import build_dataset, draw_augmentations, puzzle_hash
 from etrm.data.grids import PAD_ID, decode_grid, parse_augmentation_name
 from etrm.data.sources import ArcTask, TaskValidationError, load_tasks, save_task_folder
 
-OFFICIAL_METADATA = ["pad_id", "ignore_label_id", "blank_identifier_id", "vocab_size", "seq_len",
-                     "num_puzzle_identifiers", "total_groups", "mean_puzzle_examples", "total_puzzles", "sets"]
+OFFICIAL_METADATA = [
+    "pad_id",
+    "ignore_label_id",
+    "blank_identifier_id",
+    "vocab_size",
+    "seq_len",
+    "num_puzzle_identifiers",
+    "total_groups",
+    "mean_puzzle_examples",
+    "total_puzzles",
+    "sets",
+]
 OFFICIAL_ARRAYS = ["inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices"]
 CANVAS = 8
 
@@ -23,14 +34,17 @@ CANVAS = 8
 def random_task(task_id: str, rng: np.random.Generator, demos: int, tests: int, max_side: int = 6) -> ArcTask:
     def grid() -> np.ndarray:
         return rng.integers(0, 10, size=tuple(rng.integers(1, max_side + 1, size=2))).astype(np.uint8)
+
     return ArcTask(task_id, [(grid(), grid()) for _ in range(demos)], [(grid(), grid()) for _ in range(tests)])
 
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Path:
     rng = np.random.default_rng(0)
-    tasks = {"training": [random_task(f"tr{i}", rng, 2 + i % 3, 1 + i % 2) for i in range(4)],
-             "evaluation": [random_task(f"ev{i}", rng, 3, 1 + i % 2) for i in range(3)]}
+    tasks = {
+        "training": [random_task(f"tr{i}", rng, 2 + i % 3, 1 + i % 2) for i in range(4)],
+        "evaluation": [random_task(f"ev{i}", rng, 3, 1 + i % 2) for i in range(3)],
+    }
     return save_task_folder(tasks, tmp_path_factory.mktemp("source"))
 
 
@@ -42,8 +56,10 @@ def tasks(source):
 @pytest.fixture(scope="module")
 def builds(source, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("builds")
-    return {mode: build_dataset(root / mode, source=source, mode=mode, num_aug=3, seed=5, canvas=CANVAS,
-                                progress=False) for mode in ("fewshot", "trm")}
+    return {
+        mode: build_dataset(root / mode, source=source, mode=mode, num_aug=3, seed=5, canvas=CANVAS, progress=False)
+        for mode in ("fewshot", "trm")
+    }
 
 
 def read_split(folder: Path, split: str) -> dict[str, np.ndarray]:
@@ -62,8 +78,11 @@ def rows_of(folder: Path, split: str) -> list[tuple[str, list[np.ndarray], list[
 
 
 def file_digests(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def offset_of(tokens: np.ndarray) -> tuple[int, int]:
@@ -89,11 +108,18 @@ def test_official_layout_and_metadata(builds, mode):
             assert a[key].dtype == np.int32
         assert a["puzzle_indices"][0] == 0 and np.all(np.diff(a["puzzle_indices"]) > 0)
         assert a["group_indices"][0] == 0 and a["group_indices"][-1] == len(a["puzzle_identifiers"])
-        assert meta == {"pad_id": 0, "ignore_label_id": 0, "blank_identifier_id": 0, "vocab_size": 12,
-                        "seq_len": CANVAS * CANVAS, "num_puzzle_identifiers": len(names),
-                        "total_groups": len(a["group_indices"]) - 1,
-                        "mean_puzzle_examples": len(a["inputs"]) / len(a["puzzle_identifiers"]),
-                        "total_puzzles": len(a["puzzle_identifiers"]), "sets": ["all"]}
+        assert meta == {
+            "pad_id": 0,
+            "ignore_label_id": 0,
+            "blank_identifier_id": 0,
+            "vocab_size": 12,
+            "seq_len": CANVAS * CANVAS,
+            "num_puzzle_identifiers": len(names),
+            "total_groups": len(a["group_indices"]) - 1,
+            "mean_puzzle_examples": len(a["inputs"]) / len(a["puzzle_identifiers"]),
+            "total_puzzles": len(a["puzzle_identifiers"]),
+            "sets": ["all"],
+        }
     test_puzzles = json.loads((folder / "test_puzzles.json").read_text())
     assert sorted(test_puzzles) == ["ev0", "ev1", "ev2"]
     assert set(test_puzzles["ev0"]) == {"train", "test"}
@@ -168,13 +194,19 @@ def test_groups_start_with_the_original_and_hold_distinct_augmentations(builds, 
 
 def test_duplicate_augmentations_are_dropped():
     # Every augmentation of a task drawn only in colour 0 on 1x1 grids is the task itself.
-    task = ArcTask("flat", [(np.zeros((1, 1), np.uint8), np.zeros((1, 1), np.uint8))],
-                   [(np.zeros((1, 1), np.uint8), np.zeros((1, 1), np.uint8))])
+    task = ArcTask(
+        "flat",
+        [(np.zeros((1, 1), np.uint8), np.zeros((1, 1), np.uint8))],
+        [(np.zeros((1, 1), np.uint8), np.zeros((1, 1), np.uint8))],
+    )
     assert len(draw_augmentations(task, 10, seed=0)) == 1
     # A diagonal in one colour has 2 orientations x 9 colours = 18 distinct versions: asking
     # for 30 yields exactly those 18 (the 5N = 150 draws find them all), each once.
-    sym = ArcTask("sym", [(np.array([[1, 0], [0, 1]], np.uint8), np.ones((2, 2), np.uint8))],
-                  [(np.ones((1, 1), np.uint8), np.zeros((1, 1), np.uint8))])
+    sym = ArcTask(
+        "sym",
+        [(np.array([[1, 0], [0, 1]], np.uint8), np.ones((2, 2), np.uint8))],
+        [(np.ones((1, 1), np.uint8), np.zeros((1, 1), np.uint8))],
+    )
     group = draw_augmentations(sym, 30, seed=0)
     assert len({puzzle_hash(sym.train + sym.test, aug) for aug in group}) == len(group) == 18
 
@@ -185,10 +217,12 @@ def test_augmentations_are_seeded_per_task(source, tmp_path, tasks):
     assert draw_augmentations(ev1, 5, seed=3) == alone
     assert draw_augmentations(ev1, 5, seed=4) != alone
     # Builds over different task sets agree on the tasks they share.
-    a = build_dataset(tmp_path / "a", source=source, task_ids=["ev1", "tr0"], num_aug=5, seed=3, canvas=CANVAS,
-                      progress=False)
-    b = build_dataset(tmp_path / "b", source=source, task_ids=["ev1", "ev2"], num_aug=5, seed=3, canvas=CANVAS,
-                      progress=False)
+    a = build_dataset(
+        tmp_path / "a", source=source, task_ids=["ev1", "tr0"], num_aug=5, seed=3, canvas=CANVAS, progress=False
+    )
+    b = build_dataset(
+        tmp_path / "b", source=source, task_ids=["ev1", "ev2"], num_aug=5, seed=3, canvas=CANVAS, progress=False
+    )
     names_a = [n for n, _, _ in rows_of(a, "test")]
     names_b = [n for n, _, _ in rows_of(b, "test") if n.startswith("ev1")]
     assert names_a == names_b
@@ -197,11 +231,13 @@ def test_augmentations_are_seeded_per_task(source, tmp_path, tasks):
 
 # --- determinism and safety -------------------------------------------------------------------
 def test_builds_are_byte_identical_and_seed_dependent(source, builds, tmp_path):
-    again = build_dataset(tmp_path / "again", source=source, mode="trm", num_aug=3, seed=5, canvas=CANVAS,
-                          progress=False)
+    again = build_dataset(
+        tmp_path / "again", source=source, mode="trm", num_aug=3, seed=5, canvas=CANVAS, progress=False
+    )
     assert file_digests(again) == file_digests(builds["trm"])
-    other = build_dataset(tmp_path / "other", source=source, mode="trm", num_aug=3, seed=6, canvas=CANVAS,
-                          progress=False)
+    other = build_dataset(
+        tmp_path / "other", source=source, mode="trm", num_aug=3, seed=6, canvas=CANVAS, progress=False
+    )
     assert file_digests(other)["train/all__inputs.npy"] != file_digests(again)["train/all__inputs.npy"]
 
 
@@ -241,24 +277,28 @@ def test_never_modifies_its_input(source, tmp_path):
 def test_bad_arguments_and_grids_too_big_for_the_canvas(source, tmp_path):
     with pytest.raises(TaskValidationError, match=r"training task tr\d: a grid side of \d does not fit the 3x3"):
         build_dataset(tmp_path / "x", source=source, canvas=3, progress=False)
-    for kwargs, message in [({"mode": "both"}, "unknown mode"), ({"num_aug": -1}, "num_aug"),
-                            ({"max_tasks": 0}, "max_tasks"), ({"canvas": 31}, "canvas"),
-                            ({"task_ids": ["nope"]}, r"not in the source: \['nope'\]")]:
+    for kwargs, message in [
+        ({"mode": "both"}, "unknown mode"),
+        ({"num_aug": -1}, "num_aug"),
+        ({"max_tasks": 0}, "max_tasks"),
+        ({"canvas": 31}, "canvas"),
+        ({"task_ids": ["nope"]}, r"not in the source: \['nope'\]"),
+    ]:
         with pytest.raises(ValueError, match=message):
             build_dataset(tmp_path / "y", source=source, progress=False, **kwargs)
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
 def test_max_tasks_and_unsolved_test_inputs(tmp_path):
-    challenge = {f"t{i}": {"train": [{"input": [[1]], "output": [[2]]}], "test": [{"input": [[3, 3]]}]}
-                 for i in range(3)}
+    challenge = {
+        f"t{i}": {"train": [{"input": [[1]], "output": [[2]]}], "test": [{"input": [[3, 3]]}]} for i in range(3)
+    }
     src = tmp_path / "src"
     src.mkdir()
     (src / "k_evaluation_challenges.json").write_text(json.dumps(challenge))
     with pytest.raises(TaskValidationError, match="solutions"):
         build_dataset(tmp_path / "a", source=src, progress=False)
-    out = build_dataset(tmp_path / "b", source=src, max_tasks=2, canvas=4, allow_missing_solutions=True,
-                        progress=False)
+    out = build_dataset(tmp_path / "b", source=src, max_tasks=2, canvas=4, allow_missing_solutions=True, progress=False)
     a = read_split(out, "test")
     assert len(a["puzzle_identifiers"]) == 2 and not (out / "train").exists()  # no training tasks, no train split
     queries = a["puzzle_indices"][:-1] + a["num_demos"]
@@ -268,8 +308,24 @@ def test_max_tasks_and_unsolved_test_inputs(tmp_path):
 
 def test_cli_builds_and_reports_leakage(source, tmp_path, capsys):
     out = tmp_path / "cli"
-    code = cli_main(["build-data", "--source", str(source), "--mode", "fewshot", "--num-aug", "1", "--canvas",
-                     str(CANVAS), "--max-tasks", "2", "--out", str(out), "--leakage"])
+    code = cli_main(
+        [
+            "build-data",
+            "--source",
+            str(source),
+            "--mode",
+            "fewshot",
+            "--num-aug",
+            "1",
+            "--canvas",
+            str(CANVAS),
+            "--max-tasks",
+            "2",
+            "--out",
+            str(out),
+            "--leakage",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0 and "no leaks" in printed and "train: 2 groups, 4 puzzles" in printed
     info = json.loads((out / "build_info.json").read_text())

@@ -1,5 +1,6 @@
 """PuzzleDataset and FewShotPuzzleDataset over the bundled fixtures and a hand-written
 official-layout folder: agreement on queries, demos, padding, sampling, sharding."""
+
 from __future__ import annotations
 
 import json
@@ -45,14 +46,29 @@ def official(tmp_path_factory) -> Path:
     (root / "test").mkdir()
     inputs = np.arange(20, dtype=np.uint8).reshape(5, 4) % 12
     labels = np.array([[2, 3, 1, 0]] * 5, dtype=np.uint8)
-    for name, value in {"inputs": inputs, "labels": labels,
-                        "puzzle_identifiers": np.array([1, 2, 3], np.int32),
-                        "puzzle_indices": np.array([0, 2, 3, 5], np.int32),
-                        "group_indices": np.array([0, 2, 3], np.int32)}.items():
+    for name, value in {
+        "inputs": inputs,
+        "labels": labels,
+        "puzzle_identifiers": np.array([1, 2, 3], np.int32),
+        "puzzle_indices": np.array([0, 2, 3, 5], np.int32),
+        "group_indices": np.array([0, 2, 3], np.int32),
+    }.items():
         np.save(root / "test" / f"all__{name}.npy", value)
-    (root / "test" / "dataset.json").write_text(json.dumps({
-        "pad_id": 0, "ignore_label_id": 0, "blank_identifier_id": 0, "vocab_size": 12, "seq_len": 4,
-        "num_puzzle_identifiers": 4, "total_groups": 2, "mean_puzzle_examples": 5 / 3, "sets": ["all"]}))
+    (root / "test" / "dataset.json").write_text(
+        json.dumps(
+            {
+                "pad_id": 0,
+                "ignore_label_id": 0,
+                "blank_identifier_id": 0,
+                "vocab_size": 12,
+                "seq_len": 4,
+                "num_puzzle_identifiers": 4,
+                "total_groups": 2,
+                "mean_puzzle_examples": 5 / 3,
+                "sets": ["all"],
+            }
+        )
+    )
     (root / "identifiers.json").write_text(json.dumps(["<blank>", "a", "a|||t1|||0123456789", "b"]))
     return root
 
@@ -77,18 +93,27 @@ def test_official_layout_is_not_a_few_shot_dataset(official):
         FewShotPuzzleDataset(official, "test", 2, test_mode=True)
 
 
-@pytest.mark.parametrize("corrupt, message", [
-    (lambda d: (d / "test" / "dataset.json").unlink(), r"test[/\\]dataset.json: metadata file not found"),
-    (lambda d: (d / "test" / "dataset.json").write_text("{"), "dataset.json: invalid JSON"),
-    (lambda d: (d / "test" / "dataset.json").write_text('{"pad_id": 0}'), r"missing metadata key\(s\)"),
-    (lambda d: (d / "test" / "all__labels.npy").unlink(), "all__labels.npy: array file not found"),
-    (lambda d: np.save(d / "test" / "all__puzzle_indices.npy", np.array([0, 2, 3, 4], np.int32)),
-     "all__puzzle_indices.npy: must rise from 0 to the row count 5"),
-    (lambda d: np.save(d / "test" / "all__puzzle_identifiers.npy", np.array([1, 2, 9], np.int32)),
-     "all__puzzle_identifiers.npy: values outside 0..3"),
-    (lambda d: np.save(d / "test" / "all__num_demos.npy", np.array([1, 2, 0], np.int32)),
-     "all__num_demos.npy: must give 0..puzzle size demos"),
-])
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (lambda d: (d / "test" / "dataset.json").unlink(), r"test[/\\]dataset.json: metadata file not found"),
+        (lambda d: (d / "test" / "dataset.json").write_text("{"), "dataset.json: invalid JSON"),
+        (lambda d: (d / "test" / "dataset.json").write_text('{"pad_id": 0}'), r"missing metadata key\(s\)"),
+        (lambda d: (d / "test" / "all__labels.npy").unlink(), "all__labels.npy: array file not found"),
+        (
+            lambda d: np.save(d / "test" / "all__puzzle_indices.npy", np.array([0, 2, 3, 4], np.int32)),
+            "all__puzzle_indices.npy: must rise from 0 to the row count 5",
+        ),
+        (
+            lambda d: np.save(d / "test" / "all__puzzle_identifiers.npy", np.array([1, 2, 9], np.int32)),
+            "all__puzzle_identifiers.npy: values outside 0..3",
+        ),
+        (
+            lambda d: np.save(d / "test" / "all__num_demos.npy", np.array([1, 2, 0], np.int32)),
+            "all__num_demos.npy: must give 0..puzzle size demos",
+        ),
+    ],
+)
 def test_format_errors_name_the_file(official, tmp_path, corrupt, message):
     folder = tmp_path / "copy"
     shutil.copytree(official, folder)
@@ -113,8 +138,13 @@ def query_rows() -> dict[str, np.ndarray]:
     starts = a["puzzle_indices"][:-1]
     rows = [(r, p) for p, s in enumerate(starts) for r in range(s + a["num_demos"][p], a["puzzle_indices"][p + 1])]
     idx, puzzles = np.array(rows).T
-    return {"inputs": a["inputs"][idx], "labels": a["labels"][idx], "ids": a["puzzle_identifiers"][puzzles],
-            "puzzles": puzzles, "rows": idx}
+    return {
+        "inputs": a["inputs"][idx],
+        "labels": a["labels"][idx],
+        "ids": a["puzzle_identifiers"][puzzles],
+        "puzzles": puzzles,
+        "rows": idx,
+    }
 
 
 @pytest.mark.parametrize("batch_size", [3, 8])
@@ -142,8 +172,8 @@ def test_demos_are_the_puzzles_train_pairs_and_never_the_query(query_rows):
     for i, (row, puzzle) in enumerate(zip(query_rows["rows"], query_rows["puzzles"])):
         first, demos = a["puzzle_indices"][puzzle], a["num_demos"][puzzle]
         assert batch["demo_mask"][i].tolist() == [k < demos for k in range(4)]
-        np.testing.assert_array_equal(batch["demo_inputs"][i, :demos].numpy(), a["inputs"][first:first + demos])
-        np.testing.assert_array_equal(batch["demo_labels"][i, :demos].numpy(), a["labels"][first:first + demos])
+        np.testing.assert_array_equal(batch["demo_inputs"][i, :demos].numpy(), a["inputs"][first : first + demos])
+        np.testing.assert_array_equal(batch["demo_labels"][i, :demos].numpy(), a["labels"][first : first + demos])
         assert row >= first + demos  # the query is not one of its demos
     assert batch["demo_labels"].dtype == torch.int32 and batch["demo_mask"].dtype == torch.bool
     assert (batch["demo_labels"][batch["demo_mask"]] == PAD_ID).any()  # raw tokens, PAD not mapped to -100
@@ -183,8 +213,11 @@ def test_training_batches_pack_one_augmentation_per_group(cls):
 
 def test_puzzle_dataset_trains_on_demo_rows_too():
     a = arrays(FEWSHOT, "train")
-    demo_rows = {r for p in range(len(a["num_demos"]))
-                 for r in range(a["puzzle_indices"][p], a["puzzle_indices"][p] + a["num_demos"][p])}
+    demo_rows = {
+        r
+        for p in range(len(a["num_demos"]))
+        for r in range(a["puzzle_indices"][p], a["puzzle_indices"][p] + a["num_demos"][p])
+    }
     rows = {int(r) for it in range(3) for _, rr, _ in PuzzleDataset(FEWSHOT, "train", 4)._index_batches(it) for r in rr}
     assert rows & demo_rows
 

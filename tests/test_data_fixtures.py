@@ -1,4 +1,5 @@
 """The bundled data fixtures are what their generator produces, byte for byte."""
+
 from __future__ import annotations
 
 import hashlib
@@ -12,8 +13,11 @@ from etrm.fixtures.make_data import make_data, select_task_ids
 
 
 def digests(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_regenerating_the_fixtures_gives_identical_files(tmp_path):

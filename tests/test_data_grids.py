@@ -1,4 +1,5 @@
 """Grid codec and augmentations: exact layouts, the official crop rule, and exact inverses."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,13 +38,16 @@ any_permutation = st.permutations(list(range(10))).map(tuple)
 # --- encoding -------------------------------------------------------------------------------
 def test_encode_layout_with_offset_matches_the_spec_by_hand():
     tokens = encode_grid([[1, 2, 3], [4, 5, 6]], canvas=5, offset=(1, 1))
-    expected = np.array([
-        [0, 0, 0, 0, 0],
-        [0, 3, 4, 5, 1],
-        [0, 6, 7, 8, 1],
-        [0, 1, 1, 1, 0],  # EOS below the columns; the corner stays PAD
-        [0, 0, 0, 0, 0],
-    ], dtype=np.uint8)
+    expected = np.array(
+        [
+            [0, 0, 0, 0, 0],
+            [0, 3, 4, 5, 1],
+            [0, 6, 7, 8, 1],
+            [0, 1, 1, 1, 0],  # EOS below the columns; the corner stays PAD
+            [0, 0, 0, 0, 0],
+        ],
+        dtype=np.uint8,
+    )
     assert tokens.dtype == np.uint8 and tokens.shape == (25,)
     np.testing.assert_array_equal(tokens.reshape(5, 5), expected)
 
@@ -59,20 +63,23 @@ def test_encode_writes_eos_only_where_it_fits():
     assert (tall[:, 2:] == PAD_ID).all()
 
 
-@pytest.mark.parametrize("grid, kwargs, message", [
-    ([[1, 2], [3]], {}, "ragged"),
-    ([[1, 10]], {}, "value 10"),
-    ([[-1, 0]], {}, "value -1"),
-    ([], {}, "empty"),
-    ([[]], {}, "empty"),
-    (np.zeros((2, 2, 2), dtype=int), {}, "2-D"),
-    (np.zeros((2, 2)), {}, "integers"),  # float dtype
-    (np.zeros((31, 3), dtype=int), {}, "exceeds 30x30"),
-    (np.zeros((6, 3), dtype=int), {"canvas": 5}, "exceeds 5x5"),
-    (np.zeros((3, 3), dtype=int), {"canvas": 5, "offset": (3, 0)}, "does not fit"),
-    (np.zeros((3, 3), dtype=int), {"offset": (0, -1)}, "does not fit"),
-    ("abc", {}, "list of rows"),
-])
+@pytest.mark.parametrize(
+    "grid, kwargs, message",
+    [
+        ([[1, 2], [3]], {}, "ragged"),
+        ([[1, 10]], {}, "value 10"),
+        ([[-1, 0]], {}, "value -1"),
+        ([], {}, "empty"),
+        ([[]], {}, "empty"),
+        (np.zeros((2, 2, 2), dtype=int), {}, "2-D"),
+        (np.zeros((2, 2)), {}, "integers"),  # float dtype
+        (np.zeros((31, 3), dtype=int), {}, "exceeds 30x30"),
+        (np.zeros((6, 3), dtype=int), {"canvas": 5}, "exceeds 5x5"),
+        (np.zeros((3, 3), dtype=int), {"canvas": 5, "offset": (3, 0)}, "does not fit"),
+        (np.zeros((3, 3), dtype=int), {"offset": (0, -1)}, "does not fit"),
+        ("abc", {}, "list of rows"),
+    ],
+)
 def test_encode_rejects_bad_grids_naming_the_problem(grid, kwargs, message):
     with pytest.raises(ValueError, match=message):
         encode_grid(grid, **kwargs)
@@ -176,8 +183,9 @@ def test_transforms_match_their_matrices_and_compose_like_the_group(grid):
     for a in range(8):
         for b in range(8):
             composed = matrix_id(np.array(MATRICES[b]) @ np.array(MATRICES[a]))
-            np.testing.assert_array_equal(dihedral_transform(dihedral_transform(grid, a), b),
-                                          dihedral_transform(grid, composed))
+            np.testing.assert_array_equal(
+                dihedral_transform(dihedral_transform(grid, a), b), dihedral_transform(grid, composed)
+            )
 
 
 def test_inverse_table_is_the_group_inverse():
@@ -246,8 +254,15 @@ def test_official_name_format_and_bad_names():
     aug = Augmentation(7, (0, 3, 1, 2, 4, 5, 6, 7, 8, 9))
     assert augmentation_name("007bbfb7", aug) == "007bbfb7|||t7|||0312456789"
     assert parse_augmentation_name("007bbfb7") == ("007bbfb7", Augmentation())
-    for bad in ["x|||t8|||0123456789", "x|||t1|||012345678", "x|||t1|||0123456788", "x|||1|||0123456789",
-                "x|||t1", "|||t1|||0123456789", "x|||t1|||0123456789|||y"]:
+    for bad in [
+        "x|||t8|||0123456789",
+        "x|||t1|||012345678",
+        "x|||t1|||0123456788",
+        "x|||1|||0123456789",
+        "x|||t1",
+        "|||t1|||0123456789",
+        "x|||t1|||0123456789|||y",
+    ]:
         with pytest.raises(ValueError, match="malformed puzzle name"):
             parse_augmentation_name(bad)
     with pytest.raises(ValueError, match="must not contain"):
@@ -272,7 +287,15 @@ def test_round_trip_check_catches_an_inverse_wrong_for_one_transform():
 
 @given(grids(max_side=6))
 def test_transforms_equal_the_numpy_compositions_they_are_named_after(grid):
-    named = [grid, np.rot90(grid, 1), np.rot90(grid, 2), np.rot90(grid, 3), np.fliplr(grid), np.flipud(grid),
-             grid.T, np.fliplr(np.rot90(grid, 1))]
+    named = [
+        grid,
+        np.rot90(grid, 1),
+        np.rot90(grid, 2),
+        np.rot90(grid, 3),
+        np.fliplr(grid),
+        np.flipud(grid),
+        grid.T,
+        np.fliplr(np.rot90(grid, 1)),
+    ]
     for t, expected in enumerate(named):
         np.testing.assert_array_equal(dihedral_transform(grid, t), expected)

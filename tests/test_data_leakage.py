@@ -1,5 +1,6 @@
 """Leakage report on built datasets: clean few-shot builds, the intended overlap of trm
 builds, and an evaluation example planted in the train split (the negative control)."""
+
 from __future__ import annotations
 
 import json
@@ -87,5 +88,6 @@ def test_full_arc1_build_shows_exactly_the_source_overlaps(tmp_path):
     built = leakage_report(build_dataset(tmp_path / "full", num_aug=2, progress=False))
     raw = source_overlap_report(load_tasks())
     assert built.is_clean
-    assert [(o.kind, o.digest, o.train_tasks, o.test_tasks) for o in built.overlaps] == \
-        [(o.kind, o.digest, o.train_tasks, o.test_tasks) for o in raw.overlaps]
+    assert [(o.kind, o.digest, o.train_tasks, o.test_tasks) for o in built.overlaps] == [
+        (o.kind, o.digest, o.train_tasks, o.test_tasks) for o in raw.overlaps
+    ]

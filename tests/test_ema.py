@@ -1,4 +1,5 @@
 """EMA of parameters: register, update formula, frozen parameters, raw buffers, copies, state."""
+
 from __future__ import annotations
 
 import pytest
@@ -60,7 +61,9 @@ def test_parameters_frozen_at_register_time_are_tracked_and_unfreezing_does_not_
     p = head.model.inner.lm_head.weight.detach()
     assert not torch.equal(ema.shadow["model.inner.lm_head.weight"], p)  # it moved towards the new value ...
     copy = ema.ema_copy()
-    torch.testing.assert_close(copy.model.inner.lm_head.weight, ema.shadow["model.inner.lm_head.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(
+        copy.model.inner.lm_head.weight, ema.shadow["model.inner.lm_head.weight"], rtol=0, atol=0
+    )
 
 
 def test_ema_copy_carries_the_shadow_and_raw_buffers_and_leaves_the_model_alone():

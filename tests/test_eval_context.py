@@ -1,6 +1,7 @@
 """In evaluation ETRM encodes each sample's demos once and carries the context
 (etrm.models.etrm.ETRM): its outputs must be bit for bit those of re-encoding at every
 step, also when halted slots take new samples in the middle of an episode."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,8 +42,10 @@ def stream(head, reuse: bool) -> tuple[list[dict[str, torch.Tensor]], int]:
     FORCED_HALTS; per step every output, and how often the encoder ran."""
     head.model.reuse_eval_context = reuse
     calls = count_encoder_calls(head)
-    batches = [random_batch(head.config, BATCH, seed=i, demo_counts=[1 + (i + j) % 4 for j in range(BATCH)])
-               for i in range(STEPS)]
+    batches = [
+        random_batch(head.config, BATCH, seed=i, demo_counts=[1 + (i + j) % 4 for j in range(BATCH)])
+        for i in range(STEPS)
+    ]
     head.eval()
     steps = []
     with torch.no_grad():
@@ -97,9 +100,11 @@ def test_an_evaluation_episode_encodes_once():
     assert calls[0] == 1
 
 
-@pytest.mark.parametrize("name, train, grad", [("etrm-standard", True, True), ("etrm-standard", False, True),
-                                               ("etrmtrm-standard", False, False)],
-                         ids=["training", "eval-with-autograd", "etrmtrm"])
+@pytest.mark.parametrize(
+    "name, train, grad",
+    [("etrm-standard", True, True), ("etrm-standard", False, True), ("etrmtrm-standard", False, False)],
+    ids=["training", "eval-with-autograd", "etrmtrm"],
+)
 def test_the_encoder_runs_every_step_where_its_context_may_change_or_needs_gradient(name, train, grad):
     head = tiny_model(name, halt_max_steps=4).train(train)
     calls = count_encoder_calls(head)

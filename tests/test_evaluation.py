@@ -1,5 +1,6 @@
 """ARC evaluator: denominator, voting, inverse augmentation, invariance to batching and
 ranks, rounds, submission.json, and re-scoring of the official trainer's prediction dumps."""
+
 from __future__ import annotations
 
 import json
@@ -57,9 +58,13 @@ def synthetic_puzzles(num_tasks: int, tests_per_task: Sequence[int], seed: int =
     def grid() -> list[list[int]]:
         return rng.integers(0, 10, size=tuple(rng.integers(1, max_side + 1, size=2))).tolist()
 
-    return {f"task{i:02d}": {"train": [{"input": grid(), "output": grid()}],
-                             "test": [{"input": grid(), "output": grid()} for _ in range(tests_per_task[i])]}
-            for i in range(num_tasks)}
+    return {
+        f"task{i:02d}": {
+            "train": [{"input": grid(), "output": grid()}],
+            "test": [{"input": grid(), "output": grid()} for _ in range(tests_per_task[i])],
+        }
+        for i in range(num_tasks)
+    }
 
 
 def make_batch(identifiers: Sequence[str], test_puzzles: dict, rows: Sequence[Row], canvas: int = 30):
@@ -69,10 +74,14 @@ def make_batch(identifiers: Sequence[str], test_puzzles: dict, rows: Sequence[Ro
         task, aug = parse_augmentation_name(identifiers[identifier])
         inputs.append(encode_grid(aug.apply(np.array(test_puzzles[task]["test"][test_index]["input"])), canvas))
         preds.append(encode_grid(aug.apply(np.asarray(answer)), canvas))
-    batch = {"inputs": torch.from_numpy(np.stack(inputs)).long(),
-             "puzzle_identifiers": torch.tensor([r[0] for r in rows], dtype=torch.int32)}
-    outputs = {"preds": torch.from_numpy(np.stack(preds)).long(),
-               "q_halt_logits": torch.tensor([r[3] for r in rows], dtype=torch.float32)}
+    batch = {
+        "inputs": torch.from_numpy(np.stack(inputs)).long(),
+        "puzzle_identifiers": torch.tensor([r[0] for r in rows], dtype=torch.int32),
+    }
+    outputs = {
+        "preds": torch.from_numpy(np.stack(preds)).long(),
+        "q_halt_logits": torch.tensor([r[3] for r in rows], dtype=torch.float32),
+    }
     return batch, outputs
 
 
@@ -99,8 +108,16 @@ def evaluate(evaluator: ArcEvaluator, batches, save_dir=None) -> EvaluationResul
 
 
 def comparable(result: EvaluationResult) -> tuple:
-    return (result.metrics, result.per_task, result.label_ranks, result.tasks_evaluated,
-            result.tasks_without_predictions, result.num_predictions, result.denominator, result.submission)
+    return (
+        result.metrics,
+        result.per_task,
+        result.label_ranks,
+        result.tasks_evaluated,
+        result.tasks_without_predictions,
+        result.num_predictions,
+        result.denominator,
+        result.submission,
+    )
 
 
 def noisy_rows(identifiers: list[str], test_puzzles: dict, tasks: Sequence[str], seed: int) -> list[Row]:
@@ -115,13 +132,14 @@ def noisy_rows(identifiers: list[str], test_puzzles: dict, tasks: Sequence[str],
         for index in range(len(test_puzzles[task]["test"])):
             truth = label(test_puzzles, task, index)
             answers = [truth, wrong(truth, 1), wrong(truth, 2)]
-            rows += [(identifier, index, answers[rng.integers(3)], float(rng.choice([-1.0, 0.0, 1.0])))
-                     for _ in range(4)]
+            rows += [
+                (identifier, index, answers[rng.integers(3)], float(rng.choice([-1.0, 0.0, 1.0]))) for _ in range(4)
+            ]
     return rows
 
 
 def in_batches(identifiers, test_puzzles, rows: list[Row], size: int):
-    return [make_batch(identifiers, test_puzzles, rows[i:i + size]) for i in range(0, len(rows), size)]
+    return [make_batch(identifiers, test_puzzles, rows[i : i + size]) for i in range(0, len(rows), size)]
 
 
 # --- the denominator ------------------------------------------------------------------------
@@ -129,8 +147,7 @@ def in_batches(identifiers, test_puzzles, rows: list[Row], size: int):
 def test_all_correct_subset_scores_one_whatever_its_size(arc_eval, size):
     identifiers, test_puzzles = arc_eval
     subset = list(test_puzzles)[:size]
-    result = evaluate(ArcEvaluator(identifiers, test_puzzles),
-                      [oracle_predictions(identifiers, test_puzzles, subset)])
+    result = evaluate(ArcEvaluator(identifiers, test_puzzles), [oracle_predictions(identifiers, test_puzzles, subset)])
     assert result.metrics == {f"ARC/pass@{k}": 1.0 for k in (1, 2, 5, 10, 100, 1000)}
     assert result.tasks_evaluated == subset
     assert result.tasks_without_predictions == list(test_puzzles)[size:]
@@ -143,7 +160,8 @@ def test_official_denominator_is_caught_by_the_subset_check(arc_eval):
     # all-correct subsets score 4/400 and 64/400 and the subset check must reject it.
     identifiers, test_puzzles = arc_eval
     official = all_correct_subset_scores(
-        lambda: ArcEvaluator(identifiers, test_puzzles, denominator="all_test_tasks"), identifiers, test_puzzles)
+        lambda: ArcEvaluator(identifiers, test_puzzles, denominator="all_test_tasks"), identifiers, test_puzzles
+    )
     assert official == {4: 4 / 400, 64: 64 / 400}
     ours = all_correct_subset_scores(lambda: ArcEvaluator(identifiers, test_puzzles), identifiers, test_puzzles)
     assert ours == {4: 1.0, 64: 1.0}
@@ -156,18 +174,20 @@ def test_known_mix_is_the_exact_mean_over_evaluated_tasks():
     identifiers = make_identifiers(puzzles, augmentations_per_task=1, seed=1)
     ident = lambda task: identifier_of(identifiers, task, 1)  # noqa: E731 (the augmented one)
     rows = [
-        (ident("task00"), 0, label(puzzles, "task00"), 0.0),           # solved
-        (ident("task01"), 0, label(puzzles, "task01", 0), 0.0),        # 1 of 2 solved, test 1 unanswered
-        (ident("task02"), 0, wrong(label(puzzles, "task02")), 2.0),    # wrong first, right second
+        (ident("task00"), 0, label(puzzles, "task00"), 0.0),  # solved
+        (ident("task01"), 0, label(puzzles, "task01", 0), 0.0),  # 1 of 2 solved, test 1 unanswered
+        (ident("task02"), 0, wrong(label(puzzles, "task02")), 2.0),  # wrong first, right second
         (ident("task02"), 0, label(puzzles, "task02"), -2.0),
-    ]                                                                  # task03: no predictions
+    ]  # task03: no predictions
     with pytest.warns(UserWarning, match=r"task 'task01' test input 1 received no prediction"):
         result = evaluate(ArcEvaluator(identifiers, puzzles), [make_batch(identifiers, puzzles, rows, canvas=8)])
     assert result.metrics["ARC/pass@1"] == (1 + 0.5 + 0) / 3
     assert result.metrics["ARC/pass@2"] == (1 + 0.5 + 1) / 3
-    assert result.per_task == {"task00": dict.fromkeys(result.pass_ks, 1.0),
-                               "task01": dict.fromkeys(result.pass_ks, 0.5),
-                               "task02": {1: 0.0, **dict.fromkeys(result.pass_ks[1:], 1.0)}}
+    assert result.per_task == {
+        "task00": dict.fromkeys(result.pass_ks, 1.0),
+        "task01": dict.fromkeys(result.pass_ks, 0.5),
+        "task02": {1: 0.0, **dict.fromkeys(result.pass_ks[1:], 1.0)},
+    }
     assert result.label_ranks == {"task00": [0], "task01": [0, None], "task02": [1]}
     assert result.tasks_without_predictions == ["task03"]
     assert result.test_inputs_without_predictions == [("task01", 1)]
@@ -224,8 +244,12 @@ def test_two_gloo_ranks_give_the_single_process_result(arc_eval, noisy, tmp_path
     rows, reference = noisy
     out_file = tmp_path / "rank0.pkl"
     # fork, not spawn: the workers skip re-importing torch (seconds on 2 cores).
-    mp.start_processes(_rank_worker, args=(str(tmp_path / "store"), identifiers, test_puzzles, rows, str(out_file)),
-                       nprocs=2, start_method="fork")
+    mp.start_processes(
+        _rank_worker,
+        args=(str(tmp_path / "store"), identifiers, test_puzzles, rows, str(out_file)),
+        nprocs=2,
+        start_method="fork",
+    )
     assert pickle.loads(out_file.read_bytes()) == comparable(reference)
 
 
@@ -245,21 +269,25 @@ def test_majority_beats_confidence_and_hash_breaks_exact_ties():
     rows = [(identifier_of(identifiers, "task00", k), 0, wrong(t0), -3.0) for k in (0, 1)]
     rows += [(identifier_of(identifiers, "task00", 2), 0, t0, 3.0)]
     # task01: the label and a wrong grid, one vote each with equal q: only the hash decides.
-    rows += [(identifier_of(identifiers, "task01", 0), 0, t1, 0.5), (identifier_of(identifiers, "task01", 1), 0,
-                                                                     wrong(t1), 0.5)]
+    rows += [
+        (identifier_of(identifiers, "task01", 0), 0, t1, 0.5),
+        (identifier_of(identifiers, "task01", 1), 0, wrong(t1), 0.5),
+    ]
     result = evaluate(ArcEvaluator(identifiers, puzzles), [make_batch(identifiers, puzzles, rows, canvas=6)])
     assert result.label_ranks["task00"] == [1]
     label_first = grid_hash(t1) < grid_hash(wrong(t1))
     assert result.label_ranks["task01"] == [0 if label_first else 1]
-    reversed_result = evaluate(ArcEvaluator(identifiers, puzzles),
-                               [make_batch(identifiers, puzzles, rows[::-1], canvas=6)])
+    reversed_result = evaluate(
+        ArcEvaluator(identifiers, puzzles), [make_batch(identifiers, puzzles, rows[::-1], canvas=6)]
+    )
     assert comparable(reversed_result) == comparable(result)
 
 
 def test_predictions_made_under_augmentations_are_undone_and_vote_together():
     puzzles = synthetic_puzzles(1, tests_per_task=[1], seed=7, max_side=5)
-    identifiers = ["<blank>", "task00"] + [augmentation_name("task00", Augmentation(t, (0, 2, 3, 4, 5, 6, 7, 8, 9, 1)))
-                                           for t in (1, 4, 7)]
+    identifiers = ["<blank>", "task00"] + [
+        augmentation_name("task00", Augmentation(t, (0, 2, 3, 4, 5, 6, 7, 8, 9, 1))) for t in (1, 4, 7)
+    ]
     truth = label(puzzles, "task00")
     # The right answer under three different augmentations (low q) against a wrong one
     # given twice in the original orientation (high q): only de-augmented votes pool to 3.
@@ -314,13 +342,16 @@ def test_bad_batches_are_errors_naming_the_key(small):
     with pytest.raises(EvaluationError, match=r"outputs\['preds'\] has shape \(1, 63\)"):
         evaluator.update(batch, {**outputs, "preds": outputs["preds"][:, :63]})
     with pytest.raises(EvaluationError, match="seq_len 63 is not a square canvas"):
-        evaluator.update({k: v[:, :63] if k == "inputs" else v for k, v in batch.items()},
-                         {**outputs, "preds": outputs["preds"][:, :63]})
+        evaluator.update(
+            {k: v[:, :63] if k == "inputs" else v for k, v in batch.items()},
+            {**outputs, "preds": outputs["preds"][:, :63]},
+        )
     with pytest.raises(EvaluationError, match=r"puzzle identifier 99 is outside identifiers.json \(7 entries\)"):
         evaluator.update({**batch, "puzzle_identifiers": torch.tensor([99])}, outputs)
     with pytest.raises(EvaluationError, match="names task 'nope', which is not in test_puzzles"):
-        ArcEvaluator(identifiers + ["nope"], puzzles).update({**batch, "puzzle_identifiers": torch.tensor([7])},
-                                                            outputs)
+        ArcEvaluator(identifiers + ["nope"], puzzles).update(
+            {**batch, "puzzle_identifiers": torch.tensor([7])}, outputs
+        )
     with pytest.raises(EvaluationError, match=r"task 'task01' test pair 0: .*ragged"):
         ArcEvaluator(identifiers, {**puzzles, "task01": {"test": [{"input": [[1], [1, 2]], "output": [[1]]}]}})
     with pytest.raises(ValueError, match="denominator must be one of"):
@@ -354,17 +385,26 @@ def test_rounds_start_fresh_unless_pooled(small, pool_rounds):
 def test_submission_json_holds_two_attempts_per_test_input(small, tmp_path):
     identifiers, puzzles = small
     t0, t2a = label(puzzles, "task00"), label(puzzles, "task02", 0)
-    rows = [(1, 0, t0, 1.0), (2, 0, wrong(t0), 1.0), (2, 0, t0, -1.0),  # two answers for task00
-            (identifier_of(identifiers, "task02"), 0, wrong(t2a), 0.0)]  # task02: test 1 unanswered; task01: nothing
+    rows = [
+        (1, 0, t0, 1.0),
+        (2, 0, wrong(t0), 1.0),
+        (2, 0, t0, -1.0),  # two answers for task00
+        (identifier_of(identifiers, "task02"), 0, wrong(t2a), 0.0),
+    ]  # task02: test 1 unanswered; task01: nothing
     with pytest.warns(UserWarning, match="task 'task02' test input 1"):
-        result = evaluate(ArcEvaluator(identifiers, puzzles), [make_batch(identifiers, puzzles, rows, canvas=8)],
-                          save_dir=tmp_path / "out")
+        result = evaluate(
+            ArcEvaluator(identifiers, puzzles),
+            [make_batch(identifiers, puzzles, rows, canvas=8)],
+            save_dir=tmp_path / "out",
+        )
     written = json.loads((tmp_path / "out" / "submission.json").read_text())
     assert written == result.submission
     assert written == {
         "task00": [{"attempt_1": t0.tolist(), "attempt_2": wrong(t0).tolist()}],
-        "task02": [{"attempt_1": wrong(t2a).tolist(), "attempt_2": wrong(t2a).tolist()},
-                   {"attempt_1": None, "attempt_2": None}],
+        "task02": [
+            {"attempt_1": wrong(t2a).tolist(), "attempt_2": wrong(t2a).tolist()},
+            {"attempt_1": None, "attempt_2": None},
+        ],
     }
 
 
@@ -380,7 +420,9 @@ def test_from_data_dir_reads_the_official_layout(small, tmp_path):
     identifiers, puzzles = small
     evaluator = ArcEvaluator.from_data_dir(write_data_dir(tmp_path / "data", identifiers, puzzles), pass_ks=[2, 1])
     assert evaluator.identifiers == identifiers and evaluator.pass_ks == (1, 2)
-    with pytest.raises(EvaluationError, match=r"empty/identifiers.json: identifier map not found: pass the dataset root"):
+    with pytest.raises(
+        EvaluationError, match=r"empty/identifiers.json: identifier map not found: pass the dataset root"
+    ):
         ArcEvaluator.from_data_dir(tmp_path / "empty")
 
 
@@ -396,8 +438,9 @@ def test_score_cli_rescores_per_rank_dumps(arc_eval, noisy, tmp_path, capsys):
         files.append(tmp_path / f"step_7_all_preds.{rank}")
         torch.save({**batch, **outputs, "labels": outputs["preds"]}, files[-1])
     assert comparable(score_prediction_files(files, data)) == comparable(expected)
-    code = cli.main(["score", "--predictions", *map(str, files), "--data", str(data), "--save-dir",
-                     str(tmp_path / "sub")])
+    code = cli.main(
+        ["score", "--predictions", *map(str, files), "--data", str(data), "--save-dir", str(tmp_path / "sub")]
+    )
     printed = capsys.readouterr().out
     assert code == 0
     assert f"pass@1     {expected.metrics['ARC/pass@1']:.4f}" in printed

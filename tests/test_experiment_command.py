@@ -1,5 +1,6 @@
 """`etrm experiment1`: Experiment 1 end to end on a checkpoint and few-shot dataset, decided
 from the run's own log; Ctrl-C, bad inputs and determinism."""
+
 from __future__ import annotations
 
 import contextlib
@@ -107,8 +108,17 @@ def test_ctrl_c_leaves_a_valid_log_and_the_report_of_the_steps_done(tmp_path, mo
 
 def test_the_same_seed_gives_the_same_log(tmp_path):
     def log(name, seed):
-        run_frozen_decoder_experiment(TRM, FEWSHOT, tmp_path / name, steps=3, eval_every=3, batch_size=2, seed=seed,
-                                      max_eval_groups=1, progress=False)
+        run_frozen_decoder_experiment(
+            TRM,
+            FEWSHOT,
+            tmp_path / name,
+            steps=3,
+            eval_every=3,
+            batch_size=2,
+            seed=seed,
+            max_eval_groups=1,
+            progress=False,
+        )
         return [json.dumps(r, sort_keys=True) for r in read_metrics_log(tmp_path / name)]
 
     first = log("a.jsonl", 0)
@@ -116,14 +126,26 @@ def test_the_same_seed_gives_the_same_log(tmp_path):
     assert log("c.jsonl", 1)[1:] != first[1:]  # the seed matters (line 0: what was loaded)
 
 
-@pytest.mark.parametrize("trm, data, status, message", [
-    (TRM, INTEROP / "origin" / "fewshot", 1,
-     r"origin/fewshot/train/dataset.json: seq_len 900, but the checkpoint .*trm/step_final was trained at seq_len 100"),
-    (TRM, fixtures_root() / BUNDLED["trm_data_dir"], 1, r"data/trm/train/all__num_demos.npy: not found, so .* TRM-layout"),
-    (TRM.parent, FEWSHOT, 1, r"checkpoints/trm: is a directory; give the checkpoint file inside it"),
-    (TRM.parent / "step_9", FEWSHOT, 2, r"trm/step_9: not found \(--trm-checkpoint\)"),
-    (TRM, FEWSHOT / "nope", 2, r"fewshot/nope: not found \(--data\)"),
-])
+@pytest.mark.parametrize(
+    "trm, data, status, message",
+    [
+        (
+            TRM,
+            INTEROP / "origin" / "fewshot",
+            1,
+            r"origin/fewshot/train/dataset.json: seq_len 900, but the checkpoint .*trm/step_final was trained at seq_len 100",
+        ),
+        (
+            TRM,
+            fixtures_root() / BUNDLED["trm_data_dir"],
+            1,
+            r"data/trm/train/all__num_demos.npy: not found, so .* TRM-layout",
+        ),
+        (TRM.parent, FEWSHOT, 1, r"checkpoints/trm: is a directory; give the checkpoint file inside it"),
+        (TRM.parent / "step_9", FEWSHOT, 2, r"trm/step_9: not found \(--trm-checkpoint\)"),
+        (TRM, FEWSHOT / "nope", 2, r"fewshot/nope: not found \(--data\)"),
+    ],
+)
 def test_bad_input_is_one_clear_error(tmp_path, capsys, trm, data, status, message):
     assert experiment1(trm, data, tmp_path) == status
     err = capsys.readouterr().err.strip()
@@ -150,10 +172,14 @@ def test_the_command_on_the_official_checkpoint_at_canvas_30(tmp_path, capsys):
     """The interop corpus: official-trainer TRM (hidden 64, H 3, L 4, bfloat16 in its config)
     with the origin builder's few-shot build of the same tasks, 30x30 canvas."""
     trm = INTEROP / "official" / "trm-bf16" / "step_100"
-    assert experiment1(trm, INTEROP / "origin" / "fewshot", tmp_path, "--eval-every", "10",
-                       "--forward-dtype", "float32") == 0
+    assert (
+        experiment1(trm, INTEROP / "origin" / "fewshot", tmp_path, "--eval-every", "10", "--forward-dtype", "float32")
+        == 0
+    )
     out = capsys.readouterr().out
-    assert "H_cycles 3, L_cycles 4, L_layers 2, hidden_size 64, halt_max_steps 16, forward_dtype float32, " \
-           "seq_len 900, max_demos 5" in out
+    assert (
+        "H_cycles 3, L_cycles 4, L_layers 2, hidden_size 64, halt_max_steps 16, forward_dtype float32, "
+        "seq_len 900, max_demos 5" in out
+    )
     result = decide_scenario(read_metrics_log(tmp_path / "metrics.jsonl"))
     assert result.passed and result.numbers["scenario"] in out, result.message

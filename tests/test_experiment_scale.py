@@ -1,11 +1,11 @@
 """`etrm experiment1` at the investigation's scale: resume, checkpoints audited by `etrm
 investigate`, the origin's hydra config, several ranks under torchrun, the user's model
 code and W&B offline."""
+
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 import os
 import subprocess
@@ -30,8 +30,9 @@ PER_RUN = ("run/world_size", "run/device")
 
 def experiment1(out, *extra, trm=TRM):
     with contextlib.redirect_stdout(io.StringIO()):
-        return main(["experiment1", "--trm-checkpoint", str(trm), "--data", str(FEWSHOT), "--out", str(out), *TINY,
-                     *extra])
+        return main(
+            ["experiment1", "--trm-checkpoint", str(trm), "--data", str(FEWSHOT), "--out", str(out), *TINY, *extra]
+        )
 
 
 @pytest.fixture
@@ -96,15 +97,34 @@ def test_etrm_investigate_audits_the_runs_own_checkpoint(whole_run, tmp_path):
     """H1 on a frozen run's step_N: the decoder is the TRM's, bitwise. (The default run covers
     the checkpoint's layout in test_the_checkpoint_is_in_the_official_layout_beside_its_config.)"""
     verdict = tmp_path / "verdict.json"
-    done = subprocess.run([sys.executable, "-m", "etrm", "investigate", "--trm-checkpoint", str(TRM),
-                           "--etrm-checkpoint", str(whole_run / "step_6"), "--data", str(FEWSHOT), "-m", "hypothesis1",
-                           "--verdict-json", str(verdict)], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "etrm",
+            "investigate",
+            "--trm-checkpoint",
+            str(TRM),
+            "--etrm-checkpoint",
+            str(whole_run / "step_6"),
+            "--data",
+            str(FEWSHOT),
+            "-m",
+            "hypothesis1",
+            "--verdict-json",
+            str(verdict),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     text = verdict.read_text()
     assert "hypothesis1" in text and "evidence found" not in text.lower(), text[:3000]
 
 
 # --- the origin's config ---------------------------------------------------------------------
+
 
 def test_the_origin_config_composes_through_its_defaults_and_maps_onto_the_run():
     pytest.importorskip("hydra", reason="hydra-core (the test extra) composes origin configs")
@@ -115,9 +135,19 @@ def test_the_origin_config_composes_through_its_defaults_and_maps_onto_the_run()
     meta = load_metadata(FEWSHOT, "train")
     steps = int(20000 * meta.total_groups * meta.mean_puzzle_examples / 256)  # the origin's total_steps
     assert composed.settings["steps"] == steps and composed.settings["eval_every"] == steps // 2
-    assert composed.settings.items() >= {"lr": 3e-4, "warmup_steps": 1000, "global_batch_size": 256,
-                                      "max_train_groups": 32, "max_eval_groups": 4, "freeze_decoder_steps": 999999,
-                                      "encoder_lr_scale": 1.0, "grad_clip_norm": 1.0}.items()
+    assert (
+        composed.settings.items()
+        >= {
+            "lr": 3e-4,
+            "warmup_steps": 1000,
+            "global_batch_size": 256,
+            "max_train_groups": 32,
+            "max_eval_groups": 4,
+            "freeze_decoder_steps": 999999,
+            "encoder_lr_scale": 1.0,
+            "grad_clip_norm": 1.0,
+        }.items()
+    )
     assert composed.doc["arch"]["L_cycles"] == 6 and composed.doc["arch"]["name"].endswith("@TRMWithEncoder")
     assert composed.trm_checkpoint.endswith("step_518071")
     assert composed.ignored["unknown_key_for_tests"] == "not a setting etrm experiment1 has"
@@ -137,12 +167,37 @@ def test_the_config_file_runs_with_flags_overriding_and_warns_of_what_it_ignores
 
 # --- several ranks ---------------------------------------------------------------------------
 
+
 def _torchrun(out: Path, nproc: int, *extra: str, device: str = "cpu") -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-                           "--master-port", str(29500 + os.getpid() % 400), "-m", "etrm", "experiment1",
-                           "--trm-checkpoint", str(TRM), "--data", str(FEWSHOT), "--out", str(out), *TINY,
-                           "--device", device, *extra], capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            str(nproc),
+            "--master-port",
+            str(29500 + os.getpid() % 400),
+            "-m",
+            "etrm",
+            "experiment1",
+            "--trm-checkpoint",
+            str(TRM),
+            "--data",
+            str(FEWSHOT),
+            "--out",
+            str(out),
+            *TINY,
+            "--device",
+            device,
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
 
 
 def assert_same_metrics(got: list[dict], want: list[dict]) -> None:
@@ -172,8 +227,10 @@ def test_two_gloo_ranks_under_torchrun_log_what_one_process_logs(whole_run, tmp_
 
 
 def test_a_global_batch_that_does_not_split_over_the_ranks_is_refused(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("etrm.distributed.start", lambda device: __import__("etrm.distributed").distributed.Processes(
-        0, 4, __import__("torch").device("cpu")))
+    monkeypatch.setattr(
+        "etrm.distributed.start",
+        lambda device: __import__("etrm.distributed").distributed.Processes(0, 4, __import__("torch").device("cpu")),
+    )
     assert experiment1(tmp_path, "--batch-size", "6") == 2
     assert "--global-batch-size 6 does not split over 4 processes" in capsys.readouterr().err
 
@@ -192,6 +249,7 @@ def test_two_nccl_ranks_on_two_gpus(tmp_path):
 
 # --- the user's model code and W&B --------------------------------------------------------------
 
+
 def test_the_users_model_code_runs_the_experiment(tmp_path, capsys, no_plots):
     """tests/foreign_repo's ETRM (written to the origin's interface) with the bundled TRM's decoder."""
     pytest.importorskip("hydra", reason="hydra-core (the test extra) composes origin configs")
@@ -201,8 +259,9 @@ def test_the_users_model_code_runs_the_experiment(tmp_path, capsys, no_plots):
     config.parent.mkdir()
     arch = yaml.safe_load((fixtures_root() / "checkpoints" / "etrm_frozen" / "all_config.yaml").read_text())
     config.write_text(yaml.safe_dump(arch))
-    assert experiment1(tmp_path / "out", "--config", str(config), "--model-code", str(FOREIGN)) == 0, \
+    assert experiment1(tmp_path / "out", "--config", str(config), "--model-code", str(FOREIGN)) == 0, (
         capsys.readouterr().err
+    )
     train = [r for r in read_metrics_log(tmp_path / "out" / "metrics.jsonl") if "train/lm_loss" in r]
     assert len(train) == 6 and all(r["grad/encoder_norm_preclip"] > 0 for r in train)
     assert all(r["grad/decoder_norm_preclip"] == 0.0 for r in train)

@@ -7,6 +7,7 @@ of a tensor's norm from the committed AVX2 one; pinning ATEN_CPU_CAPABILITY, one
 to AVX2 does not restore the bits). So on another CPU the test checks what holds
 everywhere: the same files with the same keys, shapes and dtypes, byte-identical configs,
 and a generator that is deterministic on this machine (two runs, identical bytes)."""
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,11 @@ import torch
 
 from etrm.testing.artifacts import fixtures_root
 
-CHECKPOINTS = ["checkpoints/trm/step_final", "checkpoints/etrm_frozen/step_final", "checkpoints/etrm_unfrozen/step_final"]
+CHECKPOINTS = [
+    "checkpoints/trm/step_final",
+    "checkpoints/etrm_frozen/step_final",
+    "checkpoints/etrm_unfrozen/step_final",
+]
 CONFIGS = ["checkpoints/trm/all_config.yaml", "checkpoints/trm/step_final.etrm.json"]
 METRICS = "metrics/experiment1.jsonl"
 GENERATED = CHECKPOINTS + CONFIGS + [METRICS]
@@ -28,8 +33,11 @@ GENERATED = CHECKPOINTS + CONFIGS + [METRICS]
 
 def _regenerate(root: Path) -> Path:
     shutil.copytree(fixtures_root() / "data", root / "data")
-    subprocess.run([sys.executable, str(fixtures_root() / "make_checkpoints.py"), "--root", str(root)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, str(fixtures_root() / "make_checkpoints.py"), "--root", str(root)],
+        check=True,
+        capture_output=True,
+    )
     return root
 
 
@@ -50,8 +58,9 @@ def test_regenerating_the_model_fixtures_gives_the_same_files(tmp_path):
     lines = [[sorted(json.loads(line)) for line in (r / METRICS).read_text().splitlines()] for r in (root, new)]
     assert lines[0] == lines[1], f"{METRICS}: other lines or metric names"
     again = _regenerate(tmp_path / "b")
-    assert [n for n in GENERATED if (again / n).read_bytes() != (new / n).read_bytes()] == [], \
+    assert [n for n in GENERATED if (again / n).read_bytes() != (new / n).read_bytes()] == [], (
         "the generator is not deterministic on this machine"
+    )
 
 
 def test_every_bundled_artifact_exists():

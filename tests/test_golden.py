@@ -1,4 +1,5 @@
 """The golden-value mechanism itself, in temporary folders."""
+
 from __future__ import annotations
 
 import json
@@ -12,13 +13,15 @@ from etrm.testing.golden import GoldenError, compare_to_golden
 
 def _values(scale: float = 1.0) -> dict:
     g = torch.Generator().manual_seed(0)
-    return {"init_digest_len": 64,
-            "step1/logits": torch.randn(2, 5, 12, generator=g) * scale,
-            "step1/q_logits": torch.randn(2, 2, generator=g),
-            "step2/logits": torch.randn(2, 5, 12, generator=g) * scale,
-            "step1/context": torch.randn(2, 4, 8, generator=g).to(torch.bfloat16),
-            "step1/loss": 2.5,
-            "labels": np.arange(10, dtype=np.int64)}
+    return {
+        "init_digest_len": 64,
+        "step1/logits": torch.randn(2, 5, 12, generator=g) * scale,
+        "step1/q_logits": torch.randn(2, 2, generator=g),
+        "step2/logits": torch.randn(2, 5, 12, generator=g) * scale,
+        "step1/context": torch.randn(2, 4, 8, generator=g).to(torch.bfloat16),
+        "step1/loss": 2.5,
+        "labels": np.arange(10, dtype=np.int64),
+    }
 
 
 def test_missing_record_fails_with_the_update_command(tmp_path):
@@ -67,15 +70,22 @@ def test_a_moved_tensor_is_reported_with_its_step_size_and_stats(tmp_path):
     assert "1 of 7 tensors moved" in text and "step1/logits" not in text
 
 
-@pytest.mark.parametrize("change, problem, detail", [
-    (lambda v: v.update(labels=v["labels"] + np.eye(1, 10, 3, dtype=np.int64)[0]), "values", "1 of 10 values moved"),
-    (lambda v: v.update({"step1/q_logits": v["step1/q_logits"].double()}), "dtype", "dtype float32 -> float64"),
-    (lambda v: v.update({"step1/q_logits": v["step1/q_logits"][:1]}), "shape", "shape (2, 2) -> (1, 2)"),
-    (lambda v: v.update({"step3/logits": torch.zeros(1)}), "added", "new tensor"),
-    (lambda v: v.pop("step1/loss"), "removed", "not produced any more"),
-    (lambda v: v.update({"step1/loss": 2.6}), "values", "2.5 -> 2.6"),
-    (lambda v: v.update({"step1/context": v["step1/context"] * 1.1}), "values", "values moved"),
-])
+@pytest.mark.parametrize(
+    "change, problem, detail",
+    [
+        (
+            lambda v: v.update(labels=v["labels"] + np.eye(1, 10, 3, dtype=np.int64)[0]),
+            "values",
+            "1 of 10 values moved",
+        ),
+        (lambda v: v.update({"step1/q_logits": v["step1/q_logits"].double()}), "dtype", "dtype float32 -> float64"),
+        (lambda v: v.update({"step1/q_logits": v["step1/q_logits"][:1]}), "shape", "shape (2, 2) -> (1, 2)"),
+        (lambda v: v.update({"step3/logits": torch.zeros(1)}), "added", "new tensor"),
+        (lambda v: v.pop("step1/loss"), "removed", "not produced any more"),
+        (lambda v: v.update({"step1/loss": 2.6}), "values", "2.5 -> 2.6"),
+        (lambda v: v.update({"step1/context": v["step1/context"] * 1.1}), "values", "values moved"),
+    ],
+)
 def test_each_kind_of_change_is_reported(tmp_path, change, problem, detail):
     compare_to_golden("g", _values(), update=True, golden_dir=tmp_path)
     changed = _values()

@@ -14,6 +14,7 @@ operation (etrm.testing.golden.TOLERANCES) and still catches a bug of real size:
   sets after the canvas-30 recursion, as much as a missing RMSNorm epsilon moves them; in
   float64 that rounding is below 1e-10, so the record compares at float64's 1e-7.
 """
+
 from __future__ import annotations
 
 import zlib
@@ -80,8 +81,12 @@ def episode_values(head, batch, tamper=None) -> dict:
         carry = head.initial_carry(batch)
         for step in range(1, head.config.halt_max_steps + 1):
             carry, loss, metrics, out, _ = head(carry, batch)
-            values |= {f"step{step}/logits": out["logits"], f"step{step}/q_halt_logits": out["q_halt_logits"],
-                       f"step{step}/q_continue_logits": out["q_continue_logits"], f"step{step}/loss": loss}
+            values |= {
+                f"step{step}/logits": out["logits"],
+                f"step{step}/q_halt_logits": out["q_halt_logits"],
+                f"step{step}/q_continue_logits": out["q_continue_logits"],
+                f"step{step}/loss": loss,
+            }
             if "context" in out:
                 values[f"step{step}/context"] = out["context"]
     return values
@@ -104,7 +109,9 @@ def test_model_numerics_match_golden(name, batch, golden):
 
 def test_official_recursion_at_canvas_30_matches_golden(canvas30_batch, golden):
     # On real 30x30 queries; two ACT steps, so the second starts from a carried state.
-    golden.check("model-etrm-official-recursion-canvas30", episode_values(build_record_model("canvas30"), canvas30_batch))
+    golden.check(
+        "model-etrm-official-recursion-canvas30", episode_values(build_record_model("canvas30"), canvas30_batch)
+    )
 
 
 def _without_rmsnorm_epsilon(head):
@@ -138,13 +145,22 @@ def test_control_a_bug_of_real_size_fails_the_record(name, bug, batch, canvas30_
 def test_data_build_matches_golden(tmp_path, golden):
     from etrm.data.build import build_dataset
 
-    out = build_dataset(tmp_path / "build", mode="fewshot", num_aug=2, seed=0, canvas=10, progress=False,
-                        task_ids=["017c7c7b", "0520fde7", "00576224"])
+    out = build_dataset(
+        tmp_path / "build",
+        mode="fewshot",
+        num_aug=2,
+        seed=0,
+        canvas=10,
+        progress=False,
+        task_ids=["017c7c7b", "0520fde7", "00576224"],
+    )
     import hashlib
 
     files = sorted(p for p in out.rglob("*") if p.is_file())
-    golden.check("data-build-fewshot", {str(p.relative_to(out)): digest_array(hashlib.sha256(p.read_bytes()).hexdigest())
-                                        for p in files})
+    golden.check(
+        "data-build-fewshot",
+        {str(p.relative_to(out)): digest_array(hashlib.sha256(p.read_bytes()).hexdigest()) for p in files},
+    )
 
 
 def test_evaluator_metrics_match_golden(golden):
@@ -158,5 +174,8 @@ def test_evaluator_metrics_match_golden(golden):
     evaluator.begin_round()
     evaluator.update(*mixed_predictions(identifiers, puzzles, seed=1, canvas=10))
     result = evaluator.result()
-    golden.check("evaluator-fixture-mixed", {k: float(v) for k, v in result.metrics.items()}
-                 | {f"task/{t}": float(s[1]) for t, s in sorted(result.per_task.items())})
+    golden.check(
+        "evaluator-fixture-mixed",
+        {k: float(v) for k, v in result.metrics.items()}
+        | {f"task/{t}": float(s[1]) for t, s in sorted(result.per_task.items())},
+    )

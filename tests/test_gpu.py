@@ -10,6 +10,7 @@ through the recursion, so CUDA and CPU differ by more than rounding there; what 
 is that the CUDA run is as accurate as the CPU run, both measured against the same
 weights computing in float32.
 """
+
 from __future__ import annotations
 
 import copy
@@ -53,8 +54,9 @@ def to(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
 def assert_as_accurate(cuda_out: torch.Tensor, cpu_out: torch.Tensor, truth: torch.Tensor, what: str) -> None:
     cuda_err = (cuda_out.cpu().float() - truth).abs().mean().item()
     cpu_err = (cpu_out.float() - truth).abs().mean().item()
-    assert cuda_err <= BF16_ERROR_RATIO * cpu_err + BF16_ERROR_FLOOR, \
+    assert cuda_err <= BF16_ERROR_RATIO * cpu_err + BF16_ERROR_FLOOR, (
         f"{what}: bfloat16 mean error vs float32 is {cuda_err:.4g} on CUDA but {cpu_err:.4g} on CPU"
+    )
 
 
 def decoder_step(head: LossHead, carry: InnerCarry, batch: dict[str, torch.Tensor]):
@@ -68,8 +70,9 @@ def random_carry(head: LossHead, batch_size: int, device: str) -> InnerCarry:
     cfg, dtype = head.config, head.model.inner.forward_dtype
     gen = torch.Generator().manual_seed(1)
     shape = (batch_size, cfg.full_seq_len, cfg.hidden_size)
-    return InnerCarry(z_H=torch.randn(shape, generator=gen).to(device, dtype),
-                      z_L=torch.randn(shape, generator=gen).to(device, dtype))
+    return InnerCarry(
+        z_H=torch.randn(shape, generator=gen).to(device, dtype), z_L=torch.randn(shape, generator=gen).to(device, dtype)
+    )
 
 
 def episode(head: LossHead, batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
@@ -79,12 +82,19 @@ def episode(head: LossHead, batch: dict[str, torch.Tensor]) -> list[dict[str, to
     with torch.no_grad():
         for _ in range(head.config.halt_max_steps):
             carry, loss, _, outputs, _ = head(carry, batch)
-            steps.append({"logits": outputs["logits"], "q_halt": outputs["q_halt_logits"], "loss": loss,
-                          **({"context": outputs["context"]} if "context" in outputs else {})})
+            steps.append(
+                {
+                    "logits": outputs["logits"],
+                    "q_halt": outputs["q_halt_logits"],
+                    "loss": loss,
+                    **({"context": outputs["context"]} if "context" in outputs else {}),
+                }
+            )
     return steps
 
 
 # --- CUDA vs CPU -------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_recursion_step_cuda_matches_cpu(dtype):
@@ -97,7 +107,7 @@ def test_recursion_step_cuda_matches_cpu(dtype):
     expected = decoder_step(cpu, random_carry(cpu, 3, "cpu"), batch)
     if dtype == "float32":
         for name, value in expected.items():
-            torch.testing.assert_close(got[name].cpu(), value, **FLOAT32, msg=lambda m: f"{name}: {m}")
+            torch.testing.assert_close(got[name].cpu(), value, **FLOAT32, msg=lambda m, name=name: f"{name}: {m}")
     else:
         exact = float32_twin(cpu)
         truth = decoder_step(exact, random_carry(exact, 3, "cpu"), batch)
@@ -115,7 +125,9 @@ def test_act_episode_cuda_matches_cpu(model_type, dtype):
     for step, (g, e) in enumerate(zip(got, expected)):
         for name in e:
             if dtype == "float32":
-                torch.testing.assert_close(g[name].cpu(), e[name], **FLOAT32, msg=lambda m: f"step {step} {name}: {m}")
+                torch.testing.assert_close(
+                    g[name].cpu(), e[name], **FLOAT32, msg=lambda m, step=step, name=name: f"step {step} {name}: {m}"
+                )
             elif name in ("logits", "context"):
                 assert_as_accurate(g[name], e[name], truth[step][name], f"step {step} {name}")
 
@@ -171,6 +183,7 @@ def test_sdpa_backend_recursion_is_as_accurate_as_math(backend):
 
 # --- torch.compile -------------------------------------------------------------------------
 
+
 def training_step_grads(head: LossHead, run, batch: dict[str, torch.Tensor]):
     """One training ACT step through `run` (the head itself or its compiled wrapper)."""
     head.train()
@@ -194,14 +207,20 @@ def test_compile_matches_eager_forward_and_gradients(model_type):
     for name, g in grads.items():
         assert (g is None) == (c_grads[name] is None), f"{name}: gradient presence differs under compile"
         if g is not None:  # relative to the gradient's scale: sums over many terms
-            torch.testing.assert_close(c_grads[name], g, rtol=0, atol=1e-4 * max(g.abs().max().item(), 1e-6),
-                                       msg=lambda m: f"{name}: {m}")
+            torch.testing.assert_close(
+                c_grads[name],
+                g,
+                rtol=0,
+                atol=1e-4 * max(g.abs().max().item(), 1e-6),
+                msg=lambda m, name=name: f"{name}: {m}",
+            )
     if eager.config.uses_encoder:
         starved = [n for n, g in c_grads.items() if n.startswith("model.encoder.") and (g is None or not g.abs().sum())]
         assert not starved, f"encoder parameters without gradient under torch.compile: {starved}"
 
 
 # --- optimizer, checkpoints, memory ----------------------------------------------------------
+
 
 def test_adamatan2_step_cuda_matches_cpu():
     from etrm.optim import AdamATan2
@@ -225,8 +244,11 @@ def test_adamatan2_step_cuda_matches_cpu():
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
 def test_adamatan2_matches_the_adam_atan2_package(weight_decay):
-    package = pytest.importorskip("adam_atan2", reason="the adam-atan2 package (0.0.3, what the official trainer "
-                                  "imports) is not installed: `pip install adam-atan2==0.0.3` builds its CUDA kernel")
+    package = pytest.importorskip(
+        "adam_atan2",
+        reason="the adam-atan2 package (0.0.3, what the official trainer "
+        "imports) is not installed: `pip install adam-atan2==0.0.3` builds its CUDA kernel",
+    )
     from etrm.optim import AdamATan2
 
     torch.manual_seed(0)
@@ -279,4 +301,6 @@ def test_gpu_memory_does_not_grow_over_50_eval_steps(model_type):
             if step % 10 == 9:
                 torch.cuda.synchronize()
                 allocated.append(torch.cuda.memory_allocated())
-    assert max(allocated) <= allocated[0], f"CUDA memory grew across evaluation steps: {allocated} bytes at steps 10..50"
+    assert max(allocated) <= allocated[0], (
+        f"CUDA memory grew across evaluation steps: {allocated} bytes at steps 10..50"
+    )

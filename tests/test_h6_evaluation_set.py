@@ -2,6 +2,7 @@
 the puzzles of its test split only, and predictions made on train-split rows never enter the
 score. On builds by the official TRM builder and the origin ETRM builder (interop corpus) and
 on ours, in both modes."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,10 @@ BLANK = "<blank>"
 
 def split_arrays(data_dir: Path, split: str) -> dict[str, np.ndarray]:
     """The split's arrays, read straight from the files (not through etrm's readers)."""
-    return {field: np.load(data_dir / split / f"all__{field}.npy")
-            for field in ("inputs", "labels", "puzzle_identifiers", "puzzle_indices")}
+    return {
+        field: np.load(data_dir / split / f"all__{field}.npy")
+        for field in ("inputs", "labels", "puzzle_identifiers", "puzzle_indices")
+    }
 
 
 def row_identifiers(arrays: dict[str, np.ndarray]) -> np.ndarray:
@@ -65,10 +68,14 @@ def test_predictions_on_train_split_rows_never_enter_the_score(data_dir):
     wrong = np.roll(train["labels"].clip(min=0), 1, axis=0)  # another row's answer
     refused = 0
     for row in range(len(ids)):
-        row_batch = {"inputs": torch.from_numpy(train["inputs"][row:row + 1].astype(np.int32)),
-                     "puzzle_identifiers": torch.tensor([int(ids[row])], dtype=torch.int32)}
-        row_outputs = {"preds": torch.from_numpy(wrong[row:row + 1].astype(np.int32)),
-                       "q_halt_logits": torch.tensor([5.0])}  # confident, so a vote would weigh
+        row_batch = {
+            "inputs": torch.from_numpy(train["inputs"][row : row + 1].astype(np.int32)),
+            "puzzle_identifiers": torch.tensor([int(ids[row])], dtype=torch.int32),
+        }
+        row_outputs = {
+            "preds": torch.from_numpy(wrong[row : row + 1].astype(np.int32)),
+            "q_halt_logits": torch.tensor([5.0]),
+        }  # confident, so a vote would weigh
         if ids[row] == 0:
             continue  # blank-identifier padding, dropped by design
         with pytest.raises(EvaluationError, match=rf"puzzle identifier {ids[row]}\b|row 0 \(identifier {ids[row]} "):

@@ -1,6 +1,7 @@
 """H7's headroom, generalisation gap and alignment (etrm.checks.h7_headroom, h7_generalisation):
 each outcome where it is true by construction and nowhere else, no claim on the interop
 corpus's random weights, and the measurement on foreign code through --model-code."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,8 +13,8 @@ from etrm.bundled import fixtures_root
 from etrm.checks import h7_generalisation as gen
 from etrm.checks import h7_headroom as headroom
 from etrm.checks import h7_probes as probes
-from etrm.interface import TRMInterface, with_context
 from etrm.checks.h7_measure import measure_case
+from etrm.interface import TRMInterface, with_context
 from etrm.suite.h7_case import known_case
 from etrm.testing.artifacts import BUNDLED
 from etrm.testing.verdict import FINDINGS, TestRecord, VerdictTable
@@ -28,10 +29,13 @@ def cases():
 
 def _statuses(case):
     m = case.measurement
-    return {"context_headroom": headroom.check_context_headroom(m).status,
-            "decoder_steerable": headroom.check_decoder_steerable(m).status,
-            "embedding_alignment": gen.check_embedding_alignment(m, case.train_names, case.heldout_names,
-                                                                 case.trm_prefixes).status}
+    return {
+        "context_headroom": headroom.check_context_headroom(m).status,
+        "decoder_steerable": headroom.check_decoder_steerable(m).status,
+        "embedding_alignment": gen.check_embedding_alignment(
+            m, case.train_names, case.heldout_names, case.trm_prefixes
+        ).status,
+    }
 
 
 def test_bottleneck_encoder_gives_h7_evidence_and_a_steerable_decoder(cases):
@@ -45,8 +49,11 @@ def test_bottleneck_encoder_gives_h7_evidence_and_a_steerable_decoder(cases):
 
 def test_context_blind_decoder_cannot_be_steered_and_is_no_h7_evidence(cases):
     case = cases["context_blind"]
-    assert _statuses(case) == {"context_headroom": "inconclusive", "decoder_steerable": "fail",
-                               "embedding_alignment": "inconclusive"}
+    assert _statuses(case) == {
+        "context_headroom": "inconclusive",
+        "decoder_steerable": "fail",
+        "embedding_alignment": "inconclusive",
+    }
     assert headroom.CANNOT_STEER in headroom.check_decoder_steerable(case.measurement).message
     assert "puzzle_emb" in headroom.check_context_headroom(case.measurement).numbers["trm_embedding"]
 
@@ -72,8 +79,9 @@ def test_free_context_is_what_the_decoder_reads():
 
     head = load_model(fixtures_root() / "h7" / "bottleneck" / "step_final")
     model = TRMInterface.from_etrm(head)
-    probe = probes.load_task_probes(fixtures_root() / "h7" / "data" / "fewshot", "test", num_tasks=1,
-                                    max_demos=head.config.max_demos)[0]
+    probe = probes.load_task_probes(
+        fixtures_root() / "h7" / "data" / "fewshot", "test", num_tasks=1, max_demos=head.config.max_demos
+    )[0]
     batch = probes.query_batch([probe], head.config.max_demos, copies=2)
     own = model.first_context(batch)
     losses, _ = probes.episode_scores(model, batch, torch.stack([own[0], own[0] * -1.0]))
@@ -86,11 +94,14 @@ def test_with_context_keeps_the_output_type():
     from etrm.models.encoders import EncoderOutput
 
     new = torch.ones(2, 3, 4)
-    out = with_context(EncoderOutput(torch.zeros(2, 3, 4), kl=torch.zeros(2)), new, batch_size=2, puzzle_emb_len=3,
-                       hidden_size=4)
+    out = with_context(
+        EncoderOutput(torch.zeros(2, 3, 4), kl=torch.zeros(2)), new, batch_size=2, puzzle_emb_len=3, hidden_size=4
+    )
     assert isinstance(out, EncoderOutput) and out.context is new and out.kl is not None
-    assert with_context({"context": torch.zeros(2, 3, 4)}, new, batch_size=2, puzzle_emb_len=3,
-                        hidden_size=4)["context"] is new
+    assert (
+        with_context({"context": torch.zeros(2, 3, 4)}, new, batch_size=2, puzzle_emb_len=3, hidden_size=4)["context"]
+        is new
+    )
 
 
 @pytest.mark.slow
@@ -100,15 +111,29 @@ def test_interop_random_weights_make_no_claim():
     from etrm.checkpoints import load_model
 
     head = load_model(CORPUS / "origin" / "etrm-standard" / "step_50")
-    prefixes, note = gen.trm_puzzle_prefixes(CORPUS / "official" / "trm-bf16" / "step_100",
-                                             gen.trm_data_for(CORPUS / "official" / "trm-bf16" / "step_100", None),
-                                             head.config.puzzle_emb_len, head.config.hidden_size)
+    prefixes, note = gen.trm_puzzle_prefixes(
+        CORPUS / "official" / "trm-bf16" / "step_100",
+        gen.trm_data_for(CORPUS / "official" / "trm-bf16" / "step_100", None),
+        head.config.puzzle_emb_len,
+        head.config.hidden_size,
+    )
     assert prefixes, note  # the config's data_paths resolve to official/data, whose identifiers map the tasks
-    case = measure_case(TRMInterface.from_etrm(head), head.config, CORPUS / "origin" / "fewshot", prefixes, note,
-                        tasks=1, steps=1, progress=False)
-    results = [headroom.check_context_headroom(case.measurement), headroom.check_decoder_steerable(case.measurement),
-               gen.check_generalisation_gap(case.measurement),
-               gen.check_embedding_alignment(case.measurement, case.train_names, case.heldout_names, prefixes)]
+    case = measure_case(
+        TRMInterface.from_etrm(head),
+        head.config,
+        CORPUS / "origin" / "fewshot",
+        prefixes,
+        note,
+        tasks=1,
+        steps=1,
+        progress=False,
+    )
+    results = [
+        headroom.check_context_headroom(case.measurement),
+        headroom.check_decoder_steerable(case.measurement),
+        gen.check_generalisation_gap(case.measurement),
+        gen.check_embedding_alignment(case.measurement, case.train_names, case.heldout_names, prefixes),
+    ]
     assert [r.status for r in results] == ["inconclusive"] * 4, [str(r) for r in results]
     assert all("no claim" in r.message for r in results)
 
@@ -133,8 +158,9 @@ def test_headroom_runs_on_foreign_code(tmp_path):
     assert set(weights) == set(head.state_dict())
     torch.save({f"_orig_mod.{k}": weights.get(k, v) for k, v in head.state_dict().items()}, tmp_path / "step_1")
     code = load_model_code(foreign, tmp_path / "step_1", data)
-    prefixes, note = gen.trm_puzzle_prefixes(trm, fixtures_root() / "data" / "trm", code.model.puzzle_emb_len,
-                                             code.model.hidden_size)
+    prefixes, note = gen.trm_puzzle_prefixes(
+        trm, fixtures_root() / "data" / "trm", code.model.puzzle_emb_len, code.model.hidden_size
+    )
     case = measure_case(code.model, code, data, prefixes, note, tasks=2, steps=2, progress=False)
     scores = case.measurement.tasks
     assert len(scores) == 2 and all(s.trm_loss is not None for s in scores)
@@ -147,9 +173,12 @@ def test_report_plots_the_headroom_per_task_and_the_gap(cases, tmp_path):
     from etrm.report import write_report
 
     m = cases["bottleneck"].measurement
-    records = [TestRecord(f"t::{r.name}", ["hypothesis7"], outcome="failed" if r.status == "fail" else "passed",
-                          checks=[r.to_dict()]) for r in (headroom.check_context_headroom(m),
-                                                          gen.check_generalisation_gap(m))]
+    records = [
+        TestRecord(
+            f"t::{r.name}", ["hypothesis7"], outcome="failed" if r.status == "fail" else "passed", checks=[r.to_dict()]
+        )
+        for r in (headroom.check_context_headroom(m), gen.check_generalisation_gap(m))
+    ]
     md = write_report(tmp_path, VerdictTable.build(records, {}), None).read_text()
     assert "## Hypothesis 7: context headroom" in md and "4 held-out tasks, 8 optimisation steps" in md
     assert (tmp_path / "h7_headroom.png").stat().st_size > 1000
@@ -178,8 +207,18 @@ def _experiment_args(**extra):
     parser = argparse.ArgumentParser(prog="etrm")
     experiment.add_parser(parser.add_subparsers())
     trm, data = fixtures_root() / "checkpoints" / "trm" / "step_final", fixtures_root() / "data" / "fewshot"
-    return parser.parse_args(["experiment1", "--trm-checkpoint", str(trm), "--data", str(data), "--out", "/tmp/x",
-                              *[a for k, v in extra.items() for a in (f"--{k.replace('_', '-')}", str(v))]])
+    return parser.parse_args(
+        [
+            "experiment1",
+            "--trm-checkpoint",
+            str(trm),
+            "--data",
+            str(data),
+            "--out",
+            "/tmp/x",
+            *[a for k, v in extra.items() for a in (f"--{k.replace('_', '-')}", str(v))],
+        ]
+    )
 
 
 def test_after_scenario_c_experiment1_says_how_to_measure_the_headroom():
@@ -202,8 +241,12 @@ def test_then_h7_records_join_the_experiment1_report(tmp_path):
     head = load_model(fixtures_root() / BUNDLED["etrm_frozen_checkpoint"])
     args = _experiment_args(trm_data=fixtures_root() / "data" / "trm", h7_tasks=2, h7_steps=2)
     records = h7_records(args, head, "frozen decoder")
-    assert [r.checks[0]["name"] for r in records] == ["context_headroom", "generalisation_gap", "embedding_alignment",
-                                                      "decoder_steerable"]
+    assert [r.checks[0]["name"] for r in records] == [
+        "context_headroom",
+        "generalisation_gap",
+        "embedding_alignment",
+        "decoder_steerable",
+    ]
     assert records[0].checks[0]["numbers"]["trm_tasks"] == 2
     rows = {r.hypothesis for r in _verdict(_scenario(), "frozen", records).rows}
     assert rows == {"experiment1", "hypothesis7", "context_steering"}

@@ -4,6 +4,7 @@ functions included), point down the layers below and never form a circle.
 A module may import from its own layer and the layers before it, never from one after it.
 A new module must be put in a layer here (the test names it), which is where the README's
 "Layout" section takes its order from."""
+
 from __future__ import annotations
 
 import ast
@@ -15,9 +16,24 @@ ROOT = Path(__file__).resolve().parents[1] / "etrm"
 
 # Bottom first. An entry names a module or a package (the package and all its modules).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("core", ("etrm", "etrm.errors", "etrm.bundled", "etrm.layers", "etrm.config", "etrm.config_import",
-              "etrm.optim", "etrm.metrics_log", "etrm.synthetic", "etrm.parity", "etrm.arch_config",
-              "etrm.distributed", "etrm.wandb_log")),
+    (
+        "core",
+        (
+            "etrm",
+            "etrm.errors",
+            "etrm.bundled",
+            "etrm.layers",
+            "etrm.config",
+            "etrm.config_import",
+            "etrm.optim",
+            "etrm.metrics_log",
+            "etrm.synthetic",
+            "etrm.parity",
+            "etrm.arch_config",
+            "etrm.distributed",
+            "etrm.wandb_log",
+        ),
+    ),
     ("models", ("etrm.models",)),
     ("checkpoints", ("etrm.checkpoints",)),
     ("data", ("etrm.data",)),
@@ -30,7 +46,18 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # the H7 measurement after a run reports through the verdict table
     ("after-run", ("etrm.h7_after_experiment1",)),
     ("suite", ("etrm.suite",)),
-    ("commands", ("etrm.report_h7", "etrm.report", "etrm.bench", "etrm.investigate", "etrm.experiment", "etrm.cli", "etrm.__main__")),
+    (
+        "commands",
+        (
+            "etrm.report_h7",
+            "etrm.report",
+            "etrm.bench",
+            "etrm.investigate",
+            "etrm.experiment",
+            "etrm.cli",
+            "etrm.__main__",
+        ),
+    ),
 ]
 
 

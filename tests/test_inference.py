@@ -1,4 +1,5 @@
 """run_episode and evaluate: full eval-mode episodes fed to an evaluator."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """`etrm evaluate`: a checkpoint scored on a built dataset's test split."""
+
 from __future__ import annotations
 
 from etrm.cli import main
@@ -15,8 +16,22 @@ def test_evaluate_scores_every_test_task(capsys):
 
 
 def test_max_eval_groups_lists_the_tasks_left_out(capsys):
-    assert main(["evaluate", "--checkpoint", str(ETRM), "--data", str(fixture_data_dir("fewshot")),
-                 "--max-eval-groups", "1", "--batch-size", "3"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(ETRM),
+                "--data",
+                str(fixture_data_dir("fewshot")),
+                "--max-eval-groups",
+                "1",
+                "--batch-size",
+                "3",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "1 tasks evaluated" in out and "3 tasks without predictions (left out of the metric)" in out
 

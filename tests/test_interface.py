@@ -1,5 +1,6 @@
 """The adapter (etrm.interface): etrm's own models give through it what they give natively,
 the context rule, declared capabilities, and protocol errors that name what is missing."""
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -10,7 +11,9 @@ import torch
 from torch import nn
 
 from etrm.bundled import fixtures_root
-from etrm.checks import h2_gradient_flow as h2, h3_encoder_output as h3, h4_training_dynamics as h4
+from etrm.checks import h2_gradient_flow as h2
+from etrm.checks import h3_encoder_output as h3
+from etrm.checks import h4_training_dynamics as h4
 from etrm.checks import h7_encoder_capacity as h7
 from etrm.config import tiny_config
 from etrm.data.datasets import fewshot_batch
@@ -63,8 +66,15 @@ def test_the_context_rule_covers_tensors_named_fields_get_context_and_one_matchi
     class Named:
         context = ctx
 
-    for output in (ctx, Named(), {"context": ctx, "kl": ctx}, Carry(ctx, torch.zeros_like(ctx)),
-                   Output(torch.zeros(2, 8), ctx), (torch.zeros(2, 8), ctx), OrderedDict(pooled=torch.zeros(2, 8), c=ctx)):
+    for output in (
+        ctx,
+        Named(),
+        {"context": ctx, "kl": ctx},
+        Carry(ctx, torch.zeros_like(ctx)),
+        Output(torch.zeros(2, 8), ctx),
+        (torch.zeros(2, 8), ctx),
+        OrderedDict(pooled=torch.zeros(2, 8), c=ctx),
+    ):
         assert context_tensor(output, **SHAPE) is ctx
     with pytest.raises(ProtocolError, match=r"2 field\(s\) of shape \(2, 4, 8\) \(\['\[0\]', '\[1\]'\]\)"):
         context_tensor((ctx, ctx), **SHAPE)
@@ -74,17 +84,26 @@ def test_the_context_rule_covers_tensors_named_fields_get_context_and_one_matchi
 
 def test_a_model_without_an_encoder_is_inconclusive_naming_what_it_lacks(batch):
     trm = build_model(tiny_config("trm"))
-    for result in (h2.check_encoder_requires_grad(trm), h2.check_encoder_gradient_every_step(trm, batch),
-                   h2.check_loss_responds_to_encoder(trm, batch), h3.check_context_finite(trm, batch),
-                   h3.check_demo_order_invariance(trm, batch), h7.check_context_varies_across_tasks(trm, batch, ["a", "b"])):
-        assert result.status == "inconclusive" and "has no demo encoder (no submodule named 'encoder')" in result.message
+    for result in (
+        h2.check_encoder_requires_grad(trm),
+        h2.check_encoder_gradient_every_step(trm, batch),
+        h2.check_loss_responds_to_encoder(trm, batch),
+        h3.check_context_finite(trm, batch),
+        h3.check_demo_order_invariance(trm, batch),
+        h7.check_context_varies_across_tasks(trm, batch, ["a", "b"]),
+    ):
+        assert (
+            result.status == "inconclusive" and "has no demo encoder (no submodule named 'encoder')" in result.message
+        )
 
 
 def test_checks_needing_etrm_internals_say_so_on_other_models(batch):
     head = tiny_model("etrm-standard")
     foreign = TRMInterface(head, halt_max_steps=3, encoder=head.model.encoder, halt_exploration_prob=0.1, name="theirs")
     result = h4.check_halting_rate(foreign, batch)
-    assert result.status == "inconclusive" and result.message == "needs an etrm model: theirs is not one of etrm's classes"
+    assert (
+        result.status == "inconclusive" and result.message == "needs an etrm model: theirs is not one of etrm's classes"
+    )
     shape = h3.check_context_shape_and_dtype(foreign, batch)
     assert shape.status == "inconclusive" and "does not say the prefix shape/dtype" in shape.message
 
@@ -108,10 +127,14 @@ def test_protocol_breaks_are_errors_naming_the_missing_part(batch):
     with pytest.raises(ProtocolError, match="has no initial_carry"):
         TRMInterface(nn.Linear(2, 2), halt_max_steps=2)
     wrong = TRMInterface(_ModelOnly(head), halt_max_steps=3)
-    with pytest.raises(ProtocolError, match=r"returned a 2-tuple, expected \(carry, loss, metrics, outputs, all_finish\)"):
+    with pytest.raises(
+        ProtocolError, match=r"returned a 2-tuple, expected \(carry, loss, metrics, outputs, all_finish\)"
+    ):
         wrong.step(wrong.initial_carry(batch), batch)
     idle = TRMInterface(head, halt_max_steps=3, encoder=nn.Linear(2, 2), name="idle")
-    with pytest.raises(ProtocolError, match="idle: the 'encoder' submodule was not called on a sample's first ACT step"):
+    with pytest.raises(
+        ProtocolError, match="idle: the 'encoder' submodule was not called on a sample's first ACT step"
+    ):
         idle.first_context(batch)
     with pytest.raises(ProtocolError, match="expected a TRMInterface or an etrm LossHead, got Linear"):
         as_interface(nn.Linear(2, 2))
@@ -122,6 +145,8 @@ def test_the_encoder_is_the_shallowest_submodule_of_that_name():
     assert find_encoder(head) == ("model.encoder", head.model.encoder)
     assert find_encoder(head, "set_encoder")[0] == "model.encoder.set_encoder"
     assert find_encoder(head, "no_such_module") is None
-    twin = nn.ModuleDict({"a": nn.ModuleDict({"encoder": nn.Linear(1, 1)}), "b": nn.ModuleDict({"encoder": nn.Linear(1, 1)})})
+    twin = nn.ModuleDict(
+        {"a": nn.ModuleDict({"encoder": nn.Linear(1, 1)}), "b": nn.ModuleDict({"encoder": nn.Linear(1, 1)})}
+    )
     with pytest.raises(ProtocolError, match=r"several submodules named 'encoder' \(a.encoder, b.encoder\)"):
         find_encoder(twin)

@@ -13,6 +13,7 @@ measured against our float32 run on the same weights (etrm.parity's docstring). 
 tensor that differ. bfloat16 runs cost ~5 s per ACT step on one core, so the default run
 keeps one model per stage and the rest is `slow`.
 """
+
 from __future__ import annotations
 
 import functools
@@ -27,8 +28,10 @@ from etrm.parity import RECURSION_KEYS, Mismatch, Reference, first_mismatch, rep
 
 INTEROP = fixtures_root() / "interop"
 TRM = {"trm-fp32": "official/trm-fp32", "trm-bf16": pytest.param("official/trm-bf16", marks=pytest.mark.slow)}
-ETRM = {"etrm-standard": "origin/etrm-standard",
-        "etrm-standard-unfrozen": pytest.param("origin/etrm-standard-unfrozen", marks=pytest.mark.slow)}
+ETRM = {
+    "etrm-standard": "origin/etrm-standard",
+    "etrm-standard-unfrozen": pytest.param("origin/etrm-standard-unfrozen", marks=pytest.mark.slow),
+}
 DECODER_TENSOR = "L_level.layers.0.mlp.down_proj.weight"
 DECODER_KEYS = RECURSION_KEYS + ("steps", "halted")
 
@@ -54,7 +57,9 @@ def runs(checkpoint, ref: Reference, *, context=None, steps=None):
     """(ours in the reference's dtype, our float32 run on the same weights or None)."""
     steps = steps or len(ref.steps)
     ours = replay(act_model(checkpoint, ref.forward_dtype), ref.batch, steps, context)
-    exact = None if ref.forward_dtype == "float32" else replay(act_model(checkpoint, "float32"), ref.batch, steps, context)
+    exact = (
+        None if ref.forward_dtype == "float32" else replay(act_model(checkpoint, "float32"), ref.batch, steps, context)
+    )
     return ours, exact
 
 
@@ -75,8 +80,9 @@ def test_trm_reproduces_the_official_outputs(folder):
     assert_parity(first_mismatch(ours, ref, exact=exact))
 
 
-@pytest.mark.parametrize("folder", ["origin/etrm-standard", "origin/etrm-standard-unfrozen"],
-                         ids=["etrm-standard", "etrm-standard-unfrozen"])
+@pytest.mark.parametrize(
+    "folder", ["origin/etrm-standard", "origin/etrm-standard-unfrozen"], ids=["etrm-standard", "etrm-standard-unfrozen"]
+)
 def test_etrm_encoder_context_matches_the_origin(folder):
     ref = reference(folder)
     model = act_model(checkpoint_of(folder)).eval()
@@ -93,8 +99,9 @@ def test_etrm_decoder_fed_the_origin_context_reproduces_the_origin(folder):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("folder", ["origin/etrm-standard", "origin/etrm-standard-unfrozen"],
-                         ids=["etrm-standard", "etrm-standard-unfrozen"])
+@pytest.mark.parametrize(
+    "folder", ["origin/etrm-standard", "origin/etrm-standard-unfrozen"], ids=["etrm-standard", "etrm-standard-unfrozen"]
+)
 def test_etrm_reproduces_the_origin_end_to_end(folder):
     ref = reference(folder)
     ours, exact = runs(checkpoint_of(folder), ref)

@@ -7,6 +7,7 @@ evaluation puzzle) give evidence from the check that should find it.
 Each case is one `etrm investigate` run in a subprocess, as a user would type it, except the
 one in the default suite, which calls the same command in-process; the others are `slow`
 (`pytest --runslow`)."""
+
 from __future__ import annotations
 
 import json
@@ -64,7 +65,9 @@ def verdicts(rows: dict[str, dict]) -> dict[str, str]:
 def test_clean_official_checkpoint_alone_reads_no_evidence(tmp_path):
     """The issue's example: a clean official-trainer TRM checkpoint alone gives
     'hypothesis1: no evidence' and exit 0 (checks needing an ETRM are listed as not run)."""
-    status, rows, output = investigate(tmp_path, "--trm-checkpoint", str(TRM_FP32), markers="hypothesis1", in_process=True)
+    status, rows, output = investigate(
+        tmp_path, "--trm-checkpoint", str(TRM_FP32), markers="hypothesis1", in_process=True
+    )
     assert rows["hypothesis1"]["verdict"] == NO_EVIDENCE, output[-3000:]
     assert status == 0, output[-3000:]
     assert rows["hypothesis1"]["not_run"] >= 1 and set(rows["hypothesis1"]["reads"]["trm_checkpoint"]) == {"user"}
@@ -72,9 +75,17 @@ def test_clean_official_checkpoint_alone_reads_no_evidence(tmp_path):
 
 @pytest.mark.slow
 def test_official_bf16_checkpoint_with_the_official_build(tmp_path):
-    status, rows, output = investigate(tmp_path, "--trm-checkpoint", str(TRM_BF16), "--data", str(OFFICIAL_DATA),
-                                       markers="hypothesis1 or hypothesis5 or hypothesis6")
-    assert verdicts(rows) == {"hypothesis1": NO_EVIDENCE, "hypothesis5": EVIDENCE, "hypothesis6": NO_EVIDENCE}, output[-3000:]
+    status, rows, output = investigate(
+        tmp_path,
+        "--trm-checkpoint",
+        str(TRM_BF16),
+        "--data",
+        str(OFFICIAL_DATA),
+        markers="hypothesis1 or hypothesis5 or hypothesis6",
+    )
+    assert verdicts(rows) == {"hypothesis1": NO_EVIDENCE, "hypothesis5": EVIDENCE, "hypothesis6": NO_EVIDENCE}, output[
+        -3000:
+    ]
     # The true finding: the official builder trains the evaluation tasks' demonstrations.
     assert rows["hypothesis5"]["first_failure"]["check"] == "no_evaluation_leakage"
 
@@ -93,8 +104,15 @@ ORIGIN_RUNS = {  # run -> what EXPECTED.md says H1 / H4 / H5 / H6 read (H2 needs
 @pytest.mark.parametrize("run", ORIGIN_RUNS)
 def test_origin_run_with_its_decoder_and_fewshot_build(run, tmp_path):
     status, rows, output = investigate(
-        tmp_path, "--trm-checkpoint", str(TRM_BF16), "--etrm-checkpoint", str(CORPUS / "origin" / run / "step_50"),
-        "--data", str(FEWSHOT), markers="hypothesis1 or hypothesis2 or hypothesis4 or hypothesis5 or hypothesis6")
+        tmp_path,
+        "--trm-checkpoint",
+        str(TRM_BF16),
+        "--etrm-checkpoint",
+        str(CORPUS / "origin" / run / "step_50"),
+        "--data",
+        str(FEWSHOT),
+        markers="hypothesis1 or hypothesis2 or hypothesis4 or hypothesis5 or hypothesis6",
+    )
     expected = {**ORIGIN_RUNS[run], "hypothesis5": NO_EVIDENCE, "hypothesis6": NO_EVIDENCE}
     if run.startswith("etrm-"):  # the true finding: L_cycles 6 on a decoder trained with 4, exploration 0.5
         expected["hypothesis4"] = EVIDENCE
@@ -107,6 +125,7 @@ def test_origin_run_with_its_decoder_and_fewshot_build(run, tmp_path):
 
 
 # --- variants made from corpus files: each must give evidence from the right check ---------------
+
 
 def _copy_checkpoint(src: Path, dst_dir: Path, edit) -> Path:
     dst_dir.mkdir(parents=True)
@@ -141,10 +160,19 @@ def test_broken_official_checkpoint_gives_h1_evidence(edit, tmp_path):
 def test_frozen_config_with_a_drifted_decoder_gives_h1_evidence(tmp_path):
     """etrm-standard's config keeps the decoder frozen; the unfrozen run's decoder drifted."""
     drifted = torch.load(CORPUS / "origin" / "etrm-standard-unfrozen" / "step_50", weights_only=True)
-    mislabelled = _copy_checkpoint(CORPUS / "origin" / "etrm-standard" / "step_50", tmp_path / "mislabelled",
-                                   lambda state: drifted)
-    status, rows, output = investigate(tmp_path, "--trm-checkpoint", str(TRM_BF16), "--etrm-checkpoint",
-                                       str(mislabelled), "--data", str(FEWSHOT), markers="hypothesis1")
+    mislabelled = _copy_checkpoint(
+        CORPUS / "origin" / "etrm-standard" / "step_50", tmp_path / "mislabelled", lambda state: drifted
+    )
+    status, rows, output = investigate(
+        tmp_path,
+        "--trm-checkpoint",
+        str(TRM_BF16),
+        "--etrm-checkpoint",
+        str(mislabelled),
+        "--data",
+        str(FEWSHOT),
+        markers="hypothesis1",
+    )
     assert rows["hypothesis1"]["verdict"] == EVIDENCE, output[-3000:]
     # Two checks rightly fail (which one the row shows first depends on test order): the
     # drift check, from the config's freezing, and the decoder-vs-TRM comparison.
@@ -165,8 +193,18 @@ def test_official_prediction_dump_scores_as_the_official_evaluator(capsys):
     """`etrm score` on the official trainer's dump: pass@1 0.5, as the official evaluator gives."""
     from etrm.cli import main
 
-    assert main(["score", "--predictions", str(CORPUS / "official" / "preds" / "step_1_all_preds.0"),
-                 "--data", str(OFFICIAL_DATA)]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--predictions",
+                str(CORPUS / "official" / "preds" / "step_1_all_preds.0"),
+                "--data",
+                str(OFFICIAL_DATA),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "8 tasks evaluated" in out
     scores = {line.split()[0]: float(line.split()[1]) for line in out.splitlines() if line.strip().startswith("pass@")}

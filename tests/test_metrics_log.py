@@ -1,5 +1,6 @@
 """Metrics logs of other trainers: W&B history exports (CSV, JSON lines) read into our records,
 the origin trainer's names mapped to ours, and the Experiment 1 decision they support."""
+
 from __future__ import annotations
 
 import csv
@@ -27,8 +28,10 @@ def wandb_rows(records, names=None):
     into one row, `_step`/`_runtime`/`_timestamp` added, keys renamed by `names`."""
     rows: dict[int, dict] = {}
     for record in records:
-        row = rows.setdefault(record["step"], {"_step": record["step"], "_runtime": 1.5 * record["step"],
-                                               "_timestamp": 1.7e9 + record["step"]})
+        row = rows.setdefault(
+            record["step"],
+            {"_step": record["step"], "_runtime": 1.5 * record["step"], "_timestamp": 1.7e9 + record["step"]},
+        )
         row.update({(names or {}).get(k, k): v for k, v in record.items() if k != "step"})
     return list(rows.values())
 
@@ -62,6 +65,7 @@ def same_decision(a, b):
 
 
 # --- round trips ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("fmt", ["history.jsonl", "panel.csv", "api.csv"])
 def test_an_etrm_run_logged_to_wandb_round_trips_to_the_same_decision(tmp_path, known, fmt):
@@ -97,14 +101,27 @@ def test_an_origin_run_maps_to_our_names_and_its_postclip_norms_leave_the_gradie
 
 
 def test_every_origin_name_is_mapped(tmp_path):
-    row = {"_step": 3, "_runtime": 9.0, "_timestamp": 1.7e9, "_wandb": {"runtime": 9},
-           **{name: float(i) for i, name in enumerate(ORIGIN_METRIC_NAMES)},
-           "train/lm_loss": 0.7, "all": {"accuracy": 0.5, "exact_accuracy": 0.0},
-           "eval_predictions": {"_type": "table-file", "path": "media/table.json"}, "num_params": 336130}
+    row = {
+        "_step": 3,
+        "_runtime": 9.0,
+        "_timestamp": 1.7e9,
+        "_wandb": {"runtime": 9},
+        **{name: float(i) for i, name in enumerate(ORIGIN_METRIC_NAMES)},
+        "train/lm_loss": 0.7,
+        "all": {"accuracy": 0.5, "exact_accuracy": 0.0},
+        "eval_predictions": {"_type": "table-file", "path": "media/table.json"},
+        "num_params": 336130,
+    }
     (record,) = read_metrics_log(write_history_jsonl(tmp_path / "h.jsonl", [row]))
     expected = {ours: float(i) for i, ours in enumerate(ORIGIN_METRIC_NAMES.values())}
-    assert record == {"step": 3, **expected, "train/lm_loss": 0.7, "all.accuracy": 0.5, "all.exact_accuracy": 0.0,
-                      "num_params": 336130}
+    assert record == {
+        "step": 3,
+        **expected,
+        "train/lm_loss": 0.7,
+        "all.accuracy": 0.5,
+        "all.exact_accuracy": 0.0,
+        "num_params": 336130,
+    }
 
 
 def test_csv_empty_cells_are_missing_and_text_columns_stay_text(tmp_path):
@@ -117,19 +134,34 @@ def test_csv_empty_cells_are_missing_and_text_columns_stay_text(tmp_path):
 
 # --- malformed logs: one error naming the file and line --------------------------------------
 
-@pytest.mark.parametrize("name, text, match", [
-    ("h.csv", "train/lm_loss,x\n1,2\n", r"h\.csv:1: no 'Step' or '_step' column"),
-    ("h.csv", "Step,train/lm_loss\n1,2.0\n2,2.0,3\n", r"h\.csv:3: 3 cells, but the header has 2 columns"),
-    ("h.csv", "Step,train/lm_loss\n1,2.0\n2,oops\n", r"h\.csv:3: column 'train/lm_loss' holds 'oops', not a number"),
-    ("h.csv", "Step,train/lm_loss\n1.5,2.0\n", r"h\.csv:2: step '1.5' is not an integer"),
-    ("h.csv", "Step,a - train/lm_loss,b - train/lm_loss\n1,2,3\n", r"h\.csv:1: columns of 2 runs \(a, b\)"),
-    ("h.jsonl", '{"_step": 1, "x": 1}\n{"x": 2}\n', r"h\.jsonl:2: no integer '_step' in the W&B history row"),
-    ("h.jsonl", '{"_step": 1, "x": [1, 2]}\n', r"h\.jsonl:1: 'x' holds a list, not a number"),
-    ("h.jsonl", '{"_step": 1, "grad/encoder_norm": 1, "grad/encoder_norm_postclip": 1}\n',
-     r"h\.jsonl:1: 'grad/encoder_norm' and 'grad/encoder_norm_postclip' both map to 'grad/encoder_norm_postclip'"),
-    ("h.csv", "Step,train/lm_loss,train/lm_loss\n1,2,3\n", r"h\.csv:1: column\(s\) \['train/lm_loss'\] appear twice"),
-    ("h.log", "step 1 loss 2.0\n", r"h\.log:1: neither JSON lines .* nor a CSV export"),
-])
+
+@pytest.mark.parametrize(
+    "name, text, match",
+    [
+        ("h.csv", "train/lm_loss,x\n1,2\n", r"h\.csv:1: no 'Step' or '_step' column"),
+        ("h.csv", "Step,train/lm_loss\n1,2.0\n2,2.0,3\n", r"h\.csv:3: 3 cells, but the header has 2 columns"),
+        (
+            "h.csv",
+            "Step,train/lm_loss\n1,2.0\n2,oops\n",
+            r"h\.csv:3: column 'train/lm_loss' holds 'oops', not a number",
+        ),
+        ("h.csv", "Step,train/lm_loss\n1.5,2.0\n", r"h\.csv:2: step '1.5' is not an integer"),
+        ("h.csv", "Step,a - train/lm_loss,b - train/lm_loss\n1,2,3\n", r"h\.csv:1: columns of 2 runs \(a, b\)"),
+        ("h.jsonl", '{"_step": 1, "x": 1}\n{"x": 2}\n', r"h\.jsonl:2: no integer '_step' in the W&B history row"),
+        ("h.jsonl", '{"_step": 1, "x": [1, 2]}\n', r"h\.jsonl:1: 'x' holds a list, not a number"),
+        (
+            "h.jsonl",
+            '{"_step": 1, "grad/encoder_norm": 1, "grad/encoder_norm_postclip": 1}\n',
+            r"h\.jsonl:1: 'grad/encoder_norm' and 'grad/encoder_norm_postclip' both map to 'grad/encoder_norm_postclip'",
+        ),
+        (
+            "h.csv",
+            "Step,train/lm_loss,train/lm_loss\n1,2,3\n",
+            r"h\.csv:1: column\(s\) \['train/lm_loss'\] appear twice",
+        ),
+        ("h.log", "step 1 loss 2.0\n", r"h\.log:1: neither JSON lines .* nor a CSV export"),
+    ],
+)
 def test_malformed_logs_name_file_and_line(tmp_path, name, text, match):
     (tmp_path / name).write_text(text)
     with pytest.raises(MetricsLogError, match=match):

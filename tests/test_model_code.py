@@ -1,6 +1,7 @@
 """A researcher's own model code behind the adapter (`--model-code`): loading it the way the
 official and origin trainers build a model, and the checks catching each bug of the
 foreign-style repository in tests/foreign_repo, directly and through `etrm investigate`."""
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,9 @@ import yaml
 from etrm import investigate
 from etrm.bundled import fixtures_root
 from etrm.checkpoints import normalize_key, read_state_dict
-from etrm.checks import h1_decoder_loading as h1, h2_gradient_flow as h2, h3_encoder_output as h3
+from etrm.checks import h1_decoder_loading as h1
+from etrm.checks import h2_gradient_flow as h2
+from etrm.checks import h3_encoder_output as h3
 from etrm.checks import h7_encoder_capacity as h7
 from etrm.data.datasets import FewShotPuzzleDataset, load_identifiers
 from etrm.model_code import ModelCodeError, build_model_code, load_model_code
@@ -32,17 +35,38 @@ ETRM_CLASS = "recursive_reasoning.etrm@TRMWithEncoder"
 # variant -> (arch.name, extra arch keys, the hypotheses whose checks run, the checks that must find it)
 VARIANTS = {
     "correct": (ETRM_CLASS, {}, ("hypothesis1", "hypothesis2", "hypothesis3", "hypothesis7"), set()),
-    "detached-context": ("recursive_reasoning.etrm_variants@DetachedContextTRM", {}, ("hypothesis2",),
-                         {"encoder_gradient_every_step"}),
-    "cached-context": ("recursive_reasoning.etrm_variants@CachedContextTRM", {}, ("hypothesis2",),
-                       {"encoder_gradient_every_step"}),
-    "demo-slot-positions": ("recursive_reasoning.etrm_variants@DemoSlotPositionTRM", {}, ("hypothesis3",),
-                            {"demo_order_invariance"}),
-    "frozen-encoder": (ETRM_CLASS, {"freeze_encoder": True}, ("hypothesis2",),
-                       {"encoder_requires_grad", "encoder_gradient_every_step"}),
-    "origin-etrmtrm": ("recursive_reasoning.etrmtrm@TRMWithRecurrentEncoder", {}, ("hypothesis2",),
-                       {"encoder_gradient_every_step"}),
+    "detached-context": (
+        "recursive_reasoning.etrm_variants@DetachedContextTRM",
+        {},
+        ("hypothesis2",),
+        {"encoder_gradient_every_step"},
+    ),
+    "cached-context": (
+        "recursive_reasoning.etrm_variants@CachedContextTRM",
+        {},
+        ("hypothesis2",),
+        {"encoder_gradient_every_step"},
+    ),
+    "demo-slot-positions": (
+        "recursive_reasoning.etrm_variants@DemoSlotPositionTRM",
+        {},
+        ("hypothesis3",),
+        {"demo_order_invariance"},
+    ),
+    "frozen-encoder": (
+        ETRM_CLASS,
+        {"freeze_encoder": True},
+        ("hypothesis2",),
+        {"encoder_requires_grad", "encoder_gradient_every_step"},
+    ),
+    "origin-etrmtrm": (
+        "recursive_reasoning.etrmtrm@TRMWithRecurrentEncoder",
+        {},
+        ("hypothesis2",),
+        {"encoder_gradient_every_step"},
+    ),
 }
+
 
 def write_run(folder: Path, arch_name: str, prefix: str = "_orig_mod.", **arch) -> Path:
     """A tiny run of the foreign code: all_config.yaml and step_150, the decoder copied from the
@@ -87,9 +111,11 @@ def test_every_key_layout_loads_and_any_key_mismatch_is_an_error_naming_it(runs,
         loaded = load_model_code(FOREIGN, path, DATA).model.head.state_dict()
         assert all(torch.equal(v, loaded[normalize_key(k)]) for k, v in torch.load(path, weights_only=True).items())
     state = torch.load(runs["correct"], weights_only=True)
-    cases = {"missing 1: model.inner.lm_head.weight": {k: v for k, v in state.items() if not k.endswith("lm_head.weight")},
-             "unexpected 1: model.encoder.extra": {**state, "_orig_mod.model.encoder.extra": torch.zeros(1)},
-             "shape mismatch 1: model.inner.q_head.bias": {**state, "_orig_mod.model.inner.q_head.bias": torch.zeros(3)}}
+    cases = {
+        "missing 1: model.inner.lm_head.weight": {k: v for k, v in state.items() if not k.endswith("lm_head.weight")},
+        "unexpected 1: model.encoder.extra": {**state, "_orig_mod.model.encoder.extra": torch.zeros(1)},
+        "shape mismatch 1: model.inner.q_head.bias": {**state, "_orig_mod.model.inner.q_head.bias": torch.zeros(3)},
+    }
     for message, broken_state in cases.items():
         path = tmp_path / "bad" / "step_1"
         path.parent.mkdir(exist_ok=True)
@@ -99,11 +125,17 @@ def test_every_key_layout_loads_and_any_key_mismatch_is_an_error_naming_it(runs,
             load_model_code(FOREIGN, path, DATA)
 
 
-@pytest.mark.parametrize("arch_name, error", [
-    ("recursive_reasoning.etrm", r"arch.name 'recursive_reasoning.etrm' is not 'module@Class'"),
-    ("recursive_reasoning.nope@X", r"importing models.recursive_reasoning.nope from .* failed: ModuleNotFoundError"),
-    ("recursive_reasoning.etrm@Nope", r"models.recursive_reasoning.etrm \(.*etrm.py\) has no class Nope"),
-])
+@pytest.mark.parametrize(
+    "arch_name, error",
+    [
+        ("recursive_reasoning.etrm", r"arch.name 'recursive_reasoning.etrm' is not 'module@Class'"),
+        (
+            "recursive_reasoning.nope@X",
+            r"importing models.recursive_reasoning.nope from .* failed: ModuleNotFoundError",
+        ),
+        ("recursive_reasoning.etrm@Nope", r"models.recursive_reasoning.etrm \(.*etrm.py\) has no class Nope"),
+    ],
+)
 def test_an_unresolvable_model_class_is_an_error_naming_it(arch_name, error, tmp_path):
     saved = yaml.safe_load(BASE_CONFIG.read_text())
     saved["arch"]["name"] = arch_name
@@ -137,14 +169,24 @@ def _checks(hypothesis: str, model, run: Path, code) -> list:
         return [h1.check_model_decoder_matches_trm(model, TRM, h1.decoder_frozen_in_run(run))]
     batch = _batch(code, 4)
     if hypothesis == "hypothesis2":
-        return [h2.check_encoder_requires_grad(model), h2.check_encoder_gradient_every_step(model, batch),
-                h2.check_loss_responds_to_encoder(model, batch)]
+        return [
+            h2.check_encoder_requires_grad(model),
+            h2.check_encoder_gradient_every_step(model, batch),
+            h2.check_loss_responds_to_encoder(model, batch),
+        ]
     if hypothesis == "hypothesis3":
-        return [h3.check_context_shape_and_dtype(model, batch), h3.check_context_finite(model, batch),
-                h3.check_demo_order_invariance(model, batch), h3.check_padding_invariance(model, batch)]
+        return [
+            h3.check_context_shape_and_dtype(model, batch),
+            h3.check_context_finite(model, batch),
+            h3.check_demo_order_invariance(model, batch),
+            h3.check_padding_invariance(model, batch),
+        ]
     wide = _batch(code, 16)
     tasks = h7.task_ids_of(wide, load_identifiers(DATA))
-    return [h7.check_context_varies_across_tasks(model, wide, tasks), h7.check_context_agrees_within_task(model, wide, tasks)]
+    return [
+        h7.check_context_varies_across_tasks(model, wide, tasks),
+        h7.check_context_agrees_within_task(model, wide, tasks),
+    ]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -165,22 +207,49 @@ def test_the_checks_find_each_bug_in_foreign_code_and_nothing_in_the_correct_mod
 
 # --- end to end: etrm investigate --model-code ---------------------------------------------------
 
+
 def _investigate(run: Path, tmp_path: Path) -> tuple[int, dict]:
     parser = investigate.argparse.ArgumentParser(prog="etrm")
     investigate.add_parser(parser.add_subparsers())
     verdict = tmp_path / "verdict.json"
-    args = parser.parse_args(["investigate", "--model-code", str(FOREIGN), "--etrm-checkpoint", str(run),
-                              "--trm-checkpoint", str(TRM), "--data", str(DATA), "-n", "0", "--verdict-json", str(verdict),
-                              "-m", "hypothesis1 or hypothesis2 or hypothesis3 or hypothesis7", "-k", "checkpoint_"])
+    args = parser.parse_args(
+        [
+            "investigate",
+            "--model-code",
+            str(FOREIGN),
+            "--etrm-checkpoint",
+            str(run),
+            "--trm-checkpoint",
+            str(TRM),
+            "--data",
+            str(DATA),
+            "-n",
+            "0",
+            "--verdict-json",
+            str(verdict),
+            "-m",
+            "hypothesis1 or hypothesis2 or hypothesis3 or hypothesis7",
+            "-k",
+            "checkpoint_",
+        ]
+    )
     return investigate.run(args), json.loads(verdict.read_text())
 
 
 @pytest.mark.parametrize("variant, evidence", [("correct", {}), ("detached-context", {"hypothesis2"})])
 def test_investigate_with_model_code_finds_only_the_planted_bug(variant, evidence, runs, tmp_path):
     status, verdict = _investigate(runs[variant], tmp_path)
-    rows = {r["hypothesis"]: r["verdict"] for r in verdict["rows"] if r["hypothesis"] in ("hypothesis1", "hypothesis2",
-                                                                                          "hypothesis3", "hypothesis7")}
+    rows = {
+        r["hypothesis"]: r["verdict"]
+        for r in verdict["rows"]
+        if r["hypothesis"] in ("hypothesis1", "hypothesis2", "hypothesis3", "hypothesis7")
+    }
     assert rows == {h: "evidence found" if h in evidence else "no evidence" for h in rows}, rows
     assert status == (1 if evidence else 0)
-    failed = {c["name"] for t in verdict["tests"] for c in t["checks"] if c["status"] == "fail" and not c.get("negative_control")}
+    failed = {
+        c["name"]
+        for t in verdict["tests"]
+        for c in t["checks"]
+        if c["status"] == "fail" and not c.get("negative_control")
+    }
     assert failed == ({"encoder_gradient_every_step"} if evidence else set())

@@ -1,6 +1,7 @@
 """The researcher's model code as a CI gate without checkpoints: the README's CI command, as
 written there, on tests/foreign_repo (configs laid out like the origin's config/arch/), and the
 config reading and CI sizing behind it (etrm.arch_config, etrm.model_code.build_model_at_size)."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ import pytest
 import yaml
 
 from etrm import cli
-from etrm.arch_config import (ARCH, ETRM, TRAINER, ConfigError, at_size, config_files, read_arch_config)
+from etrm.arch_config import ARCH, ETRM, TRAINER, ConfigError, at_size, config_files, read_arch_config
 from etrm.bundled import fixtures_root
 from etrm.config import tiny_config
 from etrm.model_code import ModelCodeError, build_model_at_size
@@ -23,9 +24,25 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 FOREIGN = Path(__file__).resolve().parent / "foreign_repo"
 ARCH_DIR = FOREIGN / "config" / "arch"
 DATA = fixtures_root() / BUNDLED["data_dir"]
-STRUCTURE = ("H_cycles", "L_cycles", "halt_max_steps", "halt_exploration_prob", "puzzle_emb_len", "forward_dtype",
-             "encoder_type", "encoder_pooling_method", "encoder_norm_style", "encoder_h_cycles", "encoder_l_cycles",
-             "recurrent_encoder_type", "freeze_encoder", "pos_encodings", "expansion", "loss", "name")
+STRUCTURE = (
+    "H_cycles",
+    "L_cycles",
+    "halt_max_steps",
+    "halt_exploration_prob",
+    "puzzle_emb_len",
+    "forward_dtype",
+    "encoder_type",
+    "encoder_pooling_method",
+    "encoder_norm_style",
+    "encoder_h_cycles",
+    "encoder_l_cycles",
+    "recurrent_encoder_type",
+    "freeze_encoder",
+    "pos_encodings",
+    "expansion",
+    "loss",
+    "name",
+)
 
 # config file -> the checks that must fail on it (the correct model: none).
 EXPECTED_FAILURES = {
@@ -65,14 +82,17 @@ def test_the_readme_gives_one_gate_command_for_github_actions_and_tox():
     assert "--model-code . --model-config config/arch/" in commands["workflow"]
 
 
-def test_the_gate_fails_each_broken_variant_naming_its_check_and_passes_the_correct_model(capsys, monkeypatch,
-                                                                                         tmp_path):
+def test_the_gate_fails_each_broken_variant_naming_its_check_and_passes_the_correct_model(
+    capsys, monkeypatch, tmp_path
+):
     """The README command on tests/foreign_repo's config/arch/: one case per file. (The verdict
     JSON, an output option, is added to read each test's outcome; the output names the checks.)"""
     verdict = tmp_path / "verdict.json"
     status, out = run_gate(FOREIGN, capsys, monkeypatch, "--verdict-json", str(verdict))
     assert status == 1, out
-    tests = [t for t in json.loads(verdict.read_text())["tests"] if "test_model_code.py::test_model_code_" in t["nodeid"]]
+    tests = [
+        t for t in json.loads(verdict.read_text())["tests"] if "test_model_code.py::test_model_code_" in t["nodeid"]
+    ]
     by_case: dict[str, list[dict]] = {}
     for test in tests:
         by_case.setdefault(re.search(r"\[(.+)\]$", test["nodeid"]).group(1), []).append(test)
@@ -84,8 +104,11 @@ def test_the_gate_fails_each_broken_variant_naming_its_check_and_passes_the_corr
         if case == "trm.yaml":
             assert kinds.pop("test_model_code_training_steps_finite_at_forward_dtype") == "passed"
             assert set(kinds.values()) == {"skipped"}
-            assert all("not applicable to the encoder checks" in t["reason"] for t in by_case[case]
-                       if t["outcome"] == "skipped")
+            assert all(
+                "not applicable to the encoder checks" in t["reason"]
+                for t in by_case[case]
+                if t["outcome"] == "skipped"
+            )
         else:
             assert "skipped" not in kinds.values() and "error" not in kinds.values(), (case, kinds)
         for check in expected:  # named in the output, under the failing test's own header
@@ -110,20 +133,31 @@ def test_a_run_that_checked_none_of_the_users_model_fails_in_one_line_unless_all
     argv = ["investigate", "-m", "hypothesis2", "-k", "model_code", "-n", "0", "--model-code", str(FOREIGN)]
     assert cli.main(argv) == 1
     lines = [line for line in capsys.readouterr().out.splitlines() if "etrm gate failed" in line]
-    assert lines == ["etrm gate failed: no check that ran read --model-code (the checks that would use it were not "
-                     "run or not selected: see the 'not run' reasons above); pass --allow-unchecked to let such a run "
-                     "pass"]
+    assert lines == [
+        "etrm gate failed: no check that ran read --model-code (the checks that would use it were not "
+        "run or not selected: see the 'not run' reasons above); pass --allow-unchecked to let such a run "
+        "pass"
+    ]
     assert cli.main(argv + ["--allow-unchecked"]) == 0
     assert "etrm gate failed" not in capsys.readouterr().out
 
 
 # --- reading configs and sizing them ------------------------------------------------------
 
+
 def test_config_kinds_are_told_apart_and_an_unknown_file_is_an_error_naming_it(tmp_path):
     assert read_arch_config(ARCH_DIR / "etrmtrm.yaml").kind == ARCH
     trainer = tmp_path / "all_config.yaml"
-    trainer.write_text(yaml.safe_dump({"arch": yaml.safe_load((ARCH_DIR / "etrm.yaml").read_text()),
-                                       "global_batch_size": 384, "max_demos": 6, "lr": 1e-4}))
+    trainer.write_text(
+        yaml.safe_dump(
+            {
+                "arch": yaml.safe_load((ARCH_DIR / "etrm.yaml").read_text()),
+                "global_batch_size": 384,
+                "max_demos": 6,
+                "lr": 1e-4,
+            }
+        )
+    )
     read = read_arch_config(trainer)
     assert (read.kind, read.name, read.max_demos) == (TRAINER, "recursive_reasoning.etrm@TRMWithEncoder", 6)
     ours = tmp_path / "model.yaml"
@@ -139,10 +173,26 @@ def test_config_kinds_are_told_apart_and_an_unknown_file_is_an_error_naming_it(t
 def test_the_ci_size_shrinks_width_layers_canvas_and_demos_and_keeps_the_structure():
     config = read_arch_config(ARCH_DIR / "etrmtrm.yaml")
     tiny, mid, full = (at_size(config, size) for size in ("tiny", "mid", "as-configured"))
-    assert {k: tiny.arch[k] for k in ("hidden_size", "num_heads", "L_layers", "encoder_num_layers",
-                                      "encoder_set_layers", "encoder_l_layers", "H_layers")} == dict(
-        hidden_size=32, num_heads=2, L_layers=1, encoder_num_layers=1, encoder_set_layers=1, encoder_l_layers=1,
-        H_layers=0)
+    assert {
+        k: tiny.arch[k]
+        for k in (
+            "hidden_size",
+            "num_heads",
+            "L_layers",
+            "encoder_num_layers",
+            "encoder_set_layers",
+            "encoder_l_layers",
+            "H_layers",
+        )
+    } == dict(
+        hidden_size=32,
+        num_heads=2,
+        L_layers=1,
+        encoder_num_layers=1,
+        encoder_set_layers=1,
+        encoder_l_layers=1,
+        H_layers=0,
+    )
     assert (tiny.canvas, tiny.max_demos, mid.canvas, mid.max_demos) == (10, 4, 30, 6)
     assert (mid.arch["hidden_size"], mid.arch["num_heads"], mid.arch["L_layers"]) == (128, 4, 2)
     assert tiny.shrunk["hidden_size"] == (512, 32) and tiny.shrunk["max_demos"] == (10, 4)
@@ -151,7 +201,10 @@ def test_the_ci_size_shrinks_width_layers_canvas_and_demos_and_keeps_the_structu
             assert tiny.arch[key] == mid.arch[key] == config.arch[key], key
     assert (full.arch, full.canvas, full.max_demos, full.shrunk) == (config.arch, 30, 10, {})
     trm = read_arch_config(ARCH_DIR / "trm.yaml")  # puzzle_emb_ndim: ${.hidden_size} follows the shrink
-    assert at_size(trm, "tiny").arch["puzzle_emb_ndim"] == 32 and at_size(trm, "as-configured").arch["puzzle_emb_ndim"] == 512
+    assert (
+        at_size(trm, "tiny").arch["puzzle_emb_ndim"] == 32
+        and at_size(trm, "as-configured").arch["puzzle_emb_ndim"] == 512
+    )
     with pytest.raises(ConfigError, match="unknown model size 'huge'"):
         at_size(config, "huge")
 
@@ -160,8 +213,10 @@ def test_a_trainer_config_builds_the_same_model_as_its_arch_file(tmp_path):
     arch_file = read_arch_config(ARCH_DIR / "etrm.yaml")
     trainer = tmp_path / "all_config.yaml"
     trainer.write_text(yaml.safe_dump({"arch": arch_file.arch, "global_batch_size": 384, "max_demos": 10}))
-    built = [build_model_at_size(FOREIGN, c, at_size(c, "tiny"), DATA, batch_size=8)
-             for c in (arch_file, read_arch_config(trainer))]
+    built = [
+        build_model_at_size(FOREIGN, c, at_size(c, "tiny"), DATA, batch_size=8)
+        for c in (arch_file, read_arch_config(trainer))
+    ]
     assert built[0].config == built[1].config and built[0].max_demos == built[1].max_demos == 4
     assert built[0].config["hidden_size"] == 32 and built[0].config["batch_size"] == 8
     first, second = (b.model.head.state_dict() for b in built)
@@ -169,11 +224,15 @@ def test_a_trainer_config_builds_the_same_model_as_its_arch_file(tmp_path):
     with pytest.raises(ModelCodeError, match="an etrm ModelConfig names no model class of yours"):
         ours = tmp_path / "model.yaml"
         ours.write_text(tiny_config("etrm").to_yaml())
-        build_model_at_size(FOREIGN, read_arch_config(ours), at_size(read_arch_config(ours), "tiny"), DATA, batch_size=8)
+        build_model_at_size(
+            FOREIGN, read_arch_config(ours), at_size(read_arch_config(ours), "tiny"), DATA, batch_size=8
+        )
 
 
 def test_model_config_options_are_checked_when_the_run_starts(tmp_path):
-    with pytest.raises(ArtifactError, match="--etrm-model-config .*: no \\*.yaml or \\*.yml config file in this folder"):
+    with pytest.raises(
+        ArtifactError, match="--etrm-model-config .*: no \\*.yaml or \\*.yml config file in this folder"
+    ):
         Artifacts.resolve({"model_config": tmp_path})
     with pytest.raises(ArtifactError, match="--model-size 'huge': choose one of tiny, mid, as-configured"):
         Artifacts.resolve({}, model_size="huge", prefix="")

@@ -1,4 +1,5 @@
 """Unit tests of the TRM decoder, ACT wrapper, encoders, ETRM/ETRMTRM and loss head."""
+
 from __future__ import annotations
 
 import math
@@ -12,8 +13,8 @@ from etrm.config import ConfigError, official_arc1_config, tiny_config
 from etrm.models import ETRM, ETRMTRM, TRM, build_encoder, build_model
 from etrm.models.encoders import PAD_ID
 from etrm.models.loss import IGNORE_LABEL_ID, stablemax_cross_entropy
-from etrm.synthetic import random_batch
 from etrm.suite.support import CompiledLayout
+from etrm.synthetic import random_batch
 
 MODEL_TYPES = ["trm", "etrm", "etrmtrm"]
 ENCODER_VARIANTS = [
@@ -37,6 +38,7 @@ def force_halting(head, halt: bool) -> None:
 
 
 # --- shapes, dtypes, init -------------------------------------------------------------
+
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -93,11 +95,12 @@ def test_trm_prefix_is_the_puzzle_vector_zero_padded():
     prefix = inner.puzzle_prefix(torch.tensor([3, 5]))
     cfg = head.config
     assert prefix.shape == (2, cfg.puzzle_emb_len, cfg.hidden_size)
-    assert torch.equal(prefix.reshape(2, -1)[:, :cfg.puzzle_emb_ndim], inner.puzzle_emb.weights[[3, 5]])
-    assert torch.count_nonzero(prefix.reshape(2, -1)[:, cfg.puzzle_emb_ndim:]) == 0
+    assert torch.equal(prefix.reshape(2, -1)[:, : cfg.puzzle_emb_ndim], inner.puzzle_emb.weights[[3, 5]])
+    assert torch.count_nonzero(prefix.reshape(2, -1)[:, cfg.puzzle_emb_ndim :]) == 0
 
 
 # --- ACT carry and halting ------------------------------------------------------------
+
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_halted_slots_take_new_data_and_continuing_slots_keep_theirs(model_type):
@@ -165,6 +168,7 @@ def test_exploration_vetoes_halting_with_a_fresh_minimum_each_step():
 
 # --- loss -------------------------------------------------------------------------------
 
+
 def test_stablemax_against_hand_computed_values():
     logits = torch.tensor([[[0.0, 1.0, -1.0], [2.0, -3.0, 0.5]]])
     labels = torch.tensor([[1, IGNORE_LABEL_ID]])
@@ -182,8 +186,9 @@ def test_stablemax_gradient_is_finite_at_a_logit_of_exactly_one():
     # official s(x) adds 1e-30). Expected values: d/dx of -log(s_1 / sum s), s = (2, 1.5, 1/3).
     logits = torch.tensor([[[1.0, 0.5, -2.0]]], dtype=torch.float64, requires_grad=True)
     stablemax_cross_entropy(logits, torch.tensor([[1]])).sum().backward()
-    torch.testing.assert_close(logits.grad, torch.tensor([[[0.2609, -0.4058, 0.0290]]], dtype=torch.float64),
-                               rtol=0, atol=1e-4)
+    torch.testing.assert_close(
+        logits.grad, torch.tensor([[[0.2609, -0.4058, 0.0290]]], dtype=torch.float64), rtol=0, atol=1e-4
+    )
 
 
 def test_stablemax_gradient_of_an_ignored_bfloat16_token_at_one_is_zero():
@@ -224,8 +229,11 @@ def test_kl_term_is_summed_over_samples_and_weighted():
 
 # --- gradients, determinism, persistence --------------------------------------------------
 
-@pytest.mark.parametrize("model_type, variant", [("trm", {})] + [
-    (m, v) for m in ("etrm", "etrmtrm") for v in (ENCODER_VARIANTS[0], ENCODER_VARIANTS[4])])
+
+@pytest.mark.parametrize(
+    "model_type, variant",
+    [("trm", {})] + [(m, v) for m in ("etrm", "etrmtrm") for v in (ENCODER_VARIANTS[0], ENCODER_VARIANTS[4])],
+)
 def test_gradient_reaches_every_trainable_parameter_on_every_step(model_type, variant):
     head = make(model_type, halt_exploration_prob=0.0, **variant).train()
     force_halting(head, False)  # step 2 has no resets: the hardest case for ETRMTRM
@@ -236,7 +244,9 @@ def test_gradient_reaches_every_trainable_parameter_on_every_step(model_type, va
         carry, loss, *_ = head(carry, batch)
         loss.backward()
         assert not carry.halted.any() or step == head.config.halt_max_steps
-        starved = [n for n, p in head.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+        starved = [
+            n for n, p in head.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)
+        ]
         assert not starved, f"step {step}: no gradient for {starved}"
 
 
@@ -267,6 +277,7 @@ def test_same_seed_same_model_and_outputs(model_type, tmp_path):
 
 # --- encoder invariances ------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def encoders():
     torch.manual_seed(0)
@@ -280,7 +291,9 @@ def test_context_ignores_demo_order(encoders, variant, valid, perm_seed):
     perm = torch.randperm(enc.config.max_demos, generator=torch.Generator().manual_seed(perm_seed))
     with torch.no_grad():
         base = enc(batch["demo_inputs"], batch["demo_labels"], batch["demo_mask"]).context
-        shuffled = enc(batch["demo_inputs"][:, perm], batch["demo_labels"][:, perm], batch["demo_mask"][:, perm]).context
+        shuffled = enc(
+            batch["demo_inputs"][:, perm], batch["demo_labels"][:, perm], batch["demo_mask"][:, perm]
+        ).context
     torch.testing.assert_close(base, shuffled, rtol=1e-5, atol=1e-5)
 
 
@@ -321,12 +334,15 @@ def test_a_valid_demo_pair_of_padding_only_gives_a_finite_context_and_gradients(
     encoder_grads = [p.grad for p in head.model.encoder.parameters() if p.grad is not None]
     assert encoder_grads and any(g.abs().sum() > 0 for g in encoder_grads)
 
+
 def test_context_tokens_have_unit_rms(encoders):
     enc = encoders[0]
     batch = random_batch(enc.config, 2, demo_counts=[3, 0])
     with torch.no_grad():
         ctx = enc(batch["demo_inputs"], batch["demo_labels"], batch["demo_mask"]).context
-    torch.testing.assert_close(ctx.square().mean(-1).sqrt(), torch.ones(2, enc.config.puzzle_emb_len), rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(
+        ctx.square().mean(-1).sqrt(), torch.ones(2, enc.config.puzzle_emb_len), rtol=1e-3, atol=1e-3
+    )
 
 
 def test_variational_encoder_samples_in_training_and_uses_the_mean_in_eval(encoders):
@@ -375,13 +391,23 @@ def test_missing_batch_keys_are_named():
 # --- official checkpoint layout -------------------------------------------------------------
 
 OFFICIAL_KEYS = {
-    "H_init": ((512,), "buffer"), "L_init": ((512,), "buffer"),
-    "embed_tokens.embedding_weight": ((12, 512), "param"), "lm_head.weight": ((12, 512), "param"),
-    "q_head.weight": ((2, 512), "param"), "q_head.bias": ((2,), "param"),
+    "H_init": ((512,), "buffer"),
+    "L_init": ((512,), "buffer"),
+    "embed_tokens.embedding_weight": ((12, 512), "param"),
+    "lm_head.weight": ((12, 512), "param"),
+    "q_head.weight": ((2, 512), "param"),
+    "q_head.bias": ((2,), "param"),
     "puzzle_emb.weights": ((876_406, 512), "buffer"),
-    **{f"L_level.layers.{i}.{name}": (shape, "param") for i in (0, 1) for name, shape in [
-        ("self_attn.qkv_proj.weight", (1536, 512)), ("self_attn.o_proj.weight", (512, 512)),
-        ("mlp.gate_up_proj.weight", (3072, 512)), ("mlp.down_proj.weight", (512, 1536))]},
+    **{
+        f"L_level.layers.{i}.{name}": (shape, "param")
+        for i in (0, 1)
+        for name, shape in [
+            ("self_attn.qkv_proj.weight", (1536, 512)),
+            ("self_attn.o_proj.weight", (512, 512)),
+            ("mlp.gate_up_proj.weight", (3072, 512)),
+            ("mlp.down_proj.weight", (512, 1536)),
+        ]
+    },
 }
 
 
@@ -404,7 +430,9 @@ def test_official_arc_agi_1_key_layout(official_head):
 
 
 def test_official_layout_state_dict_loads_strictly_with_and_without_compile_prefix(official_head):
-    official = {f"_orig_mod.model.inner.{k}": torch.empty(shape, device="meta") for k, (shape, _) in OFFICIAL_KEYS.items()}
+    official = {
+        f"_orig_mod.model.inner.{k}": torch.empty(shape, device="meta") for k, (shape, _) in OFFICIAL_KEYS.items()
+    }
     CompiledLayout(official_head).load_state_dict(official, strict=True)
     plain = {k.removeprefix("_orig_mod."): v for k, v in official.items()}
     official_head.load_state_dict(plain, strict=True)

@@ -5,6 +5,7 @@ tests on small canvases (the stablemax NaN gradient did).
 
 bfloat16 GEMMs run ~20x slower than float32 ones on a CPU without bfloat16 units, so each test
 takes the smallest width, batch and step count that still reaches its path."""
+
 from __future__ import annotations
 
 import pytest
@@ -22,8 +23,7 @@ from etrm.testing.artifacts import BUNDLED, fixtures_root
 # Every model class and encoder type; the TRM's identifiers cover the interop build's 181.
 MODELS = ["trm", *TINY_ENCODER_MODELS]
 # Canvas 30 is what this is about: the recursion depth is exercised on the 10x10 canvas below.
-CANVAS30 = dict(seq_len=900, max_demos=1, hidden_size=16, num_heads=1, H_cycles=1, L_cycles=1,
-                forward_dtype="bfloat16")
+CANVAS30 = dict(seq_len=900, max_demos=1, hidden_size=16, num_heads=1, H_cycles=1, L_cycles=1, forward_dtype="bfloat16")
 # bfloat16 keeps 8 bits of mantissa (relative step 2^-8). Through the official recursion's 15
 # post-norm blocks per ACT step its logits (RMS ~1) differ from float32's by 0.01-0.03 on average
 # and the LM loss by up to 2e-3 relative (three seeds measured); single logits reach 0.8, so only
@@ -63,8 +63,10 @@ def test_bfloat16_training_step_on_a_canvas_30_batch_leaves_every_gradient_finit
     missing = [n for n, p in leaves if p.grad is None]
     nonfinite = [n for n, p in leaves if p.grad is not None and not torch.isfinite(p.grad).all()]
     assert torch.isfinite(loss), f"{name}: loss {loss.item()}"
-    assert not nonfinite and not missing, (f"{name}: {len(nonfinite)} of {len(leaves)} gradients non-finite "
-                                           f"({', '.join(nonfinite[:4])}), {len(missing)} missing ({', '.join(missing[:4])})")
+    assert not nonfinite and not missing, (
+        f"{name}: {len(nonfinite)} of {len(leaves)} gradients non-finite "
+        f"({', '.join(nonfinite[:4])}), {len(missing)} missing ({', '.join(missing[:4])})"
+    )
 
 
 @pytest.mark.parametrize("name, L_cycles", [("etrm-standard", 4), ("etrmtrm-standard", 6)])
@@ -87,12 +89,20 @@ def test_bfloat16_recursion_and_loss_follow_float32_at_the_official_recursion(ed
     with torch.no_grad():
         for step in range(1, cfg.halt_max_steps + 1):
             (carry16, _, m16, out16, _), (carry32, _, m32, out32, _) = [
-                m(c, edge_batch) for m, c in zip((bf16, fp32), carries)]
+                m(c, edge_batch) for m, c in zip((bf16, fp32), carries)
+            ]
             carries = [carry16, carry32]
             # The LM loss is each sample's mean over its labelled tokens of its own logits' loss.
             own = (stablemax_cross_entropy(out16["logits"], labels).sum(-1) / labelled).sum()
             torch.testing.assert_close(m16["lm_loss"], own, rtol=1e-12, atol=0)
             error = (out16["logits"].float() - out32["logits"]).abs().mean().item()
-            assert error <= BF16_LOGITS_MEAN_ERROR, f"step {step}: bfloat16 logits are {error:.3g} from float32's on average"
-            torch.testing.assert_close(m16["lm_loss"], m32["lm_loss"].to(m16["lm_loss"]), rtol=BF16_LOSS_RTOL, atol=0,
-                                       msg=lambda m: f"step {step} LM loss, bfloat16 vs float32: {m}")
+            assert error <= BF16_LOGITS_MEAN_ERROR, (
+                f"step {step}: bfloat16 logits are {error:.3g} from float32's on average"
+            )
+            torch.testing.assert_close(
+                m16["lm_loss"],
+                m32["lm_loss"].to(m16["lm_loss"]),
+                rtol=BF16_LOSS_RTOL,
+                atol=0,
+                msg=lambda m, step=step: f"step {step} LM loss, bfloat16 vs float32: {m}",
+            )

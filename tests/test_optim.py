@@ -1,4 +1,5 @@
 """AdamATan2, sparse sign-SGD and the learning-rate schedule against hand computations."""
+
 from __future__ import annotations
 
 import math
@@ -10,14 +11,15 @@ from etrm.models.trm import PuzzleEmbedding
 from etrm.optim import AdamATan2, SparseSignSGD, lr_schedule
 
 
-def package_adam_atan2(p0: list[float], grads: list[list[float]], lr: float, betas: tuple[float, float],
-                       wd: float) -> list[float]:
+def package_adam_atan2(
+    p0: list[float], grads: list[list[float]], lr: float, betas: tuple[float, float], wd: float
+) -> list[float]:
     """The `adam-atan2` 0.0.3 kernel's update, per element in float64 Python arithmetic:
     moments by lerp, then `p *= 1 - lr*wd; p -= lr/bc1 * atan2(m, sqrt(v)/sqrt(bc2))`."""
     b1, b2 = betas
     p, m, v = list(p0), [0.0] * len(p0), [0.0] * len(p0)
     for t, g in enumerate(grads, start=1):
-        step_size, bc2_sqrt = lr / (1 - b1 ** t), math.sqrt(1 - b2 ** t)
+        step_size, bc2_sqrt = lr / (1 - b1**t), math.sqrt(1 - b2**t)
         for i, gi in enumerate(g):
             m[i] += (1 - b1) * (gi - m[i])
             v[i] += (1 - b2) * (gi * gi - v[i])
@@ -41,8 +43,9 @@ def test_adam_atan2_matches_the_package_update_over_several_steps(shape, wd):
     p0 = torch.randn(shape, generator=gen)
     grads = [torch.randn(shape, generator=gen) * scale for scale in (1.0, 0.1, 3.0, 1e-3, 0.5, 1.0)]
     got = run_adam(p0, grads, lr=0.05, betas=(0.9, 0.95), weight_decay=wd)
-    want = package_adam_atan2(p0.flatten().tolist(), [g.flatten().tolist() for g in grads], lr=0.05,
-                              betas=(0.9, 0.95), wd=wd)
+    want = package_adam_atan2(
+        p0.flatten().tolist(), [g.flatten().tolist() for g in grads], lr=0.05, betas=(0.9, 0.95), wd=wd
+    )
     torch.testing.assert_close(got, torch.tensor(want).reshape(shape), rtol=1e-6, atol=1e-6)
 
 
@@ -91,6 +94,7 @@ def test_adam_atan2_rejects_bad_hyperparameters(kwargs):
 
 
 # --- sparse sign-SGD -----------------------------------------------------------------------------
+
 
 def embedding_with_grads(ids: list[int], grads: torch.Tensor) -> tuple[PuzzleEmbedding, torch.Tensor]:
     emb = PuzzleEmbedding(8, 3, torch.float32).train()
@@ -151,6 +155,7 @@ def test_sign_sgd_rejects_a_non_embedding():
 
 # --- schedule ------------------------------------------------------------------------------------
 
+
 def test_lr_schedule_warms_up_linearly_then_stays_constant_with_min_ratio_one():
     lrs = [lr_schedule(s, 1e-4, 2000, 10_000, 1.0) for s in (0, 1, 1000, 2000, 5000, 10_000, 20_000)]
     assert lrs == pytest.approx([0.0, 5e-8, 5e-5, 1e-4, 1e-4, 1e-4, 1e-4], rel=1e-12)
@@ -169,7 +174,9 @@ def test_lr_schedule_without_warmup_starts_at_base():
     assert lr_schedule(1, 0.5, 0, 100, 1.0) == 0.5
 
 
-@pytest.mark.parametrize("args", [(-1, 1.0, 0, 10, 1.0), (1, 1.0, -1, 10, 1.0), (1, 1.0, 0, 0, 1.0), (1, 1.0, 0, 10, 1.5)])
+@pytest.mark.parametrize(
+    "args", [(-1, 1.0, 0, 10, 1.0), (1, 1.0, -1, 10, 1.0), (1, 1.0, 0, 0, 1.0), (1, 1.0, 0, 10, 1.5)]
+)
 def test_lr_schedule_rejects_bad_arguments(args):
     with pytest.raises(ValueError, match="lr_schedule"):
         lr_schedule(*args)

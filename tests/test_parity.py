@@ -1,4 +1,5 @@
 """etrm.parity on synthetic references: what a mismatch says, and the tolerances' rules."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,11 @@ def write_reference(folder, steps, dtype="float32"):
 
 def outputs(seed, **changes):
     gen = torch.Generator().manual_seed(seed)
-    out = {"logits": torch.randn(2, 3, 4, generator=gen), "q_halt_logits": torch.randn(2, generator=gen),
-           "steps": torch.tensor([seed, seed], dtype=torch.int32)}
+    out = {
+        "logits": torch.randn(2, 3, 4, generator=gen),
+        "q_halt_logits": torch.randn(2, generator=gen),
+        "steps": torch.tensor([seed, seed], dtype=torch.int32),
+    }
     return out | changes
 
 
@@ -40,8 +44,10 @@ def test_the_first_differing_step_and_tensor_are_named_with_the_amount(tmp_path)
 
 def test_integer_outputs_compare_exactly_and_missing_ones_are_named(tmp_path):
     ref = write_reference(tmp_path / "ref", [outputs(1)])
-    assert "step 1 steps: differs at (0,): ours 7, reference 1" in first_mismatch(
-        [outputs(1, steps=torch.tensor([7, 1], dtype=torch.int32))], ref).message
+    assert (
+        "step 1 steps: differs at (0,): ours 7, reference 1"
+        in first_mismatch([outputs(1, steps=torch.tensor([7, 1], dtype=torch.int32))], ref).message
+    )
     assert "missing from our outputs" in first_mismatch([{"logits": outputs(1)["logits"]}], ref).message
     assert "1 steps compared, ours has 0" in first_mismatch([], ref).message
 

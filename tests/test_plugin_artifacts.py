@@ -1,4 +1,5 @@
 """Artifact resolution: user paths win, bundled fixtures are the default, absent ones skip."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,11 +36,17 @@ def test_user_paths_win_over_bundled(root, tmp_path):
     assert art.data_dir == tmp_path.resolve() and art.source("data_dir") == "user"
 
 
-@pytest.mark.parametrize("given, match", [
-    ({"trm_checkpoint": "/nonexistent/step_1"}, "--etrm-trm-checkpoint /nonexistent/step_1: TRM checkpoint file not found"),
-    ({"etrm_frozen_checkpoint": "/x"}, "etrm_frozen_checkpoint is bundled only"),
-    ({"weights": "/x"}, r"unknown artifact\(s\) \['weights'\]"),
-])
+@pytest.mark.parametrize(
+    "given, match",
+    [
+        (
+            {"trm_checkpoint": "/nonexistent/step_1"},
+            "--etrm-trm-checkpoint /nonexistent/step_1: TRM checkpoint file not found",
+        ),
+        ({"etrm_frozen_checkpoint": "/x"}, "etrm_frozen_checkpoint is bundled only"),
+        ({"weights": "/x"}, r"unknown artifact\(s\) \['weights'\]"),
+    ],
+)
 def test_bad_user_input_is_an_error_naming_the_option(root, given, match):
     with pytest.raises(ArtifactError, match=match):
         Artifacts.resolve(given, root=root)
@@ -76,11 +83,15 @@ def test_require_matching_refuses_to_pair_user_and_bundled_artifacts(root, tmp_p
     mine.write_bytes(b"e")
     bundled = Artifacts.resolve({}, root=root)
     assert bundled.require_matching("trm_checkpoint", "etrm_frozen_checkpoint") == (
-        root / BUNDLED["trm_checkpoint"], root / BUNDLED["etrm_frozen_checkpoint"])
+        root / BUNDLED["trm_checkpoint"],
+        root / BUNDLED["etrm_frozen_checkpoint"],
+    )
 
     mixed = Artifacts.resolve({"etrm_checkpoint": mine}, root=root)
-    with pytest.raises(pytest.skip.Exception, match="--etrm-etrm-checkpoint is yours and trm_checkpoint is bundled: "
-                                                    "pass --etrm-trm-checkpoint PATH too"):
+    with pytest.raises(
+        pytest.skip.Exception,
+        match="--etrm-etrm-checkpoint is yours and trm_checkpoint is bundled: pass --etrm-trm-checkpoint PATH too",
+    ):
         mixed.require_matching("trm_checkpoint", "etrm_checkpoint")
     user_trm = Artifacts.resolve({"trm_checkpoint": mine}, root=root)
     with pytest.raises(pytest.skip.Exception, match="runs on the bundled fixtures only"):
@@ -96,13 +107,17 @@ def test_a_log_of_the_run_is_never_the_bundled_one_beside_users_checkpoints(root
     log.write_text("{}\n")
     run = ("trm_checkpoint", "etrm_checkpoint")
     assert Artifacts.resolve({}, root=root).require_of_run("metrics_log", *run) == root / BUNDLED["metrics_log"]
-    with pytest.raises(pytest.skip.Exception, match="^not run: needs --etrm-metrics-log PATH: --etrm-etrm-checkpoint "
-                                                    "is yours, and the bundled metrics log is not of your run$"):
+    with pytest.raises(
+        pytest.skip.Exception,
+        match="^not run: needs --etrm-metrics-log PATH: --etrm-etrm-checkpoint "
+        "is yours, and the bundled metrics log is not of your run$",
+    ):
         Artifacts.resolve({"etrm_checkpoint": mine}, root=root).require_of_run("metrics_log", *run)
     # The user's log is checked on its own, beside bundled (or their own) checkpoints.
     assert Artifacts.resolve({"metrics_log": log}, root=root).require_of_run("metrics_log", *run) == log.resolve()
     both = Artifacts.resolve({"metrics_log": log, "trm_checkpoint": mine}, root=root)
     assert both.require_of_run("metrics_log", *run) == log.resolve()
+
 
 def test_every_bundled_artifact_and_option_is_documented():
     import etrm.testing.artifacts as module

@@ -1,4 +1,5 @@
 """CheckResult: validation, scalar normalisation and JSON round trips."""
+
 from __future__ import annotations
 
 import json
@@ -28,9 +29,19 @@ def test_from_condition(condition, status):
 def test_numbers_are_normalised_to_plain_python_scalars():
     import torch
 
-    result = CheckResult.ok("hypothesis3", "scale", "context RMS 1.0", {
-        "rms": np.float32(1.5), "count": np.int64(7), "finite": np.bool_(True),
-        "norm": torch.tensor(2.5), "nan": float("nan"), "layout": "_orig_mod."})
+    result = CheckResult.ok(
+        "hypothesis3",
+        "scale",
+        "context RMS 1.0",
+        {
+            "rms": np.float32(1.5),
+            "count": np.int64(7),
+            "finite": np.bool_(True),
+            "norm": torch.tensor(2.5),
+            "nan": float("nan"),
+            "layout": "_orig_mod.",
+        },
+    )
     assert result.numbers["rms"] == 1.5 and type(result.numbers["rms"]) is float
     assert result.numbers["count"] == 7 and type(result.numbers["count"]) is int
     assert result.numbers["finite"] is True
@@ -39,17 +50,24 @@ def test_numbers_are_normalised_to_plain_python_scalars():
 
 
 def test_round_trip_through_json():
-    result = CheckResult.fail("experiment1", "decide", "encoder trains but accuracy stays at 0",
-                              {"scenario": "C: encoder trains but useless", "grad": 0.25, "steps": 100})
+    result = CheckResult.fail(
+        "experiment1",
+        "decide",
+        "encoder trains but accuracy stays at 0",
+        {"scenario": "C: encoder trains but useless", "grad": 0.25, "steps": 100},
+    )
     assert CheckResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(hypothesis="hypothesis9"), "unknown hypothesis 'hypothesis9'"),
-    (dict(status="passed"), "unknown status 'passed'"),
-    (dict(name=""), "non-empty name"),
-    (dict(message=""), "message must say what was found"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(hypothesis="hypothesis9"), "unknown hypothesis 'hypothesis9'"),
+        (dict(status="passed"), "unknown status 'passed'"),
+        (dict(name=""), "non-empty name"),
+        (dict(message=""), "message must say what was found"),
+    ],
+)
 def test_invalid_fields_are_rejected_with_the_field_named(kwargs, match):
     fields = dict(hypothesis="hypothesis1", name="n", status="pass", message="m") | kwargs
     with pytest.raises(ValueError, match=match):
@@ -63,8 +81,9 @@ def test_non_scalar_numbers_are_rejected_naming_check_and_key():
 
 def test_from_dict_names_missing_and_unknown_keys():
     with pytest.raises(ValueError, match=r"missing keys \['numbers'\], unknown keys \['passed'\]"):
-        CheckResult.from_dict({"hypothesis": "hypothesis1", "name": "x", "status": "pass",
-                               "message": "m", "passed": True})
+        CheckResult.from_dict(
+            {"hypothesis": "hypothesis1", "name": "x", "status": "pass", "message": "m", "passed": True}
+        )
 
 
 def test_every_hypothesis_has_a_marker_with_a_question():

@@ -1,5 +1,6 @@
 """`etrm investigate`: the pytest command line it builds, an in-process run of a check
 package from a foreign working directory, the report, and "no checks selected"."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,7 +14,7 @@ import etrm
 from etrm import investigate
 from etrm.cli import main
 
-SUITE_MODULE = '''
+SUITE_MODULE = """
 import pytest
 from etrm.checks import CheckResult
 
@@ -33,7 +34,7 @@ def test_needs_config(artifacts):
 @pytest.mark.experiment1
 def test_decide(record_check):
     record_check(CheckResult.ok("experiment1", "scenario", "decided", {"scenario": "A: encoder learns"}))
-'''
+"""
 
 
 def _parse(*argv: str) -> argparse.Namespace:
@@ -101,8 +102,11 @@ def fake_suite(tmp_path, monkeypatch) -> str:
 def test_runs_a_check_package_and_writes_verdict_and_report(clean_env, fake_suite, capsys):
     (clean_env / "m.jsonl").write_text('{"step": 1, "train/lm_loss": 2.0}\n{"step": 2, "train/lm_loss": 1.0}\n')
 
-    status = investigate.run(_parse("--suite", fake_suite, "--metrics-log", "m.jsonl",
-                                    "--verdict-json", "v.json", "--report", "rep", "-n", "0"))
+    status = investigate.run(
+        _parse(
+            "--suite", fake_suite, "--metrics-log", "m.jsonl", "--verdict-json", "v.json", "--report", "rep", "-n", "0"
+        )
+    )
     out = capsys.readouterr().out
     assert status == pytest.ExitCode.TESTS_FAILED  # a check failed: evidence for H2
     assert f"rootdir: {Path(etrm.__file__).resolve().parent.parent}" in out and "pyproject.toml" not in out
@@ -112,7 +116,8 @@ def test_runs_a_check_package_and_writes_verdict_and_report(clean_env, fake_suit
     assert rows["hypothesis3"]["reason"].endswith("not run: no model config: pass --model-config PATH")  # its flag
     tests = json.loads((clean_env / "v.json").read_text())["tests"]
     assert [t["checks"][0]["numbers"] for t in tests if t["hypotheses"] == ["hypothesis1"]] == [
-        {"metrics_log_given": True}]
+        {"metrics_log_given": True}
+    ]
     md = (clean_env / "rep" / "report.md").read_text()
     # The user gave a metrics log, but H2's check read only bundled artifacts.
     assert "| hypothesis2 | H2: do encoder gradients flow? | **evidence found (bundled fixtures only)** |" in md
@@ -123,8 +128,9 @@ def test_runs_a_check_package_and_writes_verdict_and_report(clean_env, fake_suit
 
 def test_no_selected_checks_is_a_usage_error(clean_env, capsys):
     assert main(["investigate", "-m", "hypothesis1 and not hypothesis1", "-n", "0"]) == 2
-    assert capsys.readouterr().err.endswith("etrm investigate: error: no checks selected by "
-                                            "-m 'hypothesis1 and not hypothesis1' in etrm.suite\n")
+    assert capsys.readouterr().err.endswith(
+        "etrm investigate: error: no checks selected by -m 'hypothesis1 and not hypothesis1' in etrm.suite\n"
+    )
 
 
 def test_a_missing_artifact_is_a_usage_error_naming_its_flag(clean_env, capsys):
@@ -137,11 +143,12 @@ def test_an_unusable_metrics_log_leaves_the_verdict_and_writes_no_report(clean_e
     assert main(["investigate", "--suite", fake_suite, "--metrics-log", "m.jsonl", "--report", "rep", "-n", "0"]) == 1
     captured = capsys.readouterr()
     assert "etrm verdict" in captured.out and not (clean_env / "rep" / "report.md").exists()
-    assert captured.err.endswith(f"etrm investigate: error: report not written: {clean_env / 'm.jsonl'}: "
-                                 "metrics log has no lines\n")
+    assert captured.err.endswith(
+        f"etrm investigate: error: report not written: {clean_env / 'm.jsonl'}: metrics log has no lines\n"
+    )
 
 
-SELF_TEST_SUITE = '''
+SELF_TEST_SUITE = """
 import pytest
 from etrm.checks import CheckResult
 
@@ -153,13 +160,17 @@ def test_users_file(record_check, artifacts):
 @pytest.mark.hypothesis1
 def test_etrms_own_class(record_check):
     record_check(CheckResult.ok("hypothesis1", "own_class", "etrm's model on the bundled fixtures"))
-'''
+"""
 
 
-@pytest.mark.parametrize("given, self_test, runs_own", [(False, False, True), (True, False, False), (True, True, True)],
-                         ids=["bundled-only", "user-artifacts", "user-artifacts-self-test"])
-def test_etrms_own_regression_runs_on_user_artifacts_only_on_request(clean_env, tmp_path, monkeypatch, capsys,
-                                                                     given, self_test, runs_own):
+@pytest.mark.parametrize(
+    "given, self_test, runs_own",
+    [(False, False, True), (True, False, False), (True, True, True)],
+    ids=["bundled-only", "user-artifacts", "user-artifacts-self-test"],
+)
+def test_etrms_own_regression_runs_on_user_artifacts_only_on_request(
+    clean_env, tmp_path, monkeypatch, capsys, given, self_test, runs_own
+):
     package = tmp_path / "pkgs" / "etrm_self_suite"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")

@@ -2,6 +2,7 @@
 runs too, so it must keep to its own names (`--etrm-*`, `etrm_slow`), skip only etrm's
 tests, leave Hypothesis profiles alone and print nothing when no etrm test ran. The
 repository's own `slow`/`benchmark`/`gpu` handling lives in the root conftest."""
+
 from __future__ import annotations
 
 import os
@@ -18,7 +19,7 @@ pytest_plugins = ["pytester"]
 ROOT_CONFTEST = Path(__file__).resolve().parents[1] / "conftest.py"
 
 # A machine-learning project's conftest with the generic names etrm's plugin once took.
-FOREIGN_CONFTEST = '''
+FOREIGN_CONFTEST = """
 import pytest
 from hypothesis import settings
 
@@ -31,9 +32,9 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: this project's slow tests")
     settings.register_profile("ci", max_examples=3)
     settings.load_profile("ci")
-'''
+"""
 FOREIGN_TESTS = {
-    "test_options.py": '''
+    "test_options.py": """
 import pytest
 
 def test_own_options(pytestconfig):
@@ -47,9 +48,9 @@ def test_slow():
 @pytest.mark.benchmark(group="sums")
 def test_bench(benchmark):
     assert benchmark(sum, [1, 2]) == 3
-''',
+""",
     "gpu/test_kernels.py": "def test_under_a_gpu_folder():\n    pass\n",
-    "test_properties.py": '''
+    "test_properties.py": """
 from hypothesis import given, settings, strategies as st
 
 examples = []
@@ -61,13 +62,16 @@ def test_profile_in_force(x):
 
 def test_profile_ran_its_examples():
     assert settings.get_current_profile_name() == "ci" and 1 <= len(examples) <= 3
-''',
+""",
 }
 
 
 def _foreign_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTEST_ADDOPTS", "PYTEST_DISABLE_PLUGIN_AUTOLOAD") and not k.startswith("PYTEST_XDIST")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTEST_ADDOPTS", "PYTEST_DISABLE_PLUGIN_AUTOLOAD") and not k.startswith("PYTEST_XDIST")
+    }
     env["CI"] = "true"  # on CI, Hypothesis loads a profile named "ci" by itself
     return env
 
@@ -78,9 +82,26 @@ def test_a_foreign_project_runs_untouched_beside_etrm(tmp_path):
     for name, text in FOREIGN_TESTS.items():
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text(text)
-    run = subprocess.run([sys.executable, "-m", "pytest", "-rA", "-p", "no:cacheprovider",
-                          "--device", "cuda", "--data", "mine", "--runslow"],
-                         cwd=tmp_path, env=_foreign_env(), capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-rA",
+            "-p",
+            "no:cacheprovider",
+            "--device",
+            "cuda",
+            "--data",
+            "mine",
+            "--runslow",
+        ],
+        cwd=tmp_path,
+        env=_foreign_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     out = run.stdout + run.stderr
     assert run.returncode == 0, out
     plugins = next(line for line in out.splitlines() if line.startswith("plugins:"))
@@ -89,7 +110,7 @@ def test_a_foreign_project_runs_untouched_beside_etrm(tmp_path):
     assert "etrm" not in out.replace(plugins, ""), out
 
 
-PLAIN_TESTS = '''
+PLAIN_TESTS = """
 import pytest
 
 def test_plain():
@@ -98,7 +119,7 @@ def test_plain():
 @pytest.mark.slow
 def test_marked_slow():
     pass
-'''
+"""
 
 
 def _summary(result: pytest.RunResult) -> list[str]:
@@ -117,10 +138,9 @@ def test_a_run_without_etrm_tests_prints_and_skips_nothing_of_etrm(pytester):
     assert _summary(with_etrm) == _summary(without)
 
 
-@pytest.mark.parametrize("flags, reason", [((), "pass --etrm-runslow"),
-                                           (("--etrm-investigate",), "pass --runslow")])
+@pytest.mark.parametrize("flags, reason", [((), "pass --etrm-runslow"), (("--etrm-investigate",), "pass --runslow")])
 def test_the_plugin_skips_only_its_own_slow_marker(pytester, flags, reason):
-    pytester.makepyfile('''
+    pytester.makepyfile("""
         import pytest
 
         @pytest.mark.etrm_slow
@@ -130,7 +150,7 @@ def test_the_plugin_skips_only_its_own_slow_marker(pytester, flags, reason):
         @pytest.mark.slow
         def test_someone_elses_slow():
             pass
-    ''')
+    """)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-n", "0", "-rs", *flags)
     result.assert_outcomes(passed=1, skipped=1)
     result.stdout.fnmatch_lines([f"SKIPPED *.py:3: not run: slow check: {reason} to run it"])
@@ -139,7 +159,8 @@ def test_the_plugin_skips_only_its_own_slow_marker(pytester, flags, reason):
 
 def test_the_root_conftest_skips_the_repository_tests_by_marker(pytester):
     pytester.makeconftest(ROOT_CONFTEST.read_text())
-    pytester.makepyfile(test_marked='''
+    pytester.makepyfile(
+        test_marked="""
         import pytest
 
         @pytest.mark.slow
@@ -163,15 +184,20 @@ def test_the_root_conftest_skips_the_repository_tests_by_marker(pytester):
         def test_profile():
             from hypothesis import settings
             assert settings.get_current_profile_name() == "etrm-ci"
-    ''')
+    """
+    )
     (pytester.path / "gpu").mkdir()
     (pytester.path / "gpu" / "test_folder.py").write_text("def test_in_a_gpu_folder():\n    pass\n")
     gpu_skipped = 0 if torch.cuda.is_available() else 1
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-n", "0", "-rs", "--strict-markers")
     result.assert_outcomes(passed=3 - gpu_skipped, skipped=3 + gpu_skipped)
-    result.stdout.fnmatch_lines_random(["*slow test: pass --runslow to run it*",
-                                        "*benchmark: pass --runbenchmark (and -n 0) to run it*",
-                                        "*slow check: pass --etrm-runslow to run it*"])
+    result.stdout.fnmatch_lines_random(
+        [
+            "*slow test: pass --runslow to run it*",
+            "*benchmark: pass --runbenchmark (and -n 0) to run it*",
+            "*slow check: pass --etrm-runslow to run it*",
+        ]
+    )
     # One --runslow for the checkout's slow tests and the suite's.
     everything = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-n", "0", "--runslow", "--runbenchmark")
     everything.assert_outcomes(passed=6 - gpu_skipped, skipped=gpu_skipped)

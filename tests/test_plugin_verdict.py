@@ -1,6 +1,7 @@
 """The etrm pytest plugin end to end, in pytester-made projects: recording checks,
 negative controls, the verdict table and its JSON (also under xdist), artifact
 options, golden values (root conftest) and the suite's marker rule."""
+
 from __future__ import annotations
 
 import json
@@ -9,14 +10,15 @@ from pathlib import Path
 import numpy  # noqa: F401
 import pytest
 import torch  # noqa: F401  numpy and torch stay loaded: pytester restores sys.modules after each
-              # test, and neither can be imported a second time in one process
+
+# test, and neither can be imported a second time in one process
 
 pytest_plugins = ["pytester"]
 ROOT_CONFTEST = Path(__file__).resolve().parents[1] / "conftest.py"
 
 # One test module covering every verdict: evidence, no evidence, each road to
 # "inconclusive", negative controls, and experiment1's scenario.
-CHECKS = '''
+CHECKS = """
 import pytest
 from etrm.checks import CheckResult
 
@@ -85,7 +87,7 @@ def test_decide(record_check):
 
 def test_unmarked():
     pass
-'''
+"""
 
 
 @pytest.fixture
@@ -102,51 +104,76 @@ def test_verdict_rows_follow_the_rules(checks):
     result = checks.runpytest_inprocess("-p", "no:cacheprovider", "--etrm-verdict-json", "out/verdict.json")
     result.assert_outcomes(passed=9, failed=3, skipped=3, errors=1)
     rows = _rows(checks.path / "out" / "verdict.json")
-    assert list(rows) == ["hypothesis1", "hypothesis2", "hypothesis3", "hypothesis4", "hypothesis5",
-                          "hypothesis6", "hypothesis7", "experiment1"]
+    assert list(rows) == [
+        "hypothesis1",
+        "hypothesis2",
+        "hypothesis3",
+        "hypothesis4",
+        "hypothesis5",
+        "hypothesis6",
+        "hypothesis7",
+        "experiment1",
+    ]
     h1, h2, h3, h4, h5, h6, h7, e1 = rows.values()
     assert (h1["verdict"], h1["passed"], h1["failed"], h1["controls_passed"], h1["controls_total"]) == (
-        "no evidence", 2, 0, 1, 1)
+        "no evidence",
+        2,
+        0,
+        1,
+        1,
+    )
     # Only a check gives evidence: the bare assert is an error, counted apart.
     assert (h2["verdict"], h2["failed"], h2["errors"]) == ("evidence found", 1, 1)
-    assert h2["first_error"] == {"test": "test_checks.py::test_grad_norm_assert",
-                                 "message": "AssertionError: pre-clip norm is zero"}
-    assert h2["first_failure"] == {"test": "test_checks.py::test_grad_flow", "check": "grad_flow",
-                                   "message": "3 of 10 encoder params got no gradient"}
+    assert h2["first_error"] == {
+        "test": "test_checks.py::test_grad_norm_assert",
+        "message": "AssertionError: pre-clip norm is zero",
+    }
+    assert h2["first_failure"] == {
+        "test": "test_checks.py::test_grad_flow",
+        "check": "grad_flow",
+        "message": "3 of 10 encoder params got no gradient",
+    }
     # Checks that could not run for a missing artifact or flag leave the verdict "no evidence".
     assert (h3["verdict"], h3["passed"], h3["skipped"], h3["not_run"]) == ("no evidence", 1, 0, 2)
-    assert h3["reason"] == ("2 checks not run: no model config: pass --etrm-model-config PATH (1); "
-                            "slow check: pass --etrm-runslow to run it (1)")
+    assert h3["reason"] == (
+        "2 checks not run: no model config: pass --etrm-model-config PATH (1); "
+        "slow check: pass --etrm-runslow to run it (1)"
+    )
     assert h4["verdict"] == "inconclusive"
     assert h4["reason"] == "1 inconclusive: config_audit: L_cycles unverified: no all_config.yaml"
     # A control whose check did not fail makes a passing check worthless, but is no evidence.
     assert (h5["verdict"], h5["failed"], h5["controls_passed"], h5["controls_total"]) == ("inconclusive", 0, 0, 1)
-    assert "negative control test_checks.py::test_no_leak_control did not catch its broken variant: " \
-           "negative control: no_leak returned 'pass' on a deliberately broken variant" in h5["reason"]
+    assert (
+        "negative control test_checks.py::test_no_leak_control did not catch its broken variant: "
+        "negative control: no_leak returned 'pass' on a deliberately broken variant" in h5["reason"]
+    )
     assert "per-split counts" not in h5["reason"]  # the first line of a failure is its message
     assert (h6["verdict"], h6["errors"]) == ("error", 1)
     assert h6["reason"] == "1 errored" and "fixture exploded" in h6["first_error"]["message"]
     assert (h7["verdict"], h7["reason"], h7["controls_passed"]) == ("inconclusive", "only negative controls ran", 1)
     assert (e1["verdict"], e1["passed"]) == ("C: encoder trains but useless", 1)
-    assert e1["scenarios"] == [{"test": "test_checks.py::test_decide", "check": "scenario",
-                                "scenario": "C: encoder trains but useless"}]
+    assert e1["scenarios"] == [
+        {"test": "test_checks.py::test_decide", "check": "scenario", "scenario": "C: encoder trains but useless"}
+    ]
     tests = {t["nodeid"]: t for t in json.loads((checks.path / "out" / "verdict.json").read_text())["tests"]}
     assert "test_checks.py::test_unmarked" not in tests
     assert tests["test_checks.py::test_grad_flow"]["checks"][0]["numbers"] == {"zero": 3}
     assert tests["test_checks.py::test_decoder_control"]["checks"][0]["negative_control"] is True
 
-    result.stdout.fnmatch_lines([
-        "*= etrm verdict =*",
-        "hypothesis * verdict * passed  failed  errors  skipped  not run  controls  question",
-        "hypothesis1 * no evidence * 2 * 0 * 0 * 0 * 0 * 1/1  H1: does the pretrained TRM decoder load correctly?",
-        "hypothesis2 * evidence found * 0 * 1 * 1 * 0 * 0 * 0/0  H2: do encoder gradients flow?",
-        "    first failing check: grad_flow (test_checks.py::test_grad_flow): 3 of 10 encoder params got no gradient",
-        "    first error (not evidence): test_checks.py::test_grad_norm_assert: AssertionError: pre-clip norm is zero",
-        "hypothesis3 * no evidence *",
-        "    also: 2 checks not run: no model config: pass --etrm-model-config PATH (1); slow check: *",
-        "hypothesis6 * error *",
-        "experiment1 * C: encoder trains but useless * 1 * 0 * 0 * 0 * 0 * 0/0  Experiment 1*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*= etrm verdict =*",
+            "hypothesis * verdict * passed  failed  errors  skipped  not run  controls  question",
+            "hypothesis1 * no evidence * 2 * 0 * 0 * 0 * 0 * 1/1  H1: does the pretrained TRM decoder load correctly?",
+            "hypothesis2 * evidence found * 0 * 1 * 1 * 0 * 0 * 0/0  H2: do encoder gradients flow?",
+            "    first failing check: grad_flow (test_checks.py::test_grad_flow): 3 of 10 encoder params got no gradient",
+            "    first error (not evidence): test_checks.py::test_grad_norm_assert: AssertionError: pre-clip norm is zero",
+            "hypothesis3 * no evidence *",
+            "    also: 2 checks not run: no model config: pass --etrm-model-config PATH (1); slow check: *",
+            "hypothesis6 * error *",
+            "experiment1 * C: encoder trains but useless * 1 * 0 * 0 * 0 * 0 * 0/0  Experiment 1*",
+        ]
+    )
 
 
 def test_verdict_is_the_same_under_xdist(checks):
@@ -171,28 +198,29 @@ def test_no_table_without_hypothesis_tests(pytester):
 
 
 def test_a_check_must_match_the_test_marker(pytester):
-    pytester.makepyfile('''
+    pytester.makepyfile("""
         import pytest
         from etrm.checks import CheckResult
 
         @pytest.mark.hypothesis2
         def test_mislabelled(record_check):
             record_check(CheckResult.ok("hypothesis3", "shape", "fine"))
-    ''')
+    """)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*check 'shape' belongs to hypothesis3 but the test is not marked "
-                                 "@pytest.mark.hypothesis3*"])
+    result.stdout.fnmatch_lines(
+        ["*check 'shape' belongs to hypothesis3 but the test is not marked @pytest.mark.hypothesis3*"]
+    )
 
 
 def test_artifact_options_resolve_against_the_invocation_dir(pytester):
     pytester.makefile(".yaml", cfg="hidden_size: 32\n")
-    pytester.makepyfile('''
+    pytester.makepyfile("""
         def test_paths(artifacts, pytestconfig):
             assert artifacts.model_config == pytestconfig.invocation_params.dir / "cfg.yaml"
             assert artifacts.source("model_config") == "user"
             assert artifacts.device == "cpu"
-    ''')
+    """)
     pytester.runpytest_inprocess("-p", "no:cacheprovider", "--etrm-model-config", "cfg.yaml").assert_outcomes(passed=1)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--etrm-trm-checkpoint", "nope/step_1")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -211,7 +239,7 @@ def test_device_cuda_without_cuda_is_a_usage_error(pytester):
 def test_golden_fixture_fails_until_updated_then_catches_changes(pytester):
     # The fixture and --update-golden belong to the repository's root conftest.
     pytester.makeconftest(ROOT_CONFTEST.read_text())
-    test = '''
+    test = """
         import numpy as np
         import pytest
 
@@ -221,7 +249,7 @@ def test_golden_fixture_fails_until_updated_then_catches_changes(pytester):
 
         def test_step(golden):
             golden.check("tiny_step", {{"step1/logits": np.array([1.0, 2.0, 3.0], dtype=np.float32) * {scale}}})
-    '''
+    """
     pytester.makepyfile(test_golden_use=test.format(scale=1))
     missing = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-n", "0")
     missing.assert_outcomes(failed=1)
@@ -233,14 +261,18 @@ def test_golden_fixture_fails_until_updated_then_catches_changes(pytester):
     pytester.makepyfile(test_golden_use=test.format(scale=2))
     changed = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-n", "0")
     changed.assert_outcomes(failed=1)
-    changed.stdout.fnmatch_lines(["*golden record 'tiny_step' changed: 1 of 1 tensors moved*",
-                                  "*step1/logits: 3 of 3 values moved, max abs diff 3 at index (2,)*"])
+    changed.stdout.fnmatch_lines(
+        [
+            "*golden record 'tiny_step' changed: 1 of 1 tensors moved*",
+            "*step1/logits: 3 of 3 values moved, max abs diff 3 at index (2,)*",
+        ]
+    )
 
 
 def test_suite_conftest_rejects_unmarked_tests(pytester):
     suite_conftest = Path(__file__).resolve().parents[1] / "etrm" / "suite" / "conftest.py"
     pytester.makeconftest(suite_conftest.read_text())
-    pytester.makepyfile('''
+    pytester.makepyfile("""
         import pytest
 
         @pytest.mark.hypothesis1
@@ -249,7 +281,7 @@ def test_suite_conftest_rejects_unmarked_tests(pytester):
 
         def test_forgotten():
             pass
-    ''')
+    """)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-m", "hypothesis1")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "carry no hypothesis marker" in result.stderr.str() and "test_forgotten" in result.stderr.str()

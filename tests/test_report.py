@@ -1,4 +1,5 @@
 """Markdown report and metric plots from a synthetic metrics log."""
+
 from __future__ import annotations
 
 import json
@@ -8,24 +9,40 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from etrm.report import (PLOTS_MISSING, ReportError, plot_metrics, read_metrics_log, summarise,
-                         write_report)
+from etrm.report import PLOTS_MISSING, ReportError, plot_metrics, read_metrics_log, summarise, write_report
 from etrm.testing.verdict import HypothesisRow, VerdictTable
 
 
 def _write_log(path: Path, steps: int = 30, encoder: bool = True) -> Path:
     lines = []
     for step in range(1, steps + 1):
-        line = {"step": step, "train/lm_loss": 2.0 * 0.95 ** step, "train/q_halt_loss": 0.3,
-                "train/kl_loss": 0.0, "train/accuracy": 0.02 * step, "train/exact_accuracy": 0.0,
-                "train/q_halt_accuracy": 0.9, "train/steps": 4.0, "train/count": 8, "lr": 1e-4,
-                "grad/decoder_norm_preclip": 0.0, "grad/decoder_norm_postclip": 0.0,
-                "grad/total_norm_preclip": 5.0 / step, "grad/total_norm_postclip": min(1.0, 5.0 / step)}
+        line = {
+            "step": step,
+            "train/lm_loss": 2.0 * 0.95**step,
+            "train/q_halt_loss": 0.3,
+            "train/kl_loss": 0.0,
+            "train/accuracy": 0.02 * step,
+            "train/exact_accuracy": 0.0,
+            "train/q_halt_accuracy": 0.9,
+            "train/steps": 4.0,
+            "train/count": 8,
+            "lr": 1e-4,
+            "grad/decoder_norm_preclip": 0.0,
+            "grad/decoder_norm_postclip": 0.0,
+            "grad/total_norm_preclip": 5.0 / step,
+            "grad/total_norm_postclip": min(1.0, 5.0 / step),
+        }
         if encoder:
-            line |= {"grad/encoder_norm_preclip": 5.0 / step, "grad/encoder_norm_postclip": min(1.0, 5.0 / step),
-                     "encoder/output_mean": 0.0, "encoder/output_std": 1.0, "encoder/output_norm": 5.6,
-                     "encoder/cross_sample_std": 0.01 * step, "encoder/within_task_std": 0.001,
-                     "encoder/token_std": 0.5}
+            line |= {
+                "grad/encoder_norm_preclip": 5.0 / step,
+                "grad/encoder_norm_postclip": min(1.0, 5.0 / step),
+                "encoder/output_mean": 0.0,
+                "encoder/output_std": 1.0,
+                "encoder/output_norm": 5.6,
+                "encoder/cross_sample_std": 0.01 * step,
+                "encoder/within_task_std": 0.001,
+                "encoder/token_std": 0.5,
+            }
         if step == 7:
             del line["train/q_halt_loss"]  # not every line has every key
         lines.append(line)
@@ -36,8 +53,19 @@ def _write_log(path: Path, steps: int = 30, encoder: bool = True) -> Path:
 
 
 def _verdict() -> VerdictTable:
-    return VerdictTable([HypothesisRow("hypothesis2", "H2: do encoder gradients flow?", "no evidence", passed=3,
-                                       controls_passed=1, controls_total=1)], [])
+    return VerdictTable(
+        [
+            HypothesisRow(
+                "hypothesis2",
+                "H2: do encoder gradients flow?",
+                "no evidence",
+                passed=3,
+                controls_passed=1,
+                controls_total=1,
+            )
+        ],
+        [],
+    )
 
 
 def test_read_metrics_log_keeps_lines_and_series(tmp_path):
@@ -49,16 +77,19 @@ def test_read_metrics_log_keeps_lines_and_series(tmp_path):
     np.testing.assert_allclose(steps, [10, 20, 30])
     np.testing.assert_allclose(values, [0.1, 0.2, 0.3])
     rows = {row[0]: row for row in summarise(log)}
-    assert rows["train/lm_loss"][1:4] == (30, pytest.approx(1.9), pytest.approx(2.0 * 0.95 ** 30))
+    assert rows["train/lm_loss"][1:4] == (30, pytest.approx(1.9), pytest.approx(2.0 * 0.95**30))
 
 
-@pytest.mark.parametrize("text, match", [
-    ('{"step": 1}\n{"step": 2, \n', r"m.jsonl:2: not valid JSON"),
-    ('[1, 2]\n', r"m.jsonl:1: expected a JSON object, got list"),
-    ('{"train/lm_loss": 1.0}\n', r"m.jsonl:1: no integer 'step'"),
-    ('{"step": 1}\n\n{"step": 3, "phase": [1]}\n', r"m.jsonl, step 3: 'phase' must be a number, text or null"),
-    ('\n', r"m.jsonl: metrics log has no lines"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ('{"step": 1}\n{"step": 2, \n', r"m.jsonl:2: not valid JSON"),
+        ("[1, 2]\n", r"m.jsonl:1: expected a JSON object, got list"),
+        ('{"train/lm_loss": 1.0}\n', r"m.jsonl:1: no integer 'step'"),
+        ('{"step": 1}\n\n{"step": 3, "phase": [1]}\n', r"m.jsonl, step 3: 'phase' must be a number, text or null"),
+        ("\n", r"m.jsonl: metrics log has no lines"),
+    ],
+)
 def test_malformed_logs_are_errors_naming_file_and_line(tmp_path, text, match):
     (tmp_path / "m.jsonl").write_text(text)
     with pytest.raises(ReportError, match=match):

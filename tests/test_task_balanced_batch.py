@@ -1,6 +1,7 @@
 """`task_balanced_batch`, the H7 checkpoint checks' batch: a few augmentations of each of
 several tasks, wherever they sit in the split (an official build's first thousand rows
 are one task's augmentations)."""
+
 from __future__ import annotations
 
 import collections

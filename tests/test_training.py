@@ -1,4 +1,5 @@
 """The training step: loss scaling, carry, clipping and norms, freezing, lrs, EMA, metrics log."""
+
 from __future__ import annotations
 
 import json
@@ -50,11 +51,17 @@ def changed(before: dict[str, torch.Tensor], head) -> list[str]:
 
 # --- config --------------------------------------------------------------------------------------
 
+
 def test_official_recipe_has_the_official_arc1_values():
     cfg = official_trm_recipe()
     assert (cfg.lr, cfg.puzzle_emb_lr, cfg.weight_decay, cfg.puzzle_emb_weight_decay) == (1e-4, 1e-2, 0.1, 0.1)
-    assert (cfg.betas, cfg.warmup_steps, cfg.global_batch_size, cfg.ema_rate, cfg.lr_min_ratio) == \
-        ((0.9, 0.95), 2000, 768, 0.999, 1.0)
+    assert (cfg.betas, cfg.warmup_steps, cfg.global_batch_size, cfg.ema_rate, cfg.lr_min_ratio) == (
+        (0.9, 0.95),
+        2000,
+        768,
+        0.999,
+        1.0,
+    )
     assert cfg.grad_clip_norm is None and cfg.freeze_decoder_steps == 0 and cfg.freeze_encoder_steps == 0
 
 
@@ -65,13 +72,21 @@ def test_training_config_round_trips_and_rejects_unknown_keys():
         TrainingConfig.from_dict({"epochs": 3})
 
 
-@pytest.mark.parametrize("bad, field", [
-    (dict(lr=-1e-4), "lr"), (dict(lr=float("nan")), "lr"), (dict(warmup_steps=-1), "warmup_steps"),
-    (dict(global_batch_size=0), "global_batch_size"), (dict(betas=(0.9, 1.0)), "betas"),
-    (dict(lr_min_ratio=1.5), "lr_min_ratio"), (dict(grad_clip_norm=0.0), "grad_clip_norm"),
-    (dict(ema_rate=1.0), "ema_rate"), (dict(optimizer_layout="double"), "optimizer_layout"),
-    (dict(freeze_decoder_steps=1.5), "freeze_decoder_steps"),
-])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        (dict(lr=-1e-4), "lr"),
+        (dict(lr=float("nan")), "lr"),
+        (dict(warmup_steps=-1), "warmup_steps"),
+        (dict(global_batch_size=0), "global_batch_size"),
+        (dict(betas=(0.9, 1.0)), "betas"),
+        (dict(lr_min_ratio=1.5), "lr_min_ratio"),
+        (dict(grad_clip_norm=0.0), "grad_clip_norm"),
+        (dict(ema_rate=1.0), "ema_rate"),
+        (dict(optimizer_layout="double"), "optimizer_layout"),
+        (dict(freeze_decoder_steps=1.5), "freeze_decoder_steps"),
+    ],
+)
 def test_training_config_validation_names_the_field(bad, field):
     with pytest.raises(ConfigError, match=field):
         TrainingConfig(**bad)
@@ -93,6 +108,7 @@ def test_trainer_rejects_a_batch_of_the_wrong_size_and_encoder_freezing_without_
 
 
 # --- loss scaling and carry ------------------------------------------------------------------------
+
 
 def test_loss_is_divided_by_the_global_batch_size():
     # The same 4 samples twice in a global batch of 8 give the same mean loss, so the same
@@ -122,12 +138,15 @@ def test_carry_persists_across_trainer_steps():
 
 # --- clipping and gradient norms -----------------------------------------------------------------
 
+
 def clip_report_problems(record: dict, clip: float) -> list[str]:
     """What is wrong with a record's gradient norms for a run clipped at `clip`."""
     problems = []
     if not record["grad/total_norm_preclip"] > clip * 1.01:
-        problems.append(f"pre-clip total {record['grad/total_norm_preclip']} is not above the threshold {clip}: "
-                        f"it was measured after clipping")
+        problems.append(
+            f"pre-clip total {record['grad/total_norm_preclip']} is not above the threshold {clip}: "
+            f"it was measured after clipping"
+        )
     if record["grad/total_norm_postclip"] > clip * 1.001:
         problems.append(f"post-clip total {record['grad/total_norm_postclip']} exceeds the threshold {clip}")
     return problems
@@ -171,6 +190,7 @@ def test_without_clipping_pre_and_post_norms_agree():
 
 
 # --- freezing --------------------------------------------------------------------------------------
+
 
 class ZeroGradFreezeTrainer(Trainer):
     """Negative control: "freezing" by zeroing the frozen part's gradients."""
@@ -253,11 +273,13 @@ def test_frozen_trm_decoder_leaves_the_puzzle_embedding_alone_until_unfrozen():
 
 # --- learning rates ----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("layout", ["single", "split"])
 def test_encoder_learning_rate_and_decay_are_separate_param_groups(layout):
     head = make_head()
-    cfg = make_config(lr=2e-3, encoder_lr_scale=0.25, encoder_weight_decay_scale=0.1, optimizer_layout=layout,
-                      warmup_steps=4)
+    cfg = make_config(
+        lr=2e-3, encoder_lr_scale=0.25, encoder_weight_decay_scale=0.1, optimizer_layout=layout, warmup_steps=4
+    )
     trainer = Trainer(head, cfg)
     assert len(trainer.optimizers) == (1 if layout == "single" else 2)
     record = trainer.step(batch_for(head))
@@ -271,6 +293,7 @@ def test_encoder_learning_rate_and_decay_are_separate_param_groups(layout):
 
 
 # --- EMA -----------------------------------------------------------------------------------------
+
 
 def test_ema_follows_the_parameters():
     pytest.importorskip("etrm.ema", reason="etrm.ema (written by the checkpoint engineer) is not there yet")
@@ -286,12 +309,27 @@ def test_ema_follows_the_parameters():
 
 # --- metrics log ---------------------------------------------------------------------------------
 
-EXPECTED_KEYS = {"step", "train/loss", "train/lm_loss", "train/q_halt_loss", "train/kl_loss", "train/accuracy",
-                 "train/exact_accuracy", "train/q_halt_accuracy", "train/steps", "train/count", "lr", "lr/encoder",
-                 "frozen/encoder", "frozen/decoder",
-                 *(f"grad/{p}_norm_{s}" for p in ("encoder", "decoder", "total") for s in ("preclip", "postclip")),
-                 *(f"encoder/{k}" for k in ("output_mean", "output_std", "output_norm", "cross_sample_std",
-                                            "within_task_std", "token_std"))}
+EXPECTED_KEYS = {
+    "step",
+    "train/loss",
+    "train/lm_loss",
+    "train/q_halt_loss",
+    "train/kl_loss",
+    "train/accuracy",
+    "train/exact_accuracy",
+    "train/q_halt_accuracy",
+    "train/steps",
+    "train/count",
+    "lr",
+    "lr/encoder",
+    "frozen/encoder",
+    "frozen/decoder",
+    *(f"grad/{p}_norm_{s}" for p in ("encoder", "decoder", "total") for s in ("preclip", "postclip")),
+    *(
+        f"encoder/{k}"
+        for k in ("output_mean", "output_std", "output_norm", "cross_sample_std", "within_task_std", "token_std")
+    ),
+}
 
 
 def test_metrics_log_has_one_parsable_line_per_step(tmp_path):
@@ -320,8 +358,10 @@ def test_metrics_log_refuses_to_overwrite_and_appends_on_request(tmp_path):
     assert [r["step"] for r in log.read()] == [1, 2]
 
 
-@pytest.mark.parametrize("line, message", [("{not json", "not valid JSON"), ("[1, 2]", "expected a JSON object"),
-                                           ('{"loss": 1.0}', "no integer 'step'")])
+@pytest.mark.parametrize(
+    "line, message",
+    [("{not json", "not valid JSON"), ("[1, 2]", "expected a JSON object"), ('{"loss": 1.0}', "no integer 'step'")],
+)
 def test_read_metrics_log_names_file_and_line(tmp_path, line, message):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"step": 1}\n\n' + line + "\n")

@@ -1,4 +1,5 @@
 """Encoder diagnostics on constructed contexts whose answers are known."""
+
 from __future__ import annotations
 
 import math

@@ -1,6 +1,7 @@
 """Two gloo ranks with half a batch each train exactly like one process with the whole batch:
 gradients are all-reduced, the loss is scaled by the global batch, metric sums are reduced,
 and the puzzle embedding's sign-SGD gathers every rank's rows."""
+
 from __future__ import annotations
 
 import pickle
@@ -27,13 +28,14 @@ def run(model_type: str, rank: int = 0, world_size: int = 1) -> tuple[dict[str, 
     head = build_model(config)
     if model_type == "trm":
         head.model.inner.puzzle_emb.weights.normal_()
-    trainer = Trainer(head, TrainingConfig(global_batch_size=GLOBAL_BATCH, warmup_steps=0, lr=1e-3),
-                      world_size=world_size)
+    trainer = Trainer(
+        head, TrainingConfig(global_batch_size=GLOBAL_BATCH, warmup_steps=0, lr=1e-3), world_size=world_size
+    )
     local = GLOBAL_BATCH // world_size
     records = []
     for step in range(STEPS):
         batch = random_batch(config, GLOBAL_BATCH, seed=step)
-        records.append(trainer.step({k: v[rank * local:(rank + 1) * local] for k, v in batch.items()}))
+        records.append(trainer.step({k: v[rank * local : (rank + 1) * local] for k, v in batch.items()}))
     return {k: v.detach().clone() for k, v in head.state_dict().items()}, records
 
 
@@ -52,8 +54,9 @@ def _rank_worker(rank: int, init_file: str, model_type: str, out_file: str) -> N
 def test_two_gloo_ranks_train_like_one_process(model_type, tmp_path):
     out_file = tmp_path / "rank0.pkl"
     # fork, not spawn: the workers skip re-importing torch (seconds on 2 cores).
-    mp.start_processes(_rank_worker, args=(str(tmp_path / "store"), model_type, str(out_file)), nprocs=2,
-                       start_method="fork")
+    mp.start_processes(
+        _rank_worker, args=(str(tmp_path / "store"), model_type, str(out_file)), nprocs=2, start_method="fork"
+    )
     state, records = pickle.loads(out_file.read_bytes())
     ref_state, ref_records = run(model_type)
     for got, want in zip(records, ref_records):

@@ -1,5 +1,6 @@
 """Tiny end-to-end runs on the bundled ARC-AGI-1 fixtures: the loss falls, the log and the
 evaluation work together. The basis of experiment1 (the frozen-decoder run)."""
+
 from __future__ import annotations
 
 import math
@@ -31,10 +32,17 @@ def run_etrm(tmp_path, steps: int, seed: int = 0, **model_overrides):
     torch.manual_seed(seed)
     config = tiny_config("etrm", **model_overrides)
     log = tmp_path / "metrics.jsonl"
-    trainer = train(build_model(config), fewshot("train", config, seed=seed), TrainingConfig(
-        global_batch_size=BATCH, lr=3e-3, warmup_steps=5, ema_rate=0.9, seed=seed), steps=steps, metrics_log=log,
-        eval_every=steps, eval_dataset=fewshot("test", config, test_mode=True),
-        evaluator=ArcEvaluator.from_data_dir(fixture_data_dir("fewshot")), progress=False)
+    trainer = train(
+        build_model(config),
+        fewshot("train", config, seed=seed),
+        TrainingConfig(global_batch_size=BATCH, lr=3e-3, warmup_steps=5, ema_rate=0.9, seed=seed),
+        steps=steps,
+        metrics_log=log,
+        eval_every=steps,
+        eval_dataset=fewshot("test", config, test_mode=True),
+        evaluator=ArcEvaluator.from_data_dir(fixture_data_dir("fewshot")),
+        progress=False,
+    )
     return trainer, log
 
 
@@ -68,8 +76,13 @@ def test_frozen_decoder_run_trains_only_the_encoder():
     config = tiny_config("etrm", H_cycles=1, L_cycles=1)
     head = build_model(config)
     decoder = {n: p.detach().clone() for n, p in head.model.inner.named_parameters()}
-    trainer = train(head, fewshot("train", config, seed=1), TrainingConfig(
-        global_batch_size=BATCH, lr=3e-3, warmup_steps=0, freeze_decoder_steps=10**9), steps=6, progress=False)
+    trainer = train(
+        head,
+        fewshot("train", config, seed=1),
+        TrainingConfig(global_batch_size=BATCH, lr=3e-3, warmup_steps=0, freeze_decoder_steps=10**9),
+        steps=6,
+        progress=False,
+    )
     assert all(torch.equal(p, decoder[n]) for n, p in head.model.inner.named_parameters())
     assert trainer.step_count == 6
 
@@ -93,8 +106,14 @@ def test_trm_loss_falls_on_the_trm_fixture(tmp_path):
     config = tiny_config("trm", num_puzzle_identifiers=len(load_identifiers(data)))
     head = build_model(config)
     log = tmp_path / "metrics.jsonl"
-    train(head, PuzzleDataset(data, "train", BATCH, seed=0), TrainingConfig(
-        global_batch_size=BATCH, lr=3e-3, warmup_steps=5), steps=80, metrics_log=log, progress=False)
+    train(
+        head,
+        PuzzleDataset(data, "train", BATCH, seed=0),
+        TrainingConfig(global_batch_size=BATCH, lr=3e-3, warmup_steps=5),
+        steps=80,
+        metrics_log=log,
+        progress=False,
+    )
     curve = losses(log)
     assert np.mean(curve[-10:]) < 0.8 * np.mean(curve[:5]), f"lm_loss did not fall: {np.round(curve, 2)}"
     assert read_metrics_log(log)[-1]["lr/puzzle_emb"] == pytest.approx(1e-2)

@@ -1,6 +1,7 @@
 """How a verdict row combines its tests, over every combination of outcomes, and what the
 row says was read; both on records made by the real plugin, and the read line on the real
 suite run on a user's artifacts (README "How to read a row")."""
+
 from __future__ import annotations
 
 import itertools
@@ -20,7 +21,7 @@ from etrm.testing.verdict import ERROR, EVIDENCE, INCONCLUSIVE, NO_EVIDENCE, Tes
 pytest_plugins = ["pytester"]
 
 # One test per outcome a row can hold, all of one hypothesis.
-OUTCOMES = '''
+OUTCOMES = """
 import pytest
 from etrm.checks import CheckResult
 
@@ -52,9 +53,18 @@ def test_control_error(expect_check_fails):
 
 def test_control_not_run(artifacts, expect_check_fails):
     artifacts.require("model_code")
-'''
-KINDS = ("pass", "fail", "inconclusive", "not_run", "error", "control_caught", "control_blind", "control_error",
-         "control_not_run")
+"""
+KINDS = (
+    "pass",
+    "fail",
+    "inconclusive",
+    "not_run",
+    "error",
+    "control_caught",
+    "control_blind",
+    "control_error",
+    "control_not_run",
+)
 CONTROLS_THAT_RAN = {"control_caught", "control_blind", "control_error"}
 
 
@@ -64,8 +74,25 @@ def records(tmp_path_factory) -> dict[str, TestRecord]:
     root = tmp_path_factory.mktemp("outcomes")
     (root / "test_outcomes.py").write_text(OUTCOMES)
     out = root / "verdict.json"
-    assert pytest.main([str(root), "-p", "no:cacheprovider", "-p", "no:xdist", "-q", "--rootdir", str(root),
-                        "-c", os.devnull, "--etrm-verdict-json", str(out)]) == pytest.ExitCode.TESTS_FAILED
+    assert (
+        pytest.main(
+            [
+                str(root),
+                "-p",
+                "no:cacheprovider",
+                "-p",
+                "no:xdist",
+                "-q",
+                "--rootdir",
+                str(root),
+                "-c",
+                os.devnull,
+                "--etrm-verdict-json",
+                str(out),
+            ]
+        )
+        == pytest.ExitCode.TESTS_FAILED
+    )
     tests = VerdictTable.from_dict(json.loads(out.read_text())).tests
     return {t.nodeid.rpartition("::test_")[2]: t for t in tests}
 
@@ -93,8 +120,12 @@ def row_problems(kinds: set[str], records: dict[str, TestRecord]) -> list[str]:
         "errors": len(kinds & {"error", "control_error"}),  # a control that raised is an error too
         "controls": (int("control_caught" in kinds), len(kinds & CONTROLS_THAT_RAN)),
     }
-    got = {"verdict": row.verdict, "counts": (row.passed, row.failed, row.skipped, row.not_run),
-           "errors": row.errors, "controls": (row.controls_passed, row.controls_total)}
+    got = {
+        "verdict": row.verdict,
+        "counts": (row.passed, row.failed, row.skipped, row.not_run),
+        "errors": row.errors,
+        "controls": (row.controls_passed, row.controls_total),
+    }
     problems = [f"{key}: {got[key]!r}, documented {value!r}" for key, value in expected.items() if got[key] != value]
     # Whatever the verdict, the row says what keeps it from a plain "no evidence".
     said = {
@@ -124,33 +155,52 @@ def test_every_combination_of_outcomes_gives_the_documented_verdict(records):
 
 def test_a_passing_check_beside_an_inconclusive_one_is_inconclusive(records):
     row = VerdictTable.build([records["pass"], records["inconclusive"], records["control_caught"]], {}).rows[0]
-    assert (row.verdict, row.reason) == (INCONCLUSIVE, "1 inconclusive: recursion: no all_config.yaml beside the "
-                                                       "checkpoint")
+    assert (row.verdict, row.reason) == (
+        INCONCLUSIVE,
+        "1 inconclusive: recursion: no all_config.yaml beside the checkpoint",
+    )
     text = "\n".join(VerdictTable.build([records["pass"], records["inconclusive"]], {}).format_text())
     assert "hypothesis1  inconclusive" in text and "why: 1 inconclusive: recursion:" in text
 
 
 def _read(nodeid: str, control: bool, **reads: str) -> TestRecord:
-    checks = [{"name": "c", "status": "fail" if control else "pass", "message": "m", "numbers": {},
-               "negative_control": control, "expected_status": "fail"}]
-    return TestRecord(nodeid, ["hypothesis2"], checks=checks,
-                      reads={name: {"source": source, "path": f"/{source}/{name}"} for name, source in reads.items()})
+    checks = [
+        {
+            "name": "c",
+            "status": "fail" if control else "pass",
+            "message": "m",
+            "numbers": {},
+            "negative_control": control,
+            "expected_status": "fail",
+        }
+    ]
+    return TestRecord(
+        nodeid,
+        ["hypothesis2"],
+        checks=checks,
+        reads={name: {"source": source, "path": f"/{source}/{name}"} for name, source in reads.items()},
+    )
 
 
 def test_the_read_line_lists_every_source_and_who_read_it():
-    records = [_read("t.py::test_checkpoint_a", False, etrm_checkpoint="user", data_dir="user"),
-               _read("t.py::test_checkpoint_b", False, etrm_checkpoint="user", data_dir="user"),
-               _read("t.py::test_tiny_model", False, data_dir="bundled"),
-               _read("t.py::test_control_a", True, data_dir="bundled"),
-               _read("t.py::test_control_b", True, data_dir="bundled", metrics_log="bundled")]
+    records = [
+        _read("t.py::test_checkpoint_a", False, etrm_checkpoint="user", data_dir="user"),
+        _read("t.py::test_checkpoint_b", False, etrm_checkpoint="user", data_dir="user"),
+        _read("t.py::test_tiny_model", False, data_dir="bundled"),
+        _read("t.py::test_control_a", True, data_dir="bundled"),
+        _read("t.py::test_control_b", True, data_dir="bundled", metrics_log="bundled"),
+    ]
     table = VerdictTable.build(records, {}, user_artifacts=True)
     row = table.rows[0]
-    assert row.reads == {"etrm_checkpoint": {"user": {"checks": 2, "controls": 0}},
-                         "data_dir": {"user": {"checks": 2, "controls": 0}, "bundled": {"checks": 1, "controls": 2}},
-                         "metrics_log": {"bundled": {"checks": 0, "controls": 1}}}
+    assert row.reads == {
+        "etrm_checkpoint": {"user": {"checks": 2, "controls": 0}},
+        "data_dir": {"user": {"checks": 2, "controls": 0}, "bundled": {"checks": 1, "controls": 2}},
+        "metrics_log": {"bundled": {"checks": 0, "controls": 1}},
+    }
     read = [line.strip() for line in table.format_text() if line.strip().startswith("read:")]
-    assert read == ["read: data_dir (yours: 2 checks; bundled: 1 check, 2 controls), etrm_checkpoint (yours), "
-                    "metrics_log (bundled)"]
+    assert read == [
+        "read: data_dir (yours: 2 checks; bundled: 1 check, 2 controls), etrm_checkpoint (yours), metrics_log (bundled)"
+    ]
     assert "data_dir (yours: 2 checks; bundled: 1 check, 2 controls)" in table.format_markdown()
     assert not row.bundled_only and VerdictTable.from_dict(json.loads(json.dumps(table.to_dict()))).rows == [row]
     bundled = VerdictTable.build(records[2:], {}, user_artifacts=True).rows[0]
@@ -173,21 +223,39 @@ def test_investigating_users_checkpoints_reads_their_data_and_never_the_bundled_
     user["--data"] = str(shutil.copytree(fixtures / BUNDLED["data_dir"], tmp_path / "data"))
     out = tmp_path / "verdict.json"
     # -k leaves out every check that reads the TRM checkpoint, which the gate would fail: allowed here.
-    status = main(["investigate", "-m", "hypothesis1 or hypothesis2", "-n", "0", "--verdict-json", str(out),
-                   "-k", "training_log or checkpoint_encoder_requires_grad or control_detached", "--allow-unchecked",
-                   *itertools.chain.from_iterable(user.items())])
+    status = main(
+        [
+            "investigate",
+            "-m",
+            "hypothesis1 or hypothesis2",
+            "-n",
+            "0",
+            "--verdict-json",
+            str(out),
+            "-k",
+            "training_log or checkpoint_encoder_requires_grad or control_detached",
+            "--allow-unchecked",
+            *itertools.chain.from_iterable(user.items()),
+        ]
+    )
     text = capsys.readouterr().out
     assert status == 0, text
     verdict = json.loads(out.read_text())
     tests = {t["nodeid"].rpartition("::")[2]: t for t in verdict["tests"]}
-    for log_test in ("test_training_log_records_the_decoder_load",
-                     "test_training_log_has_healthy_preclip_encoder_norms"):
+    for log_test in (
+        "test_training_log_records_the_decoder_load",
+        "test_training_log_has_healthy_preclip_encoder_norms",
+    ):
         assert tests[log_test]["outcome"] == "skipped" and tests[log_test]["reads"] == {}, tests[log_test]
-        assert tests[log_test]["reason"] == ("not run: needs --metrics-log PATH: --trm-checkpoint, --etrm-checkpoint "
-                                             "is yours, and the bundled metrics log is not of your run")
+        assert tests[log_test]["reason"] == (
+            "not run: needs --metrics-log PATH: --trm-checkpoint, --etrm-checkpoint "
+            "is yours, and the bundled metrics log is not of your run"
+        )
     rows = {r["hypothesis"]: r for r in verdict["rows"]}
     assert "metrics_log" not in rows["hypothesis1"]["reads"] and "metrics_log" not in rows["hypothesis2"]["reads"]
     assert rows["hypothesis2"]["verdict"] == "no evidence" and rows["hypothesis2"]["not_run"] == 1
-    assert rows["hypothesis2"]["reads"]["data_dir"] == {"user": {"checks": 1, "controls": 0},
-                                                        "bundled": {"checks": 0, "controls": 1}}
+    assert rows["hypothesis2"]["reads"]["data_dir"] == {
+        "user": {"checks": 1, "controls": 0},
+        "bundled": {"checks": 0, "controls": 1},
+    }
     assert "read: data_dir (yours: 1 check; bundled: 1 control), etrm_checkpoint (yours)" in text

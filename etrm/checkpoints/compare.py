@@ -1,4 +1,5 @@
 """Comparing the decoder tensors of two checkpoints (`etrm verify-decoder`)."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -48,10 +49,12 @@ class DecoderComparison:
         return bool(self.params) and not only and all(d.equal for d in self.params)
 
     def summary(self) -> str:
-        lines = [f"Decoder of {self.trm_path} (TRM) vs {self.etrm_path} (ETRM); puzzle_emb.* not compared",
-                 f"parameters: {self.num_params_equal}/{len(self.params)} equal",
-                 f"buffers:    {sum(d.equal for d in self.buffers)}/{len(self.buffers)} equal "
-                 "(never trained: compared apart from the parameters)"]
+        lines = [
+            f"Decoder of {self.trm_path} (TRM) vs {self.etrm_path} (ETRM); puzzle_emb.* not compared",
+            f"parameters: {self.num_params_equal}/{len(self.params)} equal",
+            f"buffers:    {sum(d.equal for d in self.buffers)}/{len(self.buffers)} equal "
+            "(never trained: compared apart from the parameters)",
+        ]
         width = max([len(d.name) for d in self.params + self.buffers] + [4])
         lines.append(f"  {'kind':6} {'name':{width}} {'equal':5} {'max|diff|':>11} {'mean|diff|':>11}")
         for d in self.params + self.buffers:
@@ -59,14 +62,17 @@ class DecoderComparison:
                 lines.append(f"  {d.kind:6} {d.name:{width}} {'no':5} shape {d.shape} vs {d.other_shape}")
             else:
                 dt = "" if d.dtypes[0] == d.dtypes[1] else f"  dtype {d.dtypes[0]} vs {d.dtypes[1]}"
-                lines.append(f"  {d.kind:6} {d.name:{width}} {'yes' if d.equal else 'no':5} "
-                             f"{d.max_abs_diff:11.4g} {d.mean_abs_diff:11.4g}{dt}")
+                lines.append(
+                    f"  {d.kind:6} {d.name:{width}} {'yes' if d.equal else 'no':5} "
+                    f"{d.max_abs_diff:11.4g} {d.mean_abs_diff:11.4g}{dt}"
+                )
         if self.only_in_trm:
             lines.append(f"only in the TRM checkpoint: {list(self.only_in_trm)}")
         if self.only_in_etrm:
             lines.append(f"only in the ETRM checkpoint: {list(self.only_in_etrm)}")
-        lines.append("verdict: every decoder parameter equal" if self.all_params_equal
-                     else "verdict: decoder parameters differ")
+        lines.append(
+            "verdict: every decoder parameter equal" if self.all_params_equal else "verdict: decoder parameters differ"
+        )
         return "\n".join(lines)
 
 
@@ -98,9 +104,22 @@ def compare_decoders(trm_path: str | Path, etrm_path: str | Path) -> DecoderComp
         else:
             x64, y64 = x.double(), y.double()
             delta = (x64 - y64).abs()
-            diff = TensorDiff(name, kind, tuple(x.shape), tuple(y.shape), dtypes, bool(torch.equal(x64, y64)),
-                              float(delta.max()) if delta.numel() else 0.0,
-                              float(delta.mean()) if delta.numel() else 0.0)
+            diff = TensorDiff(
+                name,
+                kind,
+                tuple(x.shape),
+                tuple(y.shape),
+                dtypes,
+                bool(torch.equal(x64, y64)),
+                float(delta.max()) if delta.numel() else 0.0,
+                float(delta.mean()) if delta.numel() else 0.0,
+            )
         (buffers if kind == "buffer" else params).append(diff)
-    return DecoderComparison(Path(trm_path), Path(etrm_path), tuple(params), tuple(buffers),
-                             tuple(n for n in a if n not in b), tuple(n for n in b if n not in a))
+    return DecoderComparison(
+        Path(trm_path),
+        Path(etrm_path),
+        tuple(params),
+        tuple(buffers),
+        tuple(n for n in a if n not in b),
+        tuple(n for n in b if n not in a),
+    )

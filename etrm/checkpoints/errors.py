@@ -1,6 +1,7 @@
 """Errors and warnings of the checkpoint tools, at the bottom of the package's import graph:
 this module imports nothing from the package (`DecoderLoadError`, which carries a
 `DecoderLoadReport`, lives beside it in `pretrained`)."""
+
 from __future__ import annotations
 
 

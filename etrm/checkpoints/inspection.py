@@ -1,4 +1,5 @@
 """Describing a checkpoint: keys, shapes, statistics, saved config, EMA provenance (`etrm inspect`)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,18 +43,24 @@ class CheckpointInspection:
     def summary(self) -> str:
         layouts = sorted({key_layout(t.key) for t in self.tensors})
         total = sum(t.nbytes for t in self.tensors)
-        lines = [f"Checkpoint {self.path}: {len(self.tensors)} tensors, {_size(total)}, "
-                 f"key layout {', '.join(repr(k) for k in layouts)}"]
+        lines = [
+            f"Checkpoint {self.path}: {len(self.tensors)} tensors, {_size(total)}, "
+            f"key layout {', '.join(repr(k) for k in layouts)}"
+        ]
         for component in ("decoder", "encoder", "other"):
             group = [t for t in self.tensors if t.component == component]
             if group:
                 n_par = sum(t.kind == "param" for t in group)
                 n_buf = sum(t.kind == "buffer" for t in group)
-                lines.append(f"{component}: {n_par} parameters, {n_buf} buffers"
-                             + (f", {len(group) - n_par - n_buf} unknown" if component == "other" else ""))
+                lines.append(
+                    f"{component}: {n_par} parameters, {n_buf} buffers"
+                    + (f", {len(group) - n_par - n_buf} unknown" if component == "other" else "")
+                )
         width = max(len(t.key) for t in self.tensors)
-        lines.append(f"  {'key':{width}} {'kind':7} {'shape':18} {'dtype':9} {'min':>10} {'max':>10} "
-                     f"{'mean':>10} {'std':>10} nan/inf")
+        lines.append(
+            f"  {'key':{width}} {'kind':7} {'shape':18} {'dtype':9} {'min':>10} {'max':>10} "
+            f"{'mean':>10} {'std':>10} nan/inf"
+        )
         for t in self.tensors:
             head = f"  {t.key:{width}} {t.kind:7} {str(t.shape):18} {t.dtype:9}"
             if t.stats is None:
@@ -63,18 +70,23 @@ class CheckpointInspection:
                 flag = f"{s['nan']}/{s['inf']}" + ("  <-- NON-FINITE" if s["nan"] or s["inf"] else "")
                 lines.append(f"{head} {s['min']:10.4g} {s['max']:10.4g} {s['mean']:10.4g} {s['std']:10.4g} {flag}")
         if self.saved_config is None:
-            lines.append("saved config: none (no etrm metadata or all_config.yaml beside the checkpoint): "
-                         "recursion settings unverifiable")
+            lines.append(
+                "saved config: none (no etrm metadata or all_config.yaml beside the checkpoint): "
+                "recursion settings unverifiable"
+            )
         else:
             cfg = self.saved_config.model_config
             settings = ", ".join(f"{n} {getattr(cfg, n)}" for n in DECODER_SETTINGS)
-            lines.append(f"saved config: {self.saved_config.source} ({self.saved_config.kind}): "
-                         f"{cfg.model_type}, {settings}")
+            lines.append(
+                f"saved config: {self.saved_config.source} ({self.saved_config.kind}): {cfg.model_type}, {settings}"
+            )
         if self.metadata is not None:
             lines.append(f"step: {self.metadata.step} (etrm {self.metadata.etrm_version})")
         rate = "" if self.metadata is None or self.metadata.ema_rate is None else f" (rate {self.metadata.ema_rate})"
-        lines.append(f"EMA provenance: {self.ema_provenance}{rate} (from saved metadata/config only, "
-                     "never from weight statistics)")
+        lines.append(
+            f"EMA provenance: {self.ema_provenance}{rate} (from saved metadata/config only, "
+            "never from weight statistics)"
+        )
         return "\n".join(lines)
 
 
@@ -92,7 +104,16 @@ def inspect_checkpoint(path: str | Path, *, stats_all: bool = False) -> Checkpoi
             skip = "not read (puzzle embedding table; --stats-all reads it)"
         elif tensor.is_complex():
             skip = "no statistics for complex tensors"
-        infos.append(TensorInfo(key, component, kind, tuple(tensor.shape), str(tensor.dtype).removeprefix("torch."),
-                                tensor.numel() * tensor.element_size(),
-                                None if skip else tensor_stats(tensor), skip))
+        infos.append(
+            TensorInfo(
+                key,
+                component,
+                kind,
+                tuple(tensor.shape),
+                str(tensor.dtype).removeprefix("torch."),
+                tensor.numel() * tensor.element_size(),
+                None if skip else tensor_stats(tensor),
+                skip,
+            )
+        )
     return CheckpointInspection(path, tuple(infos), find_saved_config(path), read_metadata(path))

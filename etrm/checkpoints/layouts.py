@@ -7,6 +7,7 @@ is a `module.`, and a bare ACT model has no loss-head level `model.`. `normalize
 strips the wrappers (only as prefixes, in any combination) and `act_key` also the
 loss-head level, so every layout maps onto `inner.*` / `encoder.*`.
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -57,7 +58,7 @@ def act_key(key: str) -> str:
     """`key` relative to the ACT model (`inner.*`, `encoder.*`): wrappers and the loss
     head's `model.` level stripped. (The ACT model has no submodule called `model`.)"""
     rest = normalize_key(key)
-    return rest[len(LOSS_HEAD_PREFIX):] if rest.startswith(LOSS_HEAD_PREFIX) else rest
+    return rest[len(LOSS_HEAD_PREFIX) :] if rest.startswith(LOSS_HEAD_PREFIX) else rest
 
 
 def key_layout(key: str) -> str:
@@ -70,9 +71,9 @@ def classify_key(key: str) -> tuple[str, str, str]:
     the component, and "param" / "buffer" / "unknown" by the known buffer names."""
     rel = act_key(key)
     if rel.startswith(DECODER_PREFIX):
-        name = rel[len(DECODER_PREFIX):]
+        name = rel[len(DECODER_PREFIX) :]
         return "decoder", name, "buffer" if name in DECODER_BUFFERS else "param"
     if rel.startswith(ENCODER_PREFIX):
-        name = rel[len(ENCODER_PREFIX):]
+        name = rel[len(ENCODER_PREFIX) :]
         return "encoder", name, "buffer" if name in ENCODER_BUFFERS else "param"
     return "other", rel, "unknown"

@@ -1,5 +1,6 @@
 """The config saved beside a checkpoint (our `.etrm.json` metadata or a trainer's
 all_config.yaml), EMA provenance, and recursion settings that differ from it."""
+
 from __future__ import annotations
 
 import json
@@ -29,12 +30,23 @@ class CheckpointMetadata:
     training: dict[str, Any] | None = None
 
     def to_json(self) -> str:
-        return json.dumps({"format": METADATA_FORMAT, "model_config": self.model_config.to_dict(), "step": self.step,
-                           "is_ema": self.is_ema, "ema_rate": self.ema_rate, "etrm_version": self.etrm_version,
-                           "key_layout": self.key_layout, "training": self.training}, indent=2, sort_keys=True)
+        return json.dumps(
+            {
+                "format": METADATA_FORMAT,
+                "model_config": self.model_config.to_dict(),
+                "step": self.step,
+                "is_ema": self.is_ema,
+                "ema_rate": self.ema_rate,
+                "etrm_version": self.etrm_version,
+                "key_layout": self.key_layout,
+                "training": self.training,
+            },
+            indent=2,
+            sort_keys=True,
+        )
 
     @classmethod
-    def from_json(cls, text: str, source: str | Path) -> "CheckpointMetadata":
+    def from_json(cls, text: str, source: str | Path) -> CheckpointMetadata:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
@@ -43,16 +55,25 @@ class CheckpointMetadata:
         if not isinstance(data, dict) or data.get("format") != METADATA_FORMAT:
             raise CheckpointError(f"{source}: not etrm checkpoint metadata (format {METADATA_FORMAT!r} expected)")
         if set(data) != expected:
-            raise CheckpointError(f"{source}: metadata keys missing {sorted(expected - set(data))}, "
-                                  f"unknown {sorted(set(data) - expected)}")
+            raise CheckpointError(
+                f"{source}: metadata keys missing {sorted(expected - set(data))}, "
+                f"unknown {sorted(set(data) - expected)}"
+            )
         if not isinstance(data["is_ema"], bool) or not isinstance(data["step"], int):
             raise CheckpointError(f"{source}: metadata is_ema must be a bool and step an int")
         try:
             config = ModelConfig.from_dict(data["model_config"], source=f"{source} model_config")
         except (ConfigError, TypeError) as err:
             raise CheckpointError(f"{source}: {err}") from None
-        return cls(model_config=config, step=data["step"], is_ema=data["is_ema"], ema_rate=data["ema_rate"],
-                   etrm_version=data["etrm_version"], key_layout=data["key_layout"], training=data["training"])
+        return cls(
+            model_config=config,
+            step=data["step"],
+            is_ema=data["is_ema"],
+            ema_rate=data["ema_rate"],
+            etrm_version=data["etrm_version"],
+            key_layout=data["key_layout"],
+            training=data["training"],
+        )
 
 
 @dataclass(frozen=True)
@@ -88,19 +109,25 @@ def find_saved_config(path: str | Path, *, config_path: str | Path | None = None
     if config_path is None:
         meta = read_metadata(path)
         if meta is not None:
-            return SavedConfig(sidecar_path(path), "etrm metadata", meta.model_config,
-                               "ema" if meta.is_ema else "raw", dict(meta.training or {}))
+            return SavedConfig(
+                sidecar_path(path),
+                "etrm metadata",
+                meta.model_config,
+                "ema" if meta.is_ema else "raw",
+                dict(meta.training or {}),
+            )
         config_path = path.parent / CONFIG_FILE
         if not config_path.is_file():
             return None
     imported = import_training_config(config_path)
     ema = {True: "ema", False: "raw"}.get(imported.ema, "unknown")
-    return SavedConfig(Path(config_path), CONFIG_FILE, imported.model_config, ema, imported.training,
-                       imported.foreign_encoder)
+    return SavedConfig(
+        Path(config_path), CONFIG_FILE, imported.model_config, ema, imported.training, imported.foreign_encoder
+    )
 
 
 def ema_provenance(path: str | Path) -> str:
-    """"ema", "raw" or "unknown": whether a checkpoint holds EMA weights, from its saved
+    """ "ema", "raw" or "unknown": whether a checkpoint holds EMA weights, from its saved
     metadata or training config ONLY. Never from weight statistics: the investigation
     "confirmed" EMA from low std values, which says nothing (a raw model can have low std
     and an EMA copy high std); nothing inside the file records it."""
@@ -110,11 +137,16 @@ def ema_provenance(path: str | Path) -> str:
 
 def recursion_mismatches(model_config: ModelConfig, saved: ModelConfig) -> dict[str, tuple[Any, Any]]:
     """DECODER_SETTINGS that differ: name -> (model value, saved value)."""
-    return {name: (getattr(model_config, name), getattr(saved, name))
-            for name in DECODER_SETTINGS if getattr(model_config, name) != getattr(saved, name)}
+    return {
+        name: (getattr(model_config, name), getattr(saved, name))
+        for name in DECODER_SETTINGS
+        if getattr(model_config, name) != getattr(saved, name)
+    }
 
 
 def _mismatch_message(path: Path, saved: SavedConfig, mismatches: dict[str, tuple[Any, Any]]) -> str:
     parts = "; ".join(f"{name}: model {m!r}, checkpoint {s!r}" for name, (m, s) in mismatches.items())
-    return (f"{path}: recursion settings differ from the checkpoint's saved config ({saved.source}): {parts}. "
-            "The weights were trained with the checkpoint's settings; build the model with them")
+    return (
+        f"{path}: recursion settings differ from the checkpoint's saved config ({saved.source}): {parts}. "
+        "The weights were trained with the checkpoint's settings; build the model with them"
+    )

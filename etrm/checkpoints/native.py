@@ -1,4 +1,5 @@
 """Our own checkpoints: saving in the official layout with metadata, and loading whole models."""
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,14 @@ from torch import nn
 from etrm import __version__
 from etrm.checkpoints.errors import CheckpointError, ConfigMismatchError
 from etrm.checkpoints.layouts import DECODER_PREFIX, LOSS_HEAD_PREFIX, OFFICIAL_PREFIX, act_key, unwrap_module
-from etrm.checkpoints.metadata import (CheckpointMetadata, _mismatch_message, find_saved_config, read_metadata,
-                                      recursion_mismatches, sidecar_path)
+from etrm.checkpoints.metadata import (
+    CheckpointMetadata,
+    _mismatch_message,
+    find_saved_config,
+    read_metadata,
+    recursion_mismatches,
+    sidecar_path,
+)
 from etrm.checkpoints.pretrained import act_model_of
 from etrm.checkpoints.reading import count_nonfinite, read_state_dict
 from etrm.config import ModelConfig
@@ -21,9 +28,16 @@ from etrm.config_import import CONFIG_FILE, normalize_training_hparams, training
 from etrm.models import ACTModel, LossHead, build_model
 
 
-def save_checkpoint(path: str | Path, head_or_model: nn.Module, *, step: int, ema_rate: float | None = None,
-                    is_ema: bool = False, training_config: Mapping[str, Any] | Any | None = None,
-                    compiled_layout: bool = True) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    head_or_model: nn.Module,
+    *,
+    step: int,
+    ema_rate: float | None = None,
+    is_ema: bool = False,
+    training_config: Mapping[str, Any] | Any | None = None,
+    compiled_layout: bool = True,
+) -> Path:
     """Save a LossHead or ACT model (compiled/DDP-wrapped or not) in the official layout.
 
     Writes `path` (a torch.save'd plain state dict, zip format, keys
@@ -53,13 +67,21 @@ def save_checkpoint(path: str | Path, head_or_model: nn.Module, *, step: int, em
     config_file = path.parent / CONFIG_FILE
     text = training_config_text(act.config, hparams)
     if config_file.is_file() and config_file.read_text() != text:
-        raise CheckpointError(f"{config_file} already describes a different run (model or training settings differ); "
-                              "save this checkpoint into its own directory")
-    layout = (OFFICIAL_PREFIX if compiled_layout else LOSS_HEAD_PREFIX)
+        raise CheckpointError(
+            f"{config_file} already describes a different run (model or training settings differ); "
+            "save this checkpoint into its own directory"
+        )
+    layout = OFFICIAL_PREFIX if compiled_layout else LOSS_HEAD_PREFIX
     state = {layout + act_key(k): v.detach().cpu() for k, v in module.state_dict().items()}
-    metadata = CheckpointMetadata(model_config=act.config, step=step, is_ema=is_ema,
-                                  ema_rate=None if ema_rate is None else float(ema_rate),
-                                  etrm_version=__version__, key_layout=layout, training=hparams or None)
+    metadata = CheckpointMetadata(
+        model_config=act.config,
+        step=step,
+        is_ema=is_ema,
+        ema_rate=None if ema_rate is None else float(ema_rate),
+        etrm_version=__version__,
+        key_layout=layout,
+        training=hparams or None,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(path, lambda tmp: torch.save(state, tmp))
     _atomic_write(sidecar_path(path), lambda tmp: tmp.write_text(metadata.to_json()))
@@ -68,7 +90,9 @@ def save_checkpoint(path: str | Path, head_or_model: nn.Module, *, step: int, em
     return path
 
 
-def load_checkpoint(path: str | Path, *, allow_legacy: bool = True) -> tuple[dict[str, torch.Tensor], CheckpointMetadata | None]:
+def load_checkpoint(
+    path: str | Path, *, allow_legacy: bool = True
+) -> tuple[dict[str, torch.Tensor], CheckpointMetadata | None]:
     """(state dict with the file's own keys, our metadata or None for a foreign checkpoint)."""
     return read_state_dict(path, allow_legacy=allow_legacy), read_metadata(path)
 
@@ -89,8 +113,10 @@ def load_model(path: str | Path, model_config: ModelConfig | None = None, *, all
         if saved is None:
             raise CheckpointError(f"{path}: no etrm metadata or {CONFIG_FILE} beside the checkpoint; pass model_config")
         if saved.foreign_encoder is not None:
-            raise CheckpointError(f"{path}: encoder_type {saved.foreign_encoder!r} ({saved.source}) has no etrm "
-                                  "implementation; run the origin's own model code with --model-code ROOT")
+            raise CheckpointError(
+                f"{path}: encoder_type {saved.foreign_encoder!r} ({saved.source}) has no etrm "
+                "implementation; run the origin's own model code with --model-code ROOT"
+            )
         model_config = saved.model_config
         table = next((t for k, t in state.items() if act_key(k) == DECODER_PREFIX + "puzzle_emb.weights"), None)
         if saved.kind == CONFIG_FILE and table is not None:
@@ -112,8 +138,11 @@ def load_model(path: str | Path, model_config: ModelConfig | None = None, *, all
         problems.append(f"missing {missing}")
     if unexpected:
         problems.append(f"unexpected {unexpected}")
-    problems += [f"{k}: checkpoint shape {tuple(t.shape)}, model shape {tuple(targets[k].shape)}"
-                 for k, t in mapped.items() if k in targets and t.shape != targets[k].shape]
+    problems += [
+        f"{k}: checkpoint shape {tuple(t.shape)}, model shape {tuple(targets[k].shape)}"
+        for k, t in mapped.items()
+        if k in targets and t.shape != targets[k].shape
+    ]
     problems += [f"{k}: {c} NaN/Inf value(s)" for k, t in mapped.items() if (c := count_nonfinite(t))]
     if problems:
         raise CheckpointError(f"{path}: does not fit a {model_config.model_type} model: " + "; ".join(problems))

@@ -1,4 +1,5 @@
 """Loading a pretrained TRM (or ETRM) decoder into an ETRM model, with a report of what loaded."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,8 +51,10 @@ class DecoderLoadReport:
         """Every reason the decoder did not (or would not) load exactly; empty when it did."""
         out = []
         if self.missing_params or self.missing_buffers:
-            out.append(f"decoder tensors missing from the checkpoint: {list(self.missing_params + self.missing_buffers)}"
-                       f" (key layouts found: {list(self.key_layouts)})")
+            out.append(
+                f"decoder tensors missing from the checkpoint: {list(self.missing_params + self.missing_buffers)}"
+                f" (key layouts found: {list(self.key_layouts)})"
+            )
         if self.unexpected:
             out.append(f"checkpoint keys that are not decoder tensors of this model: {list(self.unexpected)}")
         if self.duplicates:
@@ -71,10 +74,12 @@ class DecoderLoadReport:
     def summary(self) -> str:
         n_params = len(self.loaded_params) + len(self.missing_params)
         n_buffers = len(self.loaded_buffers) + len(self.missing_buffers)
-        lines = [f"Pretrained decoder from {self.path} (key layout {', '.join(repr(k) for k in self.key_layouts)}):",
-                 f"  parameters: {len(self.loaded_params)}/{n_params} loaded",
-                 f"  buffers:    {len(self.loaded_buffers)}/{n_buffers} loaded ({', '.join(self.loaded_buffers) or '-'}; "
-                 "buffers are never trained, so they are counted apart)"]
+        lines = [
+            f"Pretrained decoder from {self.path} (key layout {', '.join(repr(k) for k in self.key_layouts)}):",
+            f"  parameters: {len(self.loaded_params)}/{n_params} loaded",
+            f"  buffers:    {len(self.loaded_buffers)}/{n_buffers} loaded ({', '.join(self.loaded_buffers) or '-'}; "
+            "buffers are never trained, so they are counted apart)",
+        ]
         if self.dtype_casts:
             lines.append("  cast:       " + ", ".join(f"{n} {a}->{b}" for n, (a, b) in self.dtype_casts.items()))
         by_reason: dict[str, list[str]] = {}
@@ -87,9 +92,11 @@ class DecoderLoadReport:
         if self.config_status == "verified":
             lines.append(f"  config:     verified against {self.config_source}: {values}")
         elif self.config_status == "unverified":
-            lines.append(f"  config:     UNVERIFIED: no all_config.yaml or etrm metadata beside the checkpoint, so "
-                         f"{', '.join(self.settings)} cannot be checked (L_cycles 4 vs 6 changes no tensor shape); "
-                         f"model has {values}")
+            lines.append(
+                f"  config:     UNVERIFIED: no all_config.yaml or etrm metadata beside the checkpoint, so "
+                f"{', '.join(self.settings)} cannot be checked (L_cycles 4 vs 6 changes no tensor shape); "
+                f"model has {values}"
+            )
         else:
             lines.append(f"  config:     MISMATCH with {self.config_source}")
         lines += [f"  problem:    {p}" for p in self.problems()]
@@ -110,8 +117,14 @@ def act_model_of(model: nn.Module) -> nn.Module:
     return unwrap_module(model.model) if isinstance(model, LossHead) else model
 
 
-def load_pretrained_decoder(model: nn.Module, path: str | Path, *, map_location: str | torch.device = "cpu",
-                            config_path: str | Path | None = None, allow_legacy: bool = True) -> DecoderLoadReport:
+def load_pretrained_decoder(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    map_location: str | torch.device = "cpu",
+    config_path: str | Path | None = None,
+    allow_legacy: bool = True,
+) -> DecoderLoadReport:
     """Load a TRM (or ETRM) checkpoint's decoder into an ETRM/ETRMTRM model (or its LossHead).
 
     Prefixes are normalised (any key layout loads); `puzzle_emb.*` is skipped without
@@ -127,8 +140,10 @@ def load_pretrained_decoder(model: nn.Module, path: str | Path, *, map_location:
     path = Path(path)
     act = act_model_of(model)
     if not hasattr(act, "encoder"):
-        raise TypeError(f"load_pretrained_decoder loads into ETRM/ETRMTRM, got {type(act).__name__}; "
-                        "load a whole TRM with load_model")
+        raise TypeError(
+            f"load_pretrained_decoder loads into ETRM/ETRMTRM, got {type(act).__name__}; "
+            "load a whole TRM with load_model"
+        )
     state = read_state_dict(path, allow_legacy=allow_legacy)
     targets = act.inner.state_dict(keep_vars=True)  # persistent tensors only: RoPE tables are not saved
     param_names = {name for name, _ in act.inner.named_parameters()}
@@ -155,8 +170,11 @@ def load_pretrained_decoder(model: nn.Module, path: str | Path, *, map_location:
     shapes = {n: (tuple(t.shape), tuple(targets[n].shape)) for n, t in found.items() if t.shape != targets[n].shape}
     staged = {n: t.to(map_location) for n, t in found.items() if n not in shapes}
     nonfinite = {n: c for n, t in staged.items() if (c := count_nonfinite(t))}
-    casts = {n: (str(t.dtype).removeprefix("torch."), str(targets[n].dtype).removeprefix("torch."))
-             for n, t in staged.items() if t.dtype != targets[n].dtype}
+    casts = {
+        n: (str(t.dtype).removeprefix("torch."), str(targets[n].dtype).removeprefix("torch."))
+        for n, t in staged.items()
+        if t.dtype != targets[n].dtype
+    }
 
     saved = find_saved_config(path, config_path=config_path)
     cfg = act.config
@@ -169,14 +187,22 @@ def load_pretrained_decoder(model: nn.Module, path: str | Path, *, map_location:
         status = "mismatch" if recursion_mismatches(cfg, saved.model_config) else "verified"
 
     report = DecoderLoadReport(
-        path=path, key_layouts=tuple(layouts),
+        path=path,
+        key_layouts=tuple(layouts),
         loaded_params=tuple(n for n in targets if n in staged and n in param_names),
         loaded_buffers=tuple(n for n in targets if n in staged and n not in param_names),
         skipped=skipped,
         missing_params=tuple(n for n in targets if n not in found and n in param_names),
         missing_buffers=tuple(n for n in targets if n not in found and n not in param_names),
-        unexpected=tuple(unexpected), duplicates=tuple(duplicates), shape_mismatches=shapes,
-        nonfinite=nonfinite, dtype_casts=casts, config_status=status, config_source=source, settings=settings)
+        unexpected=tuple(unexpected),
+        duplicates=tuple(duplicates),
+        shape_mismatches=shapes,
+        nonfinite=nonfinite,
+        dtype_casts=casts,
+        config_status=status,
+        config_source=source,
+        settings=settings,
+    )
     if status == "mismatch":
         raise ConfigMismatchError(_mismatch_message(path, saved, report.config_mismatches))
     problems = report.problems()

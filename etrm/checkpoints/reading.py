@@ -6,6 +6,7 @@ that is never touched is never read. A legacy (pre-zip) file cannot be memory-ma
 `read_state_dict` then loads it whole with a `LegacyCheckpointWarning` saying so, or,
 with `allow_legacy=False`, refuses it with the same explanation.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,9 @@ _PICKLE_PROTO = b"\x80"
 _CHUNK = 1 << 22  # elements per chunk when scanning big tensors
 
 
-def read_state_dict(path: str | Path, *, map_location: str | torch.device = "cpu",
-                    allow_legacy: bool = True) -> dict[str, torch.Tensor]:
+def read_state_dict(
+    path: str | Path, *, map_location: str | torch.device = "cpu", allow_legacy: bool = True
+) -> dict[str, torch.Tensor]:
     """A checkpoint's state dict, memory-mapped and loaded without running any code.
 
     Accepts a plain state dict (what the official trainer saves) or a training bundle
@@ -36,8 +38,10 @@ def read_state_dict(path: str | Path, *, map_location: str | torch.device = "cpu
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint not found")
     if path.is_dir():
-        raise CheckpointError(f"{path}: is a directory; give the checkpoint file inside it "
-                              "(the official trainer writes files named step_<N>)")
+        raise CheckpointError(
+            f"{path}: is a directory; give the checkpoint file inside it "
+            "(the official trainer writes files named step_<N>)"
+        )
     with open(path, "rb") as handle:
         magic = handle.read(4)
     if not magic:
@@ -46,9 +50,11 @@ def read_state_dict(path: str | Path, *, map_location: str | torch.device = "cpu
     if not zip_format:
         if magic[:1] != _PICKLE_PROTO:
             raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither the zip format nor a legacy pickle)")
-        message = (f"{path}: legacy (non-zip) checkpoint format: it cannot be memory-mapped, so the whole file "
-                   f"({_size(path.stat().st_size)}) is read into memory, puzzle_emb.weights included; re-save it "
-                   "with torch.save (zip format, the default since PyTorch 1.6) to load it lazily")
+        message = (
+            f"{path}: legacy (non-zip) checkpoint format: it cannot be memory-mapped, so the whole file "
+            f"({_size(path.stat().st_size)}) is read into memory, puzzle_emb.weights included; re-save it "
+            "with torch.save (zip format, the default since PyTorch 1.6) to load it lazily"
+        )
         if not allow_legacy:
             raise CheckpointError(message)
         warnings.warn(message, LegacyCheckpointWarning, stacklevel=2)
@@ -58,9 +64,11 @@ def read_state_dict(path: str | Path, *, map_location: str | torch.device = "cpu
         text = str(err)
         if "Weights only load failed" in text:
             reason = next((line.strip() for line in text.splitlines() if "WeightsUnpickler error" in line), "")
-            raise CheckpointError(f"{path}: refused: the file holds objects whose unpickling would run code "
-                                  f"({reason or 'unsupported global'}); checkpoints are loaded with weights_only=True "
-                                  "and nothing in them is executed") from None
+            raise CheckpointError(
+                f"{path}: refused: the file holds objects whose unpickling would run code "
+                f"({reason or 'unsupported global'}); checkpoints are loaded with weights_only=True "
+                "and nothing in them is executed"
+            ) from None
         raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({text})") from None
     except Exception as err:  # any other read failure means a damaged file
         raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({type(err).__name__}: {err})") from None
@@ -68,12 +76,16 @@ def read_state_dict(path: str | Path, *, map_location: str | torch.device = "cpu
     if isinstance(payload, Mapping) and isinstance(payload.get("model"), Mapping):
         payload = payload["model"]  # resume bundle {"model": state_dict, "optimizers": ..., "step": ...}
     if not isinstance(payload, Mapping):
-        raise CheckpointError(f"{path}: expected a state dict (a mapping of names to tensors), got {type(payload).__name__}")
+        raise CheckpointError(
+            f"{path}: expected a state dict (a mapping of names to tensors), got {type(payload).__name__}"
+        )
     if not payload:
         raise CheckpointError(f"{path}: the state dict is empty")
     for key, value in payload.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"{path}: not a state dict: entry {key!r} holds a {type(value).__name__}, not a tensor")
+            raise CheckpointError(
+                f"{path}: not a state dict: entry {key!r} holds a {type(value).__name__}, not a tensor"
+            )
     return dict(payload)
 
 
@@ -82,7 +94,7 @@ def count_nonfinite(tensor: torch.Tensor) -> int:
     if not tensor.is_floating_point():
         return 0
     flat = tensor.reshape(-1)
-    return sum(int((~torch.isfinite(flat[i:i + _CHUNK])).sum()) for i in range(0, flat.numel(), _CHUNK))
+    return sum(int((~torch.isfinite(flat[i : i + _CHUNK])).sum()) for i in range(0, flat.numel(), _CHUNK))
 
 
 def tensor_stats(tensor: torch.Tensor) -> dict[str, float | int]:
@@ -91,7 +103,7 @@ def tensor_stats(tensor: torch.Tensor) -> dict[str, float | int]:
     count, total, squares = 0, 0.0, 0.0
     low, high, nans, infs = math.inf, -math.inf, 0, 0
     for i in range(0, flat.numel(), _CHUNK):
-        chunk = flat[i:i + _CHUNK].double()
+        chunk = flat[i : i + _CHUNK].double()
         finite = torch.isfinite(chunk)
         nans += int(torch.isnan(chunk).sum())
         infs += int(torch.isinf(chunk).sum())
@@ -103,8 +115,14 @@ def tensor_stats(tensor: torch.Tensor) -> dict[str, float | int]:
             low, high = min(low, float(values.min())), max(high, float(values.max()))
     mean = total / count if count else math.nan
     var = (squares - count * mean * mean) / (count - 1) if count > 1 else math.nan
-    return {"min": low if count else math.nan, "max": high if count else math.nan, "mean": mean,
-            "std": math.sqrt(max(var, 0.0)) if count > 1 else math.nan, "nan": nans, "inf": infs}
+    return {
+        "min": low if count else math.nan,
+        "max": high if count else math.nan,
+        "mean": mean,
+        "std": math.sqrt(max(var, 0.0)) if count > 1 else math.nan,
+        "nan": nans,
+        "inf": infs,
+    }
 
 
 def _size(nbytes: int) -> str:

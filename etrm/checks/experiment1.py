@@ -23,6 +23,7 @@ so the investigation's "1.0" said only that the pre-clip norm was at least 1.0. 
 with only those leaves the gradient criterion, and with it every decision but B,
 inconclusive, and says why.
 """
+
 from __future__ import annotations
 
 import math
@@ -55,8 +56,12 @@ def decide_scenario(metrics: list[dict]) -> CheckResult:
     if len(evals) < 2:
         missing.append(f"{len(evals)} evaluations with eval/ARC/pass@1 (need 2)")
     if missing:
-        return CheckResult.inconclusive(H, "scenario", "cannot decide the scenario: the log lacks " + "; ".join(missing),
-                                        {"train_lines": len(train), "evaluations": len(evals)})
+        return CheckResult.inconclusive(
+            H,
+            "scenario",
+            "cannot decide the scenario: the log lacks " + "; ".join(missing),
+            {"train_lines": len(train), "evaluations": len(evals)},
+        )
 
     width = max(1, int(len(train) * WINDOW))
     first = fmean(m["train/lm_loss"] for m in train[:width])
@@ -70,26 +75,42 @@ def decide_scenario(metrics: list[dict]) -> CheckResult:
     grads_ok, grad_text, grad_numbers = _gradient_criterion(train)
 
     numbers = {
-        "train_lines": len(train), "evaluations": len(evals), **grad_numbers,
-        "loss_first_window": first, "loss_last_window": last, "loss_drop": loss_drop,
-        "eval_pass@1_first": evals[0], "eval_pass@1_best_later": max(evals[1:]), "eval_gain": gain,
+        "train_lines": len(train),
+        "evaluations": len(evals),
+        **grad_numbers,
+        "loss_first_window": first,
+        "loss_last_window": last,
+        "loss_drop": loss_drop,
+        "eval_pass@1_first": evals[0],
+        "eval_pass@1_best_later": max(evals[1:]),
+        "eval_gain": gain,
         "encoder_cross_sample_std": fmean(diversity[-width:]) if diversity else -1.0,
         "train_exact_accuracy_last": fmean(exact[-width:]) if exact else -1.0,
     }
-    others = (f"lm_loss {first:.3f} -> {last:.3f} ({loss_drop:+.0%} drop, needs {MIN_LOSS_DROP:.0%}), eval pass@1 "
-              f"{evals[0]:.3f} -> best {max(evals[1:]):.3f} (gain needs {MIN_ACCURACY_GAIN:g}), encoder "
-              f"cross-sample std {numbers['encoder_cross_sample_std']:.3g}")
+    others = (
+        f"lm_loss {first:.3f} -> {last:.3f} ({loss_drop:+.0%} drop, needs {MIN_LOSS_DROP:.0%}), eval pass@1 "
+        f"{evals[0]:.3f} -> best {max(evals[1:]):.3f} (gain needs {MIN_ACCURACY_GAIN:g}), encoder "
+        f"cross-sample std {numbers['encoder_cross_sample_std']:.3g}"
+    )
     by_accuracy = "A" if improving else "C"
     if grads_ok is None and loss_ok:
         numbers["scenario_if_gradients_flow"] = SCENARIOS[by_accuracy]
         return CheckResult.inconclusive(
-            H, "scenario", f"gradient criterion inconclusive: {grad_text}. The loss and accuracy alone fit "
-            f"{SCENARIOS[by_accuracy]} ({others}), but zero pre-clip norms would make it B", numbers)
+            H,
+            "scenario",
+            f"gradient criterion inconclusive: {grad_text}. The loss and accuracy alone fit "
+            f"{SCENARIOS[by_accuracy]} ({others}), but zero pre-clip norms would make it B",
+            numbers,
+        )
     scenario = by_accuracy if grads_ok and loss_ok else "B"
     numbers["scenario"] = SCENARIOS[scenario]
     if grads_ok is None:  # a flat loss decides B without the norms
-        return CheckResult.ok(H, "scenario", f"{SCENARIOS[scenario]}: the loss is flat ({others}); the gradient "
-                              f"criterion is inconclusive: {grad_text}", numbers)
+        return CheckResult.ok(
+            H,
+            "scenario",
+            f"{SCENARIOS[scenario]}: the loss is flat ({others}); the gradient criterion is inconclusive: {grad_text}",
+            numbers,
+        )
     return CheckResult.ok(H, "scenario", f"{SCENARIOS[scenario]}: {grad_text}, {others}", numbers)
 
 
@@ -98,29 +119,45 @@ def _gradient_criterion(train: list[dict]) -> tuple[bool | None, str, dict]:
     pre = [m[PRECLIP] for m in train if PRECLIP in m]
     if pre and len(pre) == len(train):
         healthy = sum(1 for v in pre if math.isfinite(v) and v > MIN_GRAD_NORM) / len(pre)
-        return (healthy >= MIN_GRAD_FRACTION,
-                f"pre-clip encoder norm median {median(pre):.3g} ({healthy:.0%} of steps > {MIN_GRAD_NORM:g})",
-                {"gradient_criterion": "measured", "median_encoder_norm_preclip": median(pre),
-                 "healthy_grad_fraction": healthy})
+        return (
+            healthy >= MIN_GRAD_FRACTION,
+            f"pre-clip encoder norm median {median(pre):.3g} ({healthy:.0%} of steps > {MIN_GRAD_NORM:g})",
+            {
+                "gradient_criterion": "measured",
+                "median_encoder_norm_preclip": median(pre),
+                "healthy_grad_fraction": healthy,
+            },
+        )
     if pre:
-        return None, (f"pre-clip encoder norms ({PRECLIP}) on only {len(pre)} of {len(train)} training lines"), \
-            {"gradient_criterion": "partial pre-clip norms", "preclip_lines": len(pre)}
+        return (
+            None,
+            (f"pre-clip encoder norms ({PRECLIP}) on only {len(pre)} of {len(train)} training lines"),
+            {"gradient_criterion": "partial pre-clip norms", "preclip_lines": len(pre)},
+        )
     post = [m[POSTCLIP] for m in train if POSTCLIP in m and math.isfinite(m[POSTCLIP])]
     if not post:
         return None, f"the log has no encoder gradient norms ({PRECLIP})", {"gradient_criterion": "no norms"}
     top = max(post)
     pinned = sum(1 for v in post if top > 0 and abs(v - top) <= 1e-3 * top) / len(post)
-    return None, (
-        f"the log has only post-clip encoder norms ({POSTCLIP}, the origin's grad/encoder_norm), median "
-        f"{median(post):.3g}, {pinned:.0%} of steps at {top:.3g}: clipping rescales the gradient to at most its "
-        f"threshold, so a norm at the threshold says only that the pre-clip norm was at least that, not that it "
-        f"was stable, and a small one may be a healthy encoder share of a large clipped total; "
-        f"log {PRECLIP} (etrm's trainer does) to tell B from A or C"), {
-        "gradient_criterion": "post-clip norms only", "median_encoder_norm_postclip": median(post),
-        "postclip_fraction_at_max": pinned}
+    return (
+        None,
+        (
+            f"the log has only post-clip encoder norms ({POSTCLIP}, the origin's grad/encoder_norm), median "
+            f"{median(post):.3g}, {pinned:.0%} of steps at {top:.3g}: clipping rescales the gradient to at most its "
+            f"threshold, so a norm at the threshold says only that the pre-clip norm was at least that, not that it "
+            f"was stable, and a small one may be a healthy encoder share of a large clipped total; "
+            f"log {PRECLIP} (etrm's trainer does) to tell B from A or C"
+        ),
+        {
+            "gradient_criterion": "post-clip norms only",
+            "median_encoder_norm_postclip": median(post),
+            "postclip_fraction_at_max": pinned,
+        },
+    )
 
 
 # --- the run -----------------------------------------------------------------------------------
+
 
 def experiment_model_config(trm_checkpoint, max_demos: int = 4, **overrides):
     """The ETRM config matching a TRM checkpoint's saved decoder settings."""
@@ -129,10 +166,13 @@ def experiment_model_config(trm_checkpoint, max_demos: int = 4, **overrides):
 
     saved = find_saved_config(trm_checkpoint)
     if saved is None:
-        raise ConfigError(f"{trm_checkpoint}: no all_config.yaml or etrm metadata beside it, so the decoder's "
-                         "recursion settings are unknown; pass a model config")
-    base = saved.model_config.to_dict() | dict(model_type="etrm", puzzle_emb_ndim=0, num_puzzle_identifiers=1,
-                                                max_demos=max_demos)
+        raise ConfigError(
+            f"{trm_checkpoint}: no all_config.yaml or etrm metadata beside it, so the decoder's "
+            "recursion settings are unknown; pass a model config"
+        )
+    base = saved.model_config.to_dict() | dict(
+        model_type="etrm", puzzle_emb_ndim=0, num_puzzle_identifiers=1, max_demos=max_demos
+    )
     return type(saved.model_config).from_dict(base | overrides)
 
 
@@ -158,7 +198,8 @@ def experiment_config_for_data(trm_checkpoint, data_dir, **overrides):
                     f"build; Experiment 1 trains the encoder on few-shot episodes, which need a few-shot build "
                     f"(etrm build-data --mode fewshot, or the origin's build_arc_dataset_encoder.py). The official "
                     f"builder also puts the evaluation tasks' demonstrations in its train split, so training on it "
-                    f"would not be few-shot")
+                    f"would not be few-shot"
+                )
             demos.append(int(arrays.num_demos.max(initial=1)))
         metas.append(meta)
     seq_len = metas[0].seq_len
@@ -166,9 +207,11 @@ def experiment_config_for_data(trm_checkpoint, data_dir, **overrides):
         raise DatasetFormatError(f"{data_dir}: train split seq_len {seq_len}, test split {metas[1].seq_len}")
     recorded, source = _checkpoint_seq_len(find_saved_config(trm_checkpoint))
     if recorded is not None and recorded != seq_len:
-        raise DatasetFormatError(f"{data_dir / 'train' / 'dataset.json'}: seq_len {seq_len}, but the checkpoint "
-                                 f"{trm_checkpoint} was trained at seq_len {recorded} ({source}); use a dataset built "
-                                 f"on the checkpoint's canvas")
+        raise DatasetFormatError(
+            f"{data_dir / 'train' / 'dataset.json'}: seq_len {seq_len}, but the checkpoint "
+            f"{trm_checkpoint} was trained at seq_len {recorded} ({source}); use a dataset built "
+            f"on the checkpoint's canvas"
+        )
     return experiment_model_config(trm_checkpoint, **{"max_demos": max(demos), "seq_len": seq_len, **overrides})
 
 
@@ -185,12 +228,26 @@ def _checkpoint_seq_len(saved) -> tuple[int | None, Path | None]:
     return section.get("seq_len"), saved.source
 
 
-def run_frozen_decoder_experiment(trm_checkpoint, data_dir, metrics_log, *, steps: int = 150, eval_every: int = 30,
-                                  batch_size: int = 8, freeze_decoder: bool = True, lr: float = 3e-4,
-                                  model_config=None, seed: int = 0, progress: bool = True, device: str = "cpu",
-                                  eval_at_start: bool = False, max_train_groups: int | None = None,
-                                  max_eval_groups: int | None = None, train_epochs: int | None = None,
-                                  model_factory=None):
+def run_frozen_decoder_experiment(
+    trm_checkpoint,
+    data_dir,
+    metrics_log,
+    *,
+    steps: int = 150,
+    eval_every: int = 30,
+    batch_size: int = 8,
+    freeze_decoder: bool = True,
+    lr: float = 3e-4,
+    model_config=None,
+    seed: int = 0,
+    progress: bool = True,
+    device: str = "cpu",
+    eval_at_start: bool = False,
+    max_train_groups: int | None = None,
+    max_eval_groups: int | None = None,
+    train_epochs: int | None = None,
+    model_factory=None,
+):
     """The investigation's Experiment 1 at any size: ETRM with the TRM checkpoint's decoder,
     frozen for the whole run (or not, for comparison), the encoder trained with its own
     optimizer group (lr 3e-4, gradients clipped at 1.0, pre- and post-clip norms logged),
@@ -217,20 +274,44 @@ def run_frozen_decoder_experiment(trm_checkpoint, data_dir, metrics_log, *, step
     if train_epochs is None:  # every task group gives at least one row per epoch
         groups = min(load_metadata(data_dir, "train").total_groups, max_train_groups or math.inf)
         train_epochs = math.ceil(steps * batch_size / max(1, groups)) + 1
-    train_set = FewShotPuzzleDataset(data_dir, "train", batch_size, max_demos=config.max_demos, seed=seed,
-                                     epochs=train_epochs, max_groups=max_train_groups)
-    eval_set = FewShotPuzzleDataset(data_dir, "test", batch_size, max_demos=config.max_demos, test_mode=True,
-                                    max_groups=max_eval_groups)
+    train_set = FewShotPuzzleDataset(
+        data_dir,
+        "train",
+        batch_size,
+        max_demos=config.max_demos,
+        seed=seed,
+        epochs=train_epochs,
+        max_groups=max_train_groups,
+    )
+    eval_set = FewShotPuzzleDataset(
+        data_dir, "test", batch_size, max_demos=config.max_demos, test_mode=True, max_groups=max_eval_groups
+    )
     evaluator = ArcEvaluator.from_data_dir(data_dir)
-    recipe = TrainingConfig(lr=lr, encoder_lr_scale=1.0, warmup_steps=min(10, steps), global_batch_size=batch_size,
-                            freeze_decoder_steps=steps + 1 if freeze_decoder else 0, grad_clip_norm=1.0,
-                            total_steps=steps, seed=seed)
+    recipe = TrainingConfig(
+        lr=lr,
+        encoder_lr_scale=1.0,
+        warmup_steps=min(10, steps),
+        global_batch_size=batch_size,
+        freeze_decoder_steps=steps + 1 if freeze_decoder else 0,
+        grad_clip_norm=1.0,
+        total_steps=steps,
+        seed=seed,
+    )
     with MetricsLog(metrics_log) as log:
         log.write(decoder_load_record(report))  # investigation Test 1.1: the log says what was loaded
         if eval_at_start:  # the baseline: the pretrained decoder with the untrained encoder
             log.write(eval_record(0, evaluate(head, eval_set, evaluator, progress=False)))
-        return train(head, train_set, recipe, steps=steps, metrics_log=log, eval_every=eval_every,
-                     eval_dataset=eval_set, evaluator=evaluator, progress=progress)
+        return train(
+            head,
+            train_set,
+            recipe,
+            steps=steps,
+            metrics_log=log,
+            eval_every=eval_every,
+            eval_dataset=eval_set,
+            evaluator=evaluator,
+            progress=progress,
+        )
 
 
 def decoder_load_record(report) -> dict:
@@ -241,9 +322,12 @@ def decoder_load_record(report) -> dict:
     with open(report.path, "rb") as f:  # identifies the checkpoint wherever it is moved
         for chunk in iter(lambda: f.read(1 << 24), b""):
             digest.update(chunk)
-    return {"step": 0, "pretrained_decoder/checkpoint": report.path.name,
-            "pretrained_decoder/sha256": digest.hexdigest(),
-            "pretrained_decoder/params_loaded": len(report.loaded_params),
-            "pretrained_decoder/params_missing": len(report.missing_params),
-            "pretrained_decoder/buffers_loaded": len(report.loaded_buffers),
-            "pretrained_decoder/config": report.config_status}
+    return {
+        "step": 0,
+        "pretrained_decoder/checkpoint": report.path.name,
+        "pretrained_decoder/sha256": digest.hexdigest(),
+        "pretrained_decoder/params_loaded": len(report.loaded_params),
+        "pretrained_decoder/params_missing": len(report.missing_params),
+        "pretrained_decoder/buffers_loaded": len(report.loaded_buffers),
+        "pretrained_decoder/config": report.config_status,
+    }

@@ -5,6 +5,7 @@ its place, so it must have the prefix's shape and dtype, be finite (also for a s
 without any valid demo), sit on a comparable scale, and depend only on the set of
 valid demos (not their order, not what fills padded slots).
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,9 +28,13 @@ def check_context_shape_and_dtype(model: TRMInterface, batch: dict[str, torch.Te
     expected = (batch["inputs"].shape[0], model.puzzle_emb_len, model.hidden_size)
     ok = tuple(ctx.shape) == expected and ctx.dtype == getattr(torch, model.forward_dtype)
     return CheckResult.from_condition(
-        H, "context_shape_dtype", ok,
+        H,
+        "context_shape_dtype",
+        ok,
         f"context {tuple(ctx.shape)} {str(ctx.dtype).removeprefix('torch.')}, decoder prefix expects "
-        f"{expected} {model.forward_dtype}", {"tokens": ctx.shape[1], "width": ctx.shape[-1]})
+        f"{expected} {model.forward_dtype}",
+        {"tokens": ctx.shape[1], "width": ctx.shape[-1]},
+    )
 
 
 def check_context_finite(model: TRMInterface, batch: dict[str, torch.Tensor]) -> CheckResult:
@@ -42,9 +47,12 @@ def check_context_finite(model: TRMInterface, batch: dict[str, torch.Tensor]) ->
     ctx = model.first_context(with_demos(batch, batch["demo_inputs"], batch["demo_labels"], mask)).float()
     bad = (~torch.isfinite(ctx)).flatten(1).any(1)
     return CheckResult.from_condition(
-        H, "context_finite", not bad.any(),
+        H,
+        "context_finite",
+        not bad.any(),
         f"{int(bad.sum())} of {len(bad)} samples have NaN/Inf in the context (sample 0 has no valid demo)",
-        {"nonfinite_samples": int(bad.sum()), "samples": len(bad)})
+        {"nonfinite_samples": int(bad.sum()), "samples": len(bad)},
+    )
 
 
 def prefix_rms(puzzle_emb_weights: torch.Tensor, hidden_size: int, ids: torch.Tensor | None = None) -> float:
@@ -56,7 +64,9 @@ def prefix_rms(puzzle_emb_weights: torch.Tensor, hidden_size: int, ids: torch.Te
     return float(used.mean()) if used.numel() else 0.0
 
 
-def check_context_scale(model: TRMInterface, batch: dict[str, torch.Tensor], reference_rms: float | None) -> CheckResult:
+def check_context_scale(
+    model: TRMInterface, batch: dict[str, torch.Tensor], reference_rms: float | None
+) -> CheckResult:
     """Per-token RMS of the context vs the RMS of the puzzle-embedding prefix the decoder
     was trained with (from the TRM checkpoint). Without a reference: inconclusive."""
     model = as_interface(model)
@@ -65,23 +75,30 @@ def check_context_scale(model: TRMInterface, batch: dict[str, torch.Tensor], ref
     ctx = model.first_context(batch).float()
     rms = float(ctx.square().mean(-1).sqrt().mean())
     if reference_rms is None or reference_rms <= 0:
-        return CheckResult.inconclusive(H, "context_scale",
-                                        f"context token RMS {rms:.3g}; no trained puzzle embedding to compare with "
-                                        "(give a TRM checkpoint)", {"context_rms": rms})
+        return CheckResult.inconclusive(
+            H,
+            "context_scale",
+            f"context token RMS {rms:.3g}; no trained puzzle embedding to compare with (give a TRM checkpoint)",
+            {"context_rms": rms},
+        )
     ratio = rms / reference_rms
     return CheckResult.from_condition(
-        H, "context_scale", 1 / SCALE_TOLERANCE <= ratio <= SCALE_TOLERANCE,
+        H,
+        "context_scale",
+        1 / SCALE_TOLERANCE <= ratio <= SCALE_TOLERANCE,
         f"context token RMS {rms:.3g} vs trained puzzle-embedding RMS {reference_rms:.3g}: ratio {ratio:.2f} "
         f"(allowed {1 / SCALE_TOLERANCE:.2f}-{SCALE_TOLERANCE:.0f})",
-        {"context_rms": rms, "prefix_rms": reference_rms, "ratio": ratio})
+        {"context_rms": rms, "prefix_rms": reference_rms, "ratio": ratio},
+    )
 
 
 def _encode(model: TRMInterface, batch, inputs, labels, mask) -> torch.Tensor:
     return model.first_context(with_demos(batch, inputs, labels, mask)).float()
 
 
-def check_demo_order_invariance(model: TRMInterface, batch: dict[str, torch.Tensor], trials: int = 6,
-                                seed: int = 0, atol: float = 1e-4) -> CheckResult:
+def check_demo_order_invariance(
+    model: TRMInterface, batch: dict[str, torch.Tensor], trials: int = 6, seed: int = 0, atol: float = 1e-4
+) -> CheckResult:
     """Shuffling the demo slots (valid and padded together) leaves the context unchanged,
     over `trials` random permutations; reports the worst one."""
     model = as_interface(model)
@@ -93,18 +110,25 @@ def check_demo_order_invariance(model: TRMInterface, batch: dict[str, torch.Tens
     worst, worst_perm = 0.0, list(range(d))
     for _ in range(trials):
         perm = torch.randperm(d, generator=gen).to(batch["demo_mask"].device)
-        other = _encode(model, batch, batch["demo_inputs"][:, perm], batch["demo_labels"][:, perm], batch["demo_mask"][:, perm])
+        other = _encode(
+            model, batch, batch["demo_inputs"][:, perm], batch["demo_labels"][:, perm], batch["demo_mask"][:, perm]
+        )
         diff = float((base - other).abs().max())
         if diff >= worst:
             worst, worst_perm = diff, perm.tolist()
     return CheckResult.from_condition(
-        H, "demo_order_invariance", worst <= atol,
+        H,
+        "demo_order_invariance",
+        worst <= atol,
         f"largest context change over {trials} demo permutations: {worst:.2e} (tolerance {atol:g}, "
-        f"worst permutation {worst_perm})", {"max_abs_diff": worst, "trials": trials})
+        f"worst permutation {worst_perm})",
+        {"max_abs_diff": worst, "trials": trials},
+    )
 
 
-def check_padding_invariance(model: TRMInterface, batch: dict[str, torch.Tensor], trials: int = 3,
-                             seed: int = 0) -> CheckResult:
+def check_padding_invariance(
+    model: TRMInterface, batch: dict[str, torch.Tensor], trials: int = 3, seed: int = 0
+) -> CheckResult:
     """Random tokens written into padded demo slots leave the context bit-identical."""
     model = as_interface(model)
     if why := model.missing("encoder"):
@@ -116,14 +140,26 @@ def check_padding_invariance(model: TRMInterface, batch: dict[str, torch.Tensor]
     for _ in range(trials):
         noise_in = torch.randint(0, 12, batch["demo_inputs"].shape, generator=gen).to(batch["demo_inputs"])
         noise_out = torch.randint(0, 12, batch["demo_labels"].shape, generator=gen).to(batch["demo_labels"])
-        other = _encode(model, batch, torch.where(pad[..., None], noise_in, batch["demo_inputs"]),
-                        torch.where(pad[..., None], noise_out, batch["demo_labels"]), batch["demo_mask"])
+        other = _encode(
+            model,
+            batch,
+            torch.where(pad[..., None], noise_in, batch["demo_inputs"]),
+            torch.where(pad[..., None], noise_out, batch["demo_labels"]),
+            batch["demo_mask"],
+        )
         worst = max(worst, float((base - other).abs().max()))
     padded = int(pad.sum())
     if not padded:  # nothing was tested: no verdict either way
-        return CheckResult.inconclusive(H, "padding_invariance", "the batch has no padded demo slot to test: use a "
-                                        "batch whose tasks have fewer demos than slots", {"padded_slots": 0})
+        return CheckResult.inconclusive(
+            H,
+            "padding_invariance",
+            "the batch has no padded demo slot to test: use a batch whose tasks have fewer demos than slots",
+            {"padded_slots": 0},
+        )
     return CheckResult.from_condition(
-        H, "padding_invariance", worst == 0.0,
+        H,
+        "padding_invariance",
+        worst == 0.0,
         f"{padded} padded demo slots filled with random tokens {trials} times; largest context change {worst:.2e}",
-        {"padded_slots": padded, "max_abs_diff": worst})
+        {"padded_slots": padded, "max_abs_diff": worst},
+    )

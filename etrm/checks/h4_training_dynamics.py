@@ -5,9 +5,11 @@ with L_cycles 4 run with 6 computes something else: the origin's composed config
 that) from deliberate departures from the official recipe (learning rate, batch size,
 exploration, clipping), which are listed, not failed.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,32 +20,61 @@ from etrm.config_import import DECODER_SETTINGS  # the settings an ETRM must sha
 H = "hypothesis4"
 # The official ARC-AGI-1 recipe under the trainer's all_config.yaml names (informational:
 # departures are listed, not failed). grad_clip_norm 0 or None means no clipping.
-OFFICIAL_RECIPE = {"lr": 1e-4, "weight_decay": 0.1, "beta1": 0.9, "beta2": 0.95, "lr_warmup_steps": 2000,
-                   "global_batch_size": 768, "ema": True, "ema_rate": 0.999, "grad_clip_norm": None,
-                   "encoder_lr_scale": 1.0, "encoder_weight_decay_scale": 1.0, "lr_min_ratio": 1.0}
+OFFICIAL_RECIPE = {
+    "lr": 1e-4,
+    "weight_decay": 0.1,
+    "beta1": 0.9,
+    "beta2": 0.95,
+    "lr_warmup_steps": 2000,
+    "global_batch_size": 768,
+    "ema": True,
+    "ema_rate": 0.999,
+    "grad_clip_norm": None,
+    "encoder_lr_scale": 1.0,
+    "encoder_weight_decay_scale": 1.0,
+    "lr_min_ratio": 1.0,
+}
 
 
 def check_config_audit(etrm_config, etrm_training: Mapping[str, Any], trm_config=None) -> CheckResult:
     """Decoder settings vs the pretrained TRM's (fail on any difference), recipe vs the official run (listed)."""
     from etrm.config import official_arc1_config
 
-    recipe = {k: (etrm_training.get(k), v) for k, v in OFFICIAL_RECIPE.items()
-              if k in etrm_training and _norm(k, etrm_training.get(k)) != _norm(k, v)}
+    recipe = {
+        k: (etrm_training.get(k), v)
+        for k, v in OFFICIAL_RECIPE.items()
+        if k in etrm_training and _norm(k, etrm_training.get(k)) != _norm(k, v)
+    }
     exploration = (etrm_config.halt_exploration_prob, official_arc1_config().halt_exploration_prob)
     if exploration[0] != exploration[1]:
         recipe["halt_exploration_prob"] = exploration
     listed = "; ".join(f"{k} {mine} (official {theirs})" for k, (mine, theirs) in recipe.items()) or "none"
     if trm_config is None:
-        return CheckResult.inconclusive(H, "config_audit", "the pretrained TRM's config is unknown, so the decoder "
-                                        f"settings cannot be audited; recipe departures: {listed}",
-                                        {"recipe_departures": len(recipe)})
-    mismatched = {k: (getattr(etrm_config, k), getattr(trm_config, k)) for k in DECODER_SETTINGS
-                  if getattr(etrm_config, k) != getattr(trm_config, k)}
-    head = ("decoder settings equal the pretrained TRM's" if not mismatched else
-            "decoder settings differ from the pretrained TRM's: " +
-            "; ".join(f"{k} {a} vs TRM {b}" for k, (a, b) in mismatched.items()))
-    return CheckResult.from_condition(H, "config_audit", not mismatched, f"{head}; recipe departures: {listed}",
-                                      {"decoder_mismatches": len(mismatched), "recipe_departures": len(recipe)})
+        return CheckResult.inconclusive(
+            H,
+            "config_audit",
+            "the pretrained TRM's config is unknown, so the decoder "
+            f"settings cannot be audited; recipe departures: {listed}",
+            {"recipe_departures": len(recipe)},
+        )
+    mismatched = {
+        k: (getattr(etrm_config, k), getattr(trm_config, k))
+        for k in DECODER_SETTINGS
+        if getattr(etrm_config, k) != getattr(trm_config, k)
+    }
+    head = (
+        "decoder settings equal the pretrained TRM's"
+        if not mismatched
+        else "decoder settings differ from the pretrained TRM's: "
+        + "; ".join(f"{k} {a} vs TRM {b}" for k, (a, b) in mismatched.items())
+    )
+    return CheckResult.from_condition(
+        H,
+        "config_audit",
+        not mismatched,
+        f"{head}; recipe departures: {listed}",
+        {"decoder_mismatches": len(mismatched), "recipe_departures": len(recipe)},
+    )
 
 
 def _norm(key: str, value):
@@ -71,19 +102,27 @@ def check_effective_learning_rates(trainer) -> CheckResult:
             actual = (lrs.get(part, group["lr"]), group["weight_decay"])
             seen[part] = actual
             if abs(actual[0] - expected[part][0]) > 1e-12 or abs(actual[1] - expected[part][1]) > 1e-12:
-                wrong.append(f"{part}: lr {actual[0]:g} wd {actual[1]:g}, configured {expected[part][0]:g} / {expected[part][1]:g}")
+                wrong.append(
+                    f"{part}: lr {actual[0]:g} wd {actual[1]:g}, configured {expected[part][0]:g} / {expected[part][1]:g}"
+                )
             if members != {"inner" if part == "decoder" else "encoder"}:
                 wrong.append(f"{part} group holds parameters of {sorted(members)}")
     missing = [p for p in expected if p not in seen and (p == "decoder" or trainer.has_encoder)]
     wrong += [f"no optimizer group for the {p}" for p in missing]
     return CheckResult.from_condition(
-        H, "effective_learning_rates", not wrong,
-        "; ".join(wrong) if wrong else "after warmup: " + ", ".join(f"{p} lr {v[0]:g} wd {v[1]:g}" for p, v in seen.items()),
-        {f"{p}_lr": v[0] for p, v in seen.items()} | {f"{p}_wd": v[1] for p, v in seen.items()})
+        H,
+        "effective_learning_rates",
+        not wrong,
+        "; ".join(wrong)
+        if wrong
+        else "after warmup: " + ", ".join(f"{p} lr {v[0]:g} wd {v[1]:g}" for p, v in seen.items()),
+        {f"{p}_lr": v[0] for p, v in seen.items()} | {f"{p}_wd": v[1] for p, v in seen.items()},
+    )
 
 
-def check_halting_rate(model, batch: dict, samples: int = 256, seed: int = 0,
-                       tolerance: float | None = None) -> CheckResult:
+def check_halting_rate(
+    model, batch: dict, samples: int = 256, seed: int = 0, tolerance: float | None = None
+) -> CheckResult:
     """With every sample wanting to halt (Q biased), the share halting at step 1 in training
     is 1 - halt_exploration_prob: the exploration veto works at the configured rate. The
     default tolerance is half the exploration rate, at most 0.1 (at least 0.02), so a model
@@ -112,25 +151,36 @@ def check_halting_rate(model, batch: dict, samples: int = 256, seed: int = 0,
             q_head.bias.copy_(saved_bias)
     expected = 1 - p
     return CheckResult.from_condition(
-        H, "halting_rate", abs(observed - expected) <= tolerance,
+        H,
+        "halting_rate",
+        abs(observed - expected) <= tolerance,
         f"{observed:.0%} of {samples} samples that want to halt did so at step 1; exploration "
         f"{p:g} should let {expected:.0%} (tolerance {tolerance:.0%})",
-        {"observed": observed, "expected": expected, "exploration": p})
+        {"observed": observed, "expected": expected, "exploration": p},
+    )
 
 
-def check_tiny_overfit(head: nn.Module, batch: dict, config=None, steps: int = 20, min_drop: float = 0.3) -> CheckResult:
+def check_tiny_overfit(
+    head: nn.Module, batch: dict, config=None, steps: int = 20, min_drop: float = 0.3
+) -> CheckResult:
     """Trained on one batch, the model's loss must fall by `min_drop` (relative) in `steps`
     steps: the optimizer, schedule and loss scaling can move the model at all. (The tiny
     models drop 38-39% in 20 steps and 42% in 40; a dead optimizer drops 0%.)"""
     from etrm.training import Trainer, TrainingConfig
 
-    config = config or TrainingConfig(lr=1e-3, warmup_steps=0, global_batch_size=len(batch["inputs"]), total_steps=steps)
+    config = config or TrainingConfig(
+        lr=1e-3, warmup_steps=0, global_batch_size=len(batch["inputs"]), total_steps=steps
+    )
     trainer = Trainer(head, config)
     losses = [trainer.step(batch)["train/lm_loss"] for _ in range(steps)]
     window = max(1, steps // 5)
     first, last = sum(losses[:window]) / window, sum(losses[-window:]) / window
     drop = (first - last) / first if first else 0.0
     return CheckResult.from_condition(
-        H, "tiny_overfit", drop >= min_drop,
+        H,
+        "tiny_overfit",
+        drop >= min_drop,
         f"lm_loss on one repeated batch: {first:.3f} -> {last:.3f} over {steps} steps ({drop:.0%} drop, needs "
-        f"{min_drop:.0%})", {"first": first, "last": last, "drop": drop, "steps": steps})
+        f"{min_drop:.0%})",
+        {"first": first, "last": last, "drop": drop, "steps": steps},
+    )

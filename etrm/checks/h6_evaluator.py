@@ -5,12 +5,14 @@ subset evaluated (Test 6.2). These checks feed an evaluator predictions whose co
 score is known and compare; `make_evaluator` is any zero-argument callable returning an
 object with ArcEvaluator's `begin_round` / `update` / `result` API.
 """
+
 from __future__ import annotations
 
 import math
 import os
 import tempfile
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +39,8 @@ def arc1_evaluation_set(num_aug: int = 1, seed: int = 0, tasks: int | None = Non
         identifiers += [augmentation_name(task.task_id, random_augmentation(rng)) for _ in range(num_aug)]
         test_puzzles[task.task_id] = {
             "train": [{"input": i.tolist(), "output": o.tolist()} for i, o in task.train],
-            "test": [{"input": i.tolist(), "output": o.tolist()} for i, o in task.test]}
+            "test": [{"input": i.tolist(), "output": o.tolist()} for i, o in task.test],
+        }
     return list(dict.fromkeys(identifiers)), test_puzzles
 
 
@@ -64,8 +67,10 @@ def mixed_predictions(identifiers: Sequence[str], test_puzzles: Mapping, seed: i
     rows = len(batch["inputs"])
     wrong = torch.rand(rows, generator=gen) < 1 / 3
     donors = torch.randint(0, rows, (rows,), generator=gen)
-    outputs = {"preds": torch.where(wrong[:, None], outputs["preds"][donors], outputs["preds"]),
-               "q_halt_logits": torch.randint(-1, 2, (rows,), generator=gen).float()}
+    outputs = {
+        "preds": torch.where(wrong[:, None], outputs["preds"][donors], outputs["preds"]),
+        "q_halt_logits": torch.randint(-1, 2, (rows,), generator=gen).float(),
+    }
     return batch, outputs
 
 
@@ -80,8 +85,10 @@ def _evaluate(make_evaluator: MakeEvaluator, batches: list[Batch]):
 def _split(batch: dict, outputs: dict, size: int, order: torch.Tensor | None = None) -> list[Batch]:
     rows = len(batch["inputs"])
     order = torch.arange(rows) if order is None else order
-    return [({k: v[order[i:i + size]] for k, v in batch.items()}, {k: v[order[i:i + size]] for k, v in outputs.items()})
-            for i in range(0, rows, size)]
+    return [
+        ({k: v[order[i : i + size]] for k, v in batch.items()}, {k: v[order[i : i + size]] for k, v in outputs.items()})
+        for i in range(0, rows, size)
+    ]
 
 
 def _guarded(name: str, run: Callable[[], CheckResult]) -> CheckResult:
@@ -92,8 +99,9 @@ def _guarded(name: str, run: Callable[[], CheckResult]) -> CheckResult:
         return CheckResult.fail(H, name, f"the evaluator raised {type(err).__name__}: {err}")
 
 
-def check_subset_size_invariance(make_evaluator: MakeEvaluator, identifiers, test_puzzles,
-                                 sizes: Sequence[int] = (4, 64)) -> CheckResult:
+def check_subset_size_invariance(
+    make_evaluator: MakeEvaluator, identifiers, test_puzzles, sizes: Sequence[int] = (4, 64)
+) -> CheckResult:
     """All-correct predictions on subsets of different sizes all score pass@1 = 1.0."""
     from etrm.evaluation import all_correct_subset_scores
 
@@ -103,45 +111,71 @@ def check_subset_size_invariance(make_evaluator: MakeEvaluator, identifiers, tes
         scores = all_correct_subset_scores(make_evaluator, identifiers, test_puzzles, sizes)
         text = ", ".join(f"{s} tasks: {v:.4g}" for s, v in scores.items())
         return CheckResult.from_condition(
-            H, "subset_size_invariance", all(v == 1.0 for v in scores.values()),
+            H,
+            "subset_size_invariance",
+            all(v == 1.0 for v in scores.values()),
             f"pass@1 of all-correct subsets: {text} (a correct evaluator gives 1.0 for every size; dividing "
             f"by all {len(test_puzzles)} test tasks gives size/{len(test_puzzles)})",
-            {f"pass@1_{s}_tasks": v for s, v in scores.items()})
+            {f"pass@1_{s}_tasks": v for s, v in scores.items()},
+        )
+
     return _guarded("subset_size_invariance", run)
 
 
-def check_batching_invariance(make_evaluator: MakeEvaluator, batch: dict, outputs: dict,
-                              batch_sizes: Sequence[int] = (1, 97), seed: int = 0) -> CheckResult:
+def check_batching_invariance(
+    make_evaluator: MakeEvaluator, batch: dict, outputs: dict, batch_sizes: Sequence[int] = (1, 97), seed: int = 0
+) -> CheckResult:
     """Identical metrics and per-task scores in one batch, in small batches, and shuffled."""
+
     def run() -> CheckResult:
         reference = _evaluate(make_evaluator, [(batch, outputs)])
         rows = len(batch["inputs"])
         variants = {f"batches of {s}": _split(batch, outputs, s) for s in batch_sizes}
         shuffle = torch.randperm(rows, generator=torch.Generator().manual_seed(seed))
         variants[f"shuffled, batches of {batch_sizes[-1]}"] = _split(batch, outputs, batch_sizes[-1], shuffle)
-        differing = [name for name, parts in variants.items()
-                     if (r := _evaluate(make_evaluator, parts)).metrics != reference.metrics or r.per_task != reference.per_task]
+        differing = [
+            name
+            for name, parts in variants.items()
+            if (r := _evaluate(make_evaluator, parts)).metrics != reference.metrics or r.per_task != reference.per_task
+        ]
         return CheckResult.from_condition(
-            H, "batching_invariance", not differing,
+            H,
+            "batching_invariance",
+            not differing,
             f"{rows} predictions scored whole and as {', '.join(variants)}: "
-            + (f"results differ for {', '.join(differing)}" if differing else
-               f"identical (pass@1 {reference.metrics['ARC/pass@1']:.4f})"),
-            {"rows": rows, "variants_differing": len(differing), "pass@1": reference.metrics["ARC/pass@1"]})
+            + (
+                f"results differ for {', '.join(differing)}"
+                if differing
+                else f"identical (pass@1 {reference.metrics['ARC/pass@1']:.4f})"
+            ),
+            {"rows": rows, "variants_differing": len(differing), "pass@1": reference.metrics["ARC/pass@1"]},
+        )
+
     return _guarded("batching_invariance", run)
 
 
-def check_rank_invariance(make_evaluator: MakeEvaluator, batch: dict, outputs: dict, world_size: int = 2) -> CheckResult:
+def check_rank_invariance(
+    make_evaluator: MakeEvaluator, batch: dict, outputs: dict, world_size: int = 2
+) -> CheckResult:
     """The same predictions split over `world_size` gloo processes give the single-process result."""
+
     def run() -> CheckResult:
         reference = _evaluate(make_evaluator, [(batch, outputs)])
         distributed = _distributed_result(make_evaluator, batch, outputs, world_size)
         same = distributed.metrics == reference.metrics and distributed.per_task == reference.per_task
         return CheckResult.from_condition(
-            H, "rank_invariance", same,
+            H,
+            "rank_invariance",
+            same,
             f"{world_size} ranks (gloo) vs 1 process: pass@1 {distributed.metrics['ARC/pass@1']:.4f} vs "
             f"{reference.metrics['ARC/pass@1']:.4f}; " + ("identical results" if same else "results differ"),
-            {"world_size": world_size, "pass@1_distributed": distributed.metrics["ARC/pass@1"],
-             "pass@1_single": reference.metrics["ARC/pass@1"]})
+            {
+                "world_size": world_size,
+                "pass@1_distributed": distributed.metrics["ARC/pass@1"],
+                "pass@1_single": reference.metrics["ARC/pass@1"],
+            },
+        )
+
     return _guarded("rank_invariance", run)
 
 
@@ -172,8 +206,10 @@ def _distributed_result(make_evaluator, batch, outputs, world_size):
     queue = ctx.Queue()
     with tempfile.TemporaryDirectory() as tmp:
         init_file = os.path.join(tmp, "store")
-        procs = [ctx.Process(target=_rank_worker, args=(r, world_size, init_file, make_evaluator, batch, outputs, queue))
-                 for r in range(world_size)]
+        procs = [
+            ctx.Process(target=_rank_worker, args=(r, world_size, init_file, make_evaluator, batch, outputs, queue))
+            for r in range(world_size)
+        ]
         for p in procs:
             p.start()
         try:
@@ -207,10 +243,14 @@ def check_fresh_rounds(make_evaluator: MakeEvaluator, identifiers, test_puzzles)
             evaluator.update(batch, wrong)
         second = evaluator.result().metrics
         return CheckResult.from_condition(
-            H, "fresh_rounds", first == 1.0 and second["ARC/pass@1"] == 0.0 and second["ARC/pass@2"] == 0.0,
+            H,
+            "fresh_rounds",
+            first == 1.0 and second["ARC/pass@1"] == 0.0 and second["ARC/pass@2"] == 0.0,
             f"round 1 (all correct) pass@1 {first:.3g}; round 2 (all wrong) pass@1 {second['ARC/pass@1']:.3g}, "
             f"pass@2 {second['ARC/pass@2']:.3g} (non-zero means round 1's votes were pooled)",
-            {"round1_pass@1": first, "round2_pass@1": second["ARC/pass@1"], "round2_pass@2": second["ARC/pass@2"]})
+            {"round1_pass@1": first, "round2_pass@1": second["ARC/pass@1"], "round2_pass@2": second["ARC/pass@2"]},
+        )
+
     return _guarded("fresh_rounds", run)
 
 
@@ -220,8 +260,9 @@ def check_inverse_augmentation(make_evaluator: MakeEvaluator, identifiers, test_
     from etrm.evaluation import oracle_predictions
 
     def run() -> CheckResult:
-        augmented = [n if (n == "<blank>" or not parse_augmentation_name(n)[1].is_identity) else "<blank>"
-                     for n in identifiers]
+        augmented = [
+            n if (n == "<blank>" or not parse_augmentation_name(n)[1].is_identity) else "<blank>" for n in identifiers
+        ]
         tasks = sorted({parse_augmentation_name(n)[0] for n in augmented[1:] if n != "<blank>"})
         if not tasks:
             return CheckResult.inconclusive(H, "inverse_augmentation", "the identifiers hold no augmented puzzle")
@@ -232,10 +273,14 @@ def check_inverse_augmentation(make_evaluator: MakeEvaluator, identifiers, test_
         result = _evaluate(make_evaluator, [(batch, outputs)])
         score = result.metrics["ARC/pass@1"]
         return CheckResult.from_condition(
-            H, "inverse_augmentation", score == 1.0,
+            H,
+            "inverse_augmentation",
+            score == 1.0,
             f"{len(batch['inputs'])} correct predictions under augmentations of {len(tasks)} tasks score "
             f"pass@1 {score:.4g} after undoing the augmentations (1.0 expected)",
-            {"predictions": len(batch["inputs"]), "tasks": len(tasks), "pass@1": score})
+            {"predictions": len(batch["inputs"]), "tasks": len(tasks), "pass@1": score},
+        )
+
     return _guarded("inverse_augmentation", run)
 
 
@@ -254,10 +299,14 @@ def check_voting(make_evaluator: MakeEvaluator, identifiers, test_puzzles) -> Ch
         metrics = _evaluate(make_evaluator, parts).metrics
         ok = metrics["ARC/pass@1"] == 0.0 and metrics["ARC/pass@2"] == 1.0
         return CheckResult.from_condition(
-            H, "voting", ok,
+            H,
+            "voting",
+            ok,
             f"3 low-confidence votes for a wrong answer vs 2 confident votes for the right one on task {task}: "
             f"pass@1 {metrics['ARC/pass@1']:.3g}, pass@2 {metrics['ARC/pass@2']:.3g} (expected 0 and 1)",
-            {"pass@1": metrics["ARC/pass@1"], "pass@2": metrics["ARC/pass@2"]})
+            {"pass@1": metrics["ARC/pass@1"], "pass@2": metrics["ARC/pass@2"]},
+        )
+
     return _guarded("voting", run)
 
 
@@ -268,9 +317,13 @@ def check_empty_evaluation_is_an_error(make_evaluator: MakeEvaluator) -> CheckRe
     try:
         result = evaluator.result()
     except Exception as err:  # noqa: BLE001 - the error is the expected outcome
-        return CheckResult.ok(H, "empty_evaluation_is_error", f"an evaluation with no predictions raised "
-                              f"{type(err).__name__}: {err}")
+        return CheckResult.ok(
+            H, "empty_evaluation_is_error", f"an evaluation with no predictions raised {type(err).__name__}: {err}"
+        )
     score = None if result is None else result.metrics.get("ARC/pass@1")
-    return CheckResult.fail(H, "empty_evaluation_is_error",
-                            f"an evaluation with no predictions returned pass@1 = {score} instead of an error",
-                            {"pass@1": score if score is not None and math.isfinite(score) else -1.0})
+    return CheckResult.fail(
+        H,
+        "empty_evaluation_is_error",
+        f"an evaluation with no predictions returned pass@1 = {score} instead of an error",
+        {"pass@1": score if score is not None and math.isfinite(score) else -1.0},
+    )

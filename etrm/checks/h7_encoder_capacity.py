@@ -5,9 +5,10 @@ A useful encoder gives different contexts for different tasks (investigation Tes
 augmentations of one task than for different tasks, and can be trained to tell two
 transformation rules apart from demonstrations alone.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -42,8 +43,9 @@ def _first_context(model: TRMInterface, batch: dict[str, torch.Tensor], context:
     return model.first_context(batch) if context is None else context
 
 
-def check_context_varies_across_tasks(model: TRMInterface, batch: dict[str, torch.Tensor], tasks: list[str],
-                                      context: torch.Tensor | None = None) -> CheckResult:
+def check_context_varies_across_tasks(
+    model: TRMInterface, batch: dict[str, torch.Tensor], tasks: list[str], context: torch.Tensor | None = None
+) -> CheckResult:
     """The per-task mean contexts spread apart. `context`: `first_context(batch)` if known."""
     model = as_interface(model)
     if why := model.missing("encoder"):
@@ -51,18 +53,24 @@ def check_context_varies_across_tasks(model: TRMInterface, batch: dict[str, torc
     ctx = _first_context(model, batch, context).float()
     distinct = sorted(set(tasks))
     if len(distinct) < 2:
-        return CheckResult.inconclusive(H, "context_varies_across_tasks",
-                                        f"the batch holds one task ({distinct}); need samples of two or more")
+        return CheckResult.inconclusive(
+            H, "context_varies_across_tasks", f"the batch holds one task ({distinct}); need samples of two or more"
+        )
     means = torch.stack([ctx[[i for i, t in enumerate(tasks) if t == task]].mean(0) for task in distinct])
     spread = float(means.std(0).mean() / ctx.square().mean().sqrt())
     return CheckResult.from_condition(
-        H, "context_varies_across_tasks", spread > MIN_RELATIVE_SPREAD,
+        H,
+        "context_varies_across_tasks",
+        spread > MIN_RELATIVE_SPREAD,
         f"spread of the context across {len(distinct)} tasks is {spread:.3g} of its RMS "
-        f"(nearly identical below {MIN_RELATIVE_SPREAD:g})", {"tasks": len(distinct), "relative_spread": spread})
+        f"(nearly identical below {MIN_RELATIVE_SPREAD:g})",
+        {"tasks": len(distinct), "relative_spread": spread},
+    )
 
 
-def check_context_agrees_within_task(model: TRMInterface, batch: dict[str, torch.Tensor], tasks: list[str],
-                                     context: torch.Tensor | None = None) -> CheckResult:
+def check_context_agrees_within_task(
+    model: TRMInterface, batch: dict[str, torch.Tensor], tasks: list[str], context: torch.Tensor | None = None
+) -> CheckResult:
     """Mean distance between contexts of one task's augmentations vs between tasks (< 1 passes).
     `context`: `first_context(batch)` if known."""
     model = as_interface(model)
@@ -74,15 +82,21 @@ def check_context_agrees_within_task(model: TRMInterface, batch: dict[str, torch
     off_diag = ~torch.eye(len(tasks), dtype=torch.bool)
     within, across = dist[same & off_diag], dist[~same]
     if within.numel() == 0 or across.numel() == 0:
-        return CheckResult.inconclusive(H, "context_agrees_within_task",
-                                        "need two augmentations of one task and two different tasks in the batch",
-                                        {"samples": len(tasks)})
+        return CheckResult.inconclusive(
+            H,
+            "context_agrees_within_task",
+            "need two augmentations of one task and two different tasks in the batch",
+            {"samples": len(tasks)},
+        )
     ratio = float(within.mean() / across.mean().clamp_min(1e-12))
     return CheckResult.from_condition(
-        H, "context_agrees_within_task", ratio < 1.0,
+        H,
+        "context_agrees_within_task",
+        ratio < 1.0,
         f"mean context distance within a task's augmentations is {ratio:.2f}x the distance between tasks "
         f"({len(set(tasks))} tasks, {len(tasks)} samples; below 1 passes)",
-        {"within_over_across": ratio, "within": float(within.mean()), "across": float(across.mean())})
+        {"within_over_across": ratio, "within": float(within.mean()), "across": float(across.mean())},
+    )
 
 
 # --- rule separation ------------------------------------------------------------------------
@@ -112,8 +126,9 @@ def rule_tasks(num_tasks: int, num_demos: int, canvas: int, seed: int):
     return torch.from_numpy(inputs), torch.from_numpy(outputs), torch.from_numpy(mask), torch.from_numpy(labels)
 
 
-def check_separates_two_rules(encoder: nn.Module, *, steps: int = 30, batch_size: int = 16, canvas: int = 5,
-                              seed: int = 0, lr: float = 3e-3) -> CheckResult:
+def check_separates_two_rules(
+    encoder: nn.Module, *, steps: int = 30, batch_size: int = 16, canvas: int = 5, seed: int = 0, lr: float = 3e-3
+) -> CheckResult:
     """Train `encoder` (its config must have seq_len == canvas**2) plus a linear probe on the
     mean context to tell two rules apart from 3 demos; score on held-out tasks."""
     cfg = encoder.config
@@ -136,7 +151,10 @@ def check_separates_two_rules(encoder: nn.Module, *, steps: int = 30, batch_size
         with eval_mode(encoder), torch.no_grad():
             accuracy = float((probe(encoder(*test[:3]).context.float().mean(1)).argmax(-1) == test[3]).float().mean())
     return CheckResult.from_condition(
-        H, "separates_two_rules", accuracy >= MIN_RULE_ACCURACY,
+        H,
+        "separates_two_rules",
+        accuracy >= MIN_RULE_ACCURACY,
         f"after {steps} steps the encoder + linear probe tells {' vs '.join(RULES)} apart on "
         f"{accuracy:.0%} of held-out tasks (needs {MIN_RULE_ACCURACY:.0%}; chance 50%)",
-        {"accuracy": accuracy, "steps": steps, "final_train_loss": float(loss.detach())})
+        {"accuracy": accuracy, "steps": steps, "final_train_loss": float(loss.detach())},
+    )

@@ -13,12 +13,13 @@ with the puzzle embeddings the decoder was trained on?
 - `trm_puzzle_prefixes`: those embeddings by puzzle name, through the TRM dataset's
   identifiers.json.
 """
+
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import torch
 
@@ -60,30 +61,55 @@ def check_generalisation_gap(m: H7Measurement) -> CheckResult:
     train_loss, heldout_loss = sum(m.train_losses) / len(m.train_losses), sum(heldout) / len(heldout)
     ratio = heldout_loss / max(train_loss, 1e-12)
     confusion, counted = confusion_rate(m.heldout_contexts, m.heldout_context_tasks, m.train_contexts)
-    numbers = {"train_loss": train_loss, "heldout_loss": heldout_loss, "gap_ratio": ratio, "confusion_rate": confusion,
-               "confusion_puzzles": counted, "train_tasks": len(m.train_losses), "heldout_tasks": len(heldout),
-               **{f"train/{t}/encoder_loss": v for t, v in zip(m.train_tasks, m.train_losses)},
-               **{f"heldout/{s.task}/encoder_loss": s.encoder_loss for s in m.tasks}}
+    numbers = {
+        "train_loss": train_loss,
+        "heldout_loss": heldout_loss,
+        "gap_ratio": ratio,
+        "confusion_rate": confusion,
+        "confusion_puzzles": counted,
+        "train_tasks": len(m.train_losses),
+        "heldout_tasks": len(heldout),
+        **{f"train/{t}/encoder_loss": v for t, v in zip(m.train_tasks, m.train_losses)},
+        **{f"heldout/{s.task}/encoder_loss": s.encoder_loss for s in m.tasks},
+    }
     spread = float(m.heldout_contexts.std(0).mean() / m.heldout_contexts.square().mean().sqrt().clamp_min(1e-12))
     if spread < MIN_RELATIVE_SPREAD:
-        return CheckResult.inconclusive(H, name, f"the encoder's contexts do not vary across held-out puzzles (spread "
-                                                 f"{spread:.2g} of their RMS), so it cannot map them onto known tasks: "
-                                                 "context_varies_across_tasks is the check for that", numbers)
-    facts = (f"loss with the encoder's context {heldout_loss:.3g} on {len(heldout)} held-out tasks vs {train_loss:.3g} "
-             f"on {len(m.train_losses)} training tasks ({ratio:.2f}x; a gap from {GAP_RATIO:g}x)")
+        return CheckResult.inconclusive(
+            H,
+            name,
+            f"the encoder's contexts do not vary across held-out puzzles (spread "
+            f"{spread:.2g} of their RMS), so it cannot map them onto known tasks: "
+            "context_varies_across_tasks is the check for that",
+            numbers,
+        )
+    facts = (
+        f"loss with the encoder's context {heldout_loss:.3g} on {len(heldout)} held-out tasks vs {train_loss:.3g} "
+        f"on {len(m.train_losses)} training tasks ({ratio:.2f}x; a gap from {GAP_RATIO:g}x)"
+    )
     if not counted:
-        return CheckResult.inconclusive(H, name, f"{facts}; no held-out task has two augmentations loaded, so the "
-                                                 "nearest-context test cannot run", numbers)
-    facts += (f"; {confusion:.0%} of {counted} held-out puzzles lie nearer another task's context than their own "
-              f"augmentations' (memorising from {MAX_CONFUSION:.0%})")
+        return CheckResult.inconclusive(
+            H,
+            name,
+            f"{facts}; no held-out task has two augmentations loaded, so the nearest-context test cannot run",
+            numbers,
+        )
+    facts += (
+        f"; {confusion:.0%} of {counted} held-out puzzles lie nearer another task's context than their own "
+        f"augmentations' (memorising from {MAX_CONFUSION:.0%})"
+    )
     memorises = ratio >= GAP_RATIO and confusion >= MAX_CONFUSION
-    return CheckResult.from_condition(H, name, not memorises,
-                                      ("the encoder maps new demonstrations onto tasks it knows: " if memorises else "")
-                                      + facts, numbers)
+    return CheckResult.from_condition(
+        H,
+        name,
+        not memorises,
+        ("the encoder maps new demonstrations onto tasks it knows: " if memorises else "") + facts,
+        numbers,
+    )
 
 
-def ridge_r2(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
-             y_test: torch.Tensor) -> tuple[float, float]:
+def ridge_r2(
+    x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor
+) -> tuple[float, float]:
     """(R^2 on the training rows, R^2 on the test rows) of a ridge map x -> y fitted on the training rows."""
     x_train, y_train, x_test, y_test = (t.double() for t in (x_train, y_train, x_test, y_test))
     x_mean, y_mean = x_train.mean(0), y_train.mean(0)
@@ -100,8 +126,12 @@ def ridge_r2(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
     return r2(x_train, y_train), r2(x_test, y_test)
 
 
-def check_embedding_alignment(m: H7Measurement, train_names: Sequence[str], heldout_names: Sequence[str],
-                              trm_prefixes: Mapping[str, torch.Tensor] | None) -> CheckResult:
+def check_embedding_alignment(
+    m: H7Measurement,
+    train_names: Sequence[str],
+    heldout_names: Sequence[str],
+    trm_prefixes: Mapping[str, torch.Tensor] | None,
+) -> CheckResult:
     """`*_names`: the puzzle name of each row of `m.train_contexts` / `m.heldout_contexts`."""
     name = "embedding_alignment"
     if m.no_claim:
@@ -111,28 +141,39 @@ def check_embedding_alignment(m: H7Measurement, train_names: Sequence[str], held
     train = [i for i, n in enumerate(train_names) if n in trm_prefixes]
     test = [i for i, n in enumerate(heldout_names) if n in trm_prefixes]
     if len(train) < 2 or len(test) < 2:
-        return CheckResult.inconclusive(H, name, f"the TRM's dataset names {len(train)} training and {len(test)} "
-                                                 "held-out puzzles; need two of each")
+        return CheckResult.inconclusive(
+            H, name, f"the TRM's dataset names {len(train)} training and {len(test)} held-out puzzles; need two of each"
+        )
     target = lambda names, rows: torch.stack([trm_prefixes[names[i]].float().flatten() for i in rows])  # noqa: E731
-    fit, held = ridge_r2(m.train_contexts[train], target(train_names, train), m.heldout_contexts[test],
-                         target(heldout_names, test))
+    fit, held = ridge_r2(
+        m.train_contexts[train], target(train_names, train), m.heldout_contexts[test], target(heldout_names, test)
+    )
     # Contexts unlike the embeddings are a weakness only where the embeddings steer the decoder better.
     scored = [s for s in m.tasks if s.trm_loss is not None]
     trm_better = sum(s.better(s.trm_loss, s.trm_exact) for s in scored)
     off = held < MIN_R2 and trm_better >= max(1, math.ceil(MIN_STEERED_SHARE * len(scored)))
     return CheckResult.from_condition(
-        H, name, not off,
+        H,
+        name,
+        not off,
         f"a ridge map from encoder contexts to the TRM's puzzle embeddings, fitted on {len(train)} training puzzles "
         f"(R^2 {fit:.2f}), gives R^2 {held:.2f} on {len(test)} held-out puzzles (aligned from {MIN_R2:g}); the TRM's "
         f"embedding is clearly better than the encoder's context on {trm_better} of {len(scored)} tasks "
-        f"(a weakness from {MIN_STEERED_SHARE:.0%})" + (": the encoder's contexts miss what the decoder reads" if off
-                                                      else ""),
-        {"train_r2": fit, "heldout_r2": held, "train_puzzles": len(train), "heldout_puzzles": len(test),
-         "trm_better_tasks": trm_better})
+        f"(a weakness from {MIN_STEERED_SHARE:.0%})"
+        + (": the encoder's contexts miss what the decoder reads" if off else ""),
+        {
+            "train_r2": fit,
+            "heldout_r2": held,
+            "train_puzzles": len(train),
+            "heldout_puzzles": len(test),
+            "trm_better_tasks": trm_better,
+        },
+    )
 
 
-def trm_puzzle_prefixes(trm_checkpoint: Path, trm_data_dir: Path | None, puzzle_emb_len: int,
-                        hidden_size: int) -> tuple[dict[str, torch.Tensor] | None, str]:
+def trm_puzzle_prefixes(
+    trm_checkpoint: Path, trm_data_dir: Path | None, puzzle_emb_len: int, hidden_size: int
+) -> tuple[dict[str, torch.Tensor] | None, str]:
     """(puzzle name -> the TRM's (P, H) prefix, "") or (None, why not)."""
     from etrm.checkpoints import normalize_key, read_state_dict
 
@@ -147,8 +188,10 @@ def trm_puzzle_prefixes(trm_checkpoint: Path, trm_data_dir: Path | None, puzzle_
     if weights is None:
         return None, f"{trm_checkpoint}: no trained puzzle embedding (model.inner.puzzle_emb.weights)"
     if weights.shape[0] < len(names) or weights.shape[1] > puzzle_emb_len * hidden_size:
-        return None, (f"{trm_checkpoint}: puzzle embedding {tuple(weights.shape)} does not fit {ids_file} "
-                      f"({len(names)} names) and a {puzzle_emb_len}x{hidden_size} prefix")
+        return None, (
+            f"{trm_checkpoint}: puzzle embedding {tuple(weights.shape)} does not fit {ids_file} "
+            f"({len(names)} names) and a {puzzle_emb_len}x{hidden_size} prefix"
+        )
     pad = puzzle_emb_len * hidden_size - weights.shape[1]
     rows = torch.nn.functional.pad(weights.float(), (0, pad)).view(-1, puzzle_emb_len, hidden_size)
     return {str(name): rows[i] for i, name in enumerate(names) if i > 0}, ""

@@ -17,12 +17,13 @@ context on as many training-split tasks. Three checks read it:
 No claim on a decoder at chance on its own training tasks (random or untrained weights,
 as in fixtures/interop): every check is inconclusive there, saying so.
 """
+
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import torch
 
@@ -85,8 +86,10 @@ class H7Measurement:
 
     @property
     def trained(self) -> bool:
-        return bool(self.train_losses) and sum(self.train_losses) / len(self.train_losses) < \
-            TRAINED_FRACTION * self.chance_loss
+        return (
+            bool(self.train_losses)
+            and sum(self.train_losses) / len(self.train_losses) < TRAINED_FRACTION * self.chance_loss
+        )
 
     @property
     def no_claim(self) -> str:
@@ -95,16 +98,28 @@ class H7Measurement:
             return self.unsupported
         if not self.trained:
             mean = sum(self.train_losses) / max(1, len(self.train_losses))
-            return (f"no claim: on {len(self.train_losses)} of its own training tasks the model's first-step loss is "
-                    f"{mean:.3g}, {mean / self.chance_loss:.0%} of chance (ln vocab = {self.chance_loss:.3g}; trained "
-                    f"below {TRAINED_FRACTION:.0%}): random or untrained weights say nothing about the encoder")
+            return (
+                f"no claim: on {len(self.train_losses)} of its own training tasks the model's first-step loss is "
+                f"{mean:.3g}, {mean / self.chance_loss:.0%} of chance (ln vocab = {self.chance_loss:.3g}; trained "
+                f"below {TRAINED_FRACTION:.0%}): random or untrained weights say nothing about the encoder"
+            )
         return ""
 
 
-def measure_h7(model: TRMInterface, heldout: Sequence[probes.TaskProbe], train: Sequence[probes.TaskProbe], *,
-               steps: int = DEFAULT_STEPS, max_demos: int, trm_prefixes: Mapping[str, torch.Tensor] | None = None,
-               trm_note: str = "", device: str | torch.device = "cpu", seed: int = SEED,
-               progress: bool = True, require_trained: bool = True) -> H7Measurement:
+def measure_h7(
+    model: TRMInterface,
+    heldout: Sequence[probes.TaskProbe],
+    train: Sequence[probes.TaskProbe],
+    *,
+    steps: int = DEFAULT_STEPS,
+    max_demos: int,
+    trm_prefixes: Mapping[str, torch.Tensor] | None = None,
+    trm_note: str = "",
+    device: str | torch.device = "cpu",
+    seed: int = SEED,
+    progress: bool = True,
+    require_trained: bool = True,
+) -> H7Measurement:
     """`heldout`/`train`: probes of the test and train split (several per task allowed: the
     first of each task is scored, all give contexts). `trm_prefixes`: puzzle name -> the
     TRM's (P, H) prefix for it; `trm_note` says why there are none. An untrained decoder
@@ -114,7 +129,7 @@ def measure_h7(model: TRMInterface, heldout: Sequence[probes.TaskProbe], train: 
     if why := model.missing("encoder"):
         return H7Measurement(model.name, steps, math.nan, unsupported=why)
     firsts = _first_per_task(heldout)
-    train_firsts = _first_per_task(train)[:len(firsts)]  # the same number of samples
+    train_firsts = _first_per_task(train)[: len(firsts)]  # the same number of samples
     train_batch = probes.query_batch(train_firsts, max_demos, device=device)
     # The gate reads the first ACT step only (deep supervision trains every step): an untrained
     # decoder costs 1/halt_max_steps of an episode, not the measurement.
@@ -143,14 +158,34 @@ def measure_h7(model: TRMInterface, heldout: Sequence[probes.TaskProbe], train: 
             contexts.append(trm.to(device=start.device, dtype=start.dtype))
         batch = probes.query_batch([probe], max_demos, copies=len(contexts), device=device)
         losses, exact = probes.episode_scores(model, batch, torch.stack(contexts))
-        scores.append(TaskScores(probe.task, losses[0], exact[0], losses[1], exact[1],
-                                 losses[2] if trm is not None else None, exact[2] if trm is not None else None,
-                                 first, last))
+        scores.append(
+            TaskScores(
+                probe.task,
+                losses[0],
+                exact[0],
+                losses[1],
+                exact[1],
+                losses[2] if trm is not None else None,
+                exact[2] if trm is not None else None,
+                first,
+                last,
+            )
+        )
     if trm_prefixes is not None and not any(s.trm_loss is not None for s in scores):
         trm_note = trm_note or "the TRM's dataset names none of the held-out puzzles"
-    return H7Measurement(model.name, steps, chance, scores, train_losses, [p.task for p in train_firsts],
-                         heldout_ctx.float().flatten(1).cpu(), [p.task for p in heldout],
-                         train_ctx.float().flatten(1).cpu(), trm_note, seconds=time.perf_counter() - started)
+    return H7Measurement(
+        model.name,
+        steps,
+        chance,
+        scores,
+        train_losses,
+        [p.task for p in train_firsts],
+        heldout_ctx.float().flatten(1).cpu(),
+        [p.task for p in heldout],
+        train_ctx.float().flatten(1).cpu(),
+        trm_note,
+        seconds=time.perf_counter() - started,
+    )
 
 
 def _first_per_task(items: Sequence[probes.TaskProbe]) -> list[probes.TaskProbe]:
@@ -164,34 +199,53 @@ def task_numbers(m: H7Measurement) -> dict[str, float | bool | str]:
     """Per task `task/<id>/<field>` and the totals (README: "H7 verdict-JSON fields")."""
     out: dict[str, float | bool | str] = {}
     for s in m.tasks:
-        for name in ("encoder_loss", "encoder_exact", "optimised_loss", "optimised_exact", "trm_loss", "trm_exact",
-                     "demo_loss_first", "demo_loss_last"):
+        for name in (
+            "encoder_loss",
+            "encoder_exact",
+            "optimised_loss",
+            "optimised_exact",
+            "trm_loss",
+            "trm_exact",
+            "demo_loss_first",
+            "demo_loss_last",
+        ):
             value = getattr(s, name)
             out[f"task/{s.task}/{name}"] = "n/a" if value is None else value
         out[f"task/{s.task}/steered"] = s.steered
     n = max(1, len(m.tasks))
     trm = [s for s in m.tasks if s.trm_loss is not None]
-    out.update(tasks=len(m.tasks), steps=m.steps, chance_loss=m.chance_loss, seconds=m.seconds,
-               mean_encoder_loss=sum(s.encoder_loss for s in m.tasks) / n,
-               mean_optimised_loss=sum(s.optimised_loss for s in m.tasks) / n,
-               mean_trm_loss=sum(s.trm_loss for s in trm) / len(trm) if trm else "n/a",
-               encoder_exact=sum(s.encoder_exact for s in m.tasks),
-               optimised_exact=sum(s.optimised_exact for s in m.tasks),
-               trm_exact=sum(bool(s.trm_exact) for s in trm) if trm else "n/a", trm_tasks=len(trm),
-               tasks_steered=sum(s.steered for s in m.tasks),
-               headroom_loss=sum(s.encoder_loss - s.best_loss for s in m.tasks) / n,
-               trm_embedding=m.trm_note or "scored")
+    out.update(
+        tasks=len(m.tasks),
+        steps=m.steps,
+        chance_loss=m.chance_loss,
+        seconds=m.seconds,
+        mean_encoder_loss=sum(s.encoder_loss for s in m.tasks) / n,
+        mean_optimised_loss=sum(s.optimised_loss for s in m.tasks) / n,
+        mean_trm_loss=sum(s.trm_loss for s in trm) / len(trm) if trm else "n/a",
+        encoder_exact=sum(s.encoder_exact for s in m.tasks),
+        optimised_exact=sum(s.optimised_exact for s in m.tasks),
+        trm_exact=sum(bool(s.trm_exact) for s in trm) if trm else "n/a",
+        trm_tasks=len(trm),
+        tasks_steered=sum(s.steered for s in m.tasks),
+        headroom_loss=sum(s.encoder_loss - s.best_loss for s in m.tasks) / n,
+        trm_embedding=m.trm_note or "scored",
+    )
     return out
 
 
 def _summary(m: H7Measurement) -> str:
     n = len(m.tasks)
     nums = task_numbers(m)
-    trm = (f", TRM embedding {nums['mean_trm_loss']:.3g} ({nums['trm_exact']}/{nums['trm_tasks']} exact)"
-           if nums["trm_tasks"] else f"; (c) TRM embedding not scored: {m.trm_note}")
-    return (f"test-query loss over {n} held-out tasks: encoder context {nums['mean_encoder_loss']:.3g} "
-            f"({nums['encoder_exact']}/{n} exact), optimised ({m.steps} steps on the demonstrations) "
-            f"{nums['mean_optimised_loss']:.3g} ({nums['optimised_exact']}/{n} exact){trm}")
+    trm = (
+        f", TRM embedding {nums['mean_trm_loss']:.3g} ({nums['trm_exact']}/{nums['trm_tasks']} exact)"
+        if nums["trm_tasks"]
+        else f"; (c) TRM embedding not scored: {m.trm_note}"
+    )
+    return (
+        f"test-query loss over {n} held-out tasks: encoder context {nums['mean_encoder_loss']:.3g} "
+        f"({nums['encoder_exact']}/{n} exact), optimised ({m.steps} steps on the demonstrations) "
+        f"{nums['mean_optimised_loss']:.3g} ({nums['optimised_exact']}/{n} exact){trm}"
+    )
 
 
 def check_context_headroom(m: H7Measurement) -> CheckResult:
@@ -204,16 +258,29 @@ def check_context_headroom(m: H7Measurement) -> CheckResult:
         return CheckResult.inconclusive(H, name, "no held-out task to score")
     nums, steered = task_numbers(m), sum(s.steered for s in m.tasks)
     if steered >= max(1, math.ceil(MIN_STEERED_SHARE * len(m.tasks))):
-        return CheckResult.fail(H, name, f"the decoder can be steered and the encoder is what fails: on {steered} of "
-                                         f"{len(m.tasks)} tasks another context is clearly better (headroom "
-                                         f"{nums['headroom_loss']:.3g} loss per task); {_summary(m)}", nums)
+        return CheckResult.fail(
+            H,
+            name,
+            f"the decoder can be steered and the encoder is what fails: on {steered} of "
+            f"{len(m.tasks)} tasks another context is clearly better (headroom "
+            f"{nums['headroom_loss']:.3g} loss per task); {_summary(m)}",
+            nums,
+        )
     if steered or _encoder_solves(m):
-        return CheckResult.ok(H, name, f"little headroom: another context is clearly better on {steered} of "
-                                       f"{len(m.tasks)} tasks (evidence from {MIN_STEERED_SHARE:.0%}); {_summary(m)}",
-                              nums)
-    return CheckResult.inconclusive(H, name, f"no context tried does clearly better or solves the tasks, so the "
-                                             f"encoder cannot be judged by them (see context_steering); {_summary(m)}",
-                                    nums)
+        return CheckResult.ok(
+            H,
+            name,
+            f"little headroom: another context is clearly better on {steered} of "
+            f"{len(m.tasks)} tasks (evidence from {MIN_STEERED_SHARE:.0%}); {_summary(m)}",
+            nums,
+        )
+    return CheckResult.inconclusive(
+        H,
+        name,
+        f"no context tried does clearly better or solves the tasks, so the "
+        f"encoder cannot be judged by them (see context_steering); {_summary(m)}",
+        nums,
+    )
 
 
 def _encoder_solves(m: H7Measurement) -> bool:
@@ -234,9 +301,15 @@ def check_decoder_steerable(m: H7Measurement) -> CheckResult:
         return CheckResult.inconclusive(STEERING, name, "no held-out task to score")
     nums, steered = task_numbers(m), sum(s.steered for s in m.tasks)
     if steered or _encoder_solves(m):
-        how = (f"another context is clearly better on {steered} tasks" if steered
-               else "the encoder's context solves them")
+        how = (
+            f"another context is clearly better on {steered} tasks" if steered else "the encoder's context solves them"
+        )
         return CheckResult.ok(STEERING, name, f"a context steers the decoder: {how}; {_summary(m)}", nums)
-    return CheckResult.fail(STEERING, name, f"{CANNOT_STEER}: neither the optimised context nor the TRM's embedding "
-                                            f"does clearly better than the encoder's, and none solves the tasks; "
-                                            f"{_summary(m)}", nums)
+    return CheckResult.fail(
+        STEERING,
+        name,
+        f"{CANNOT_STEER}: neither the optimised context nor the TRM's embedding "
+        f"does clearly better than the encoder's, and none solves the tasks; "
+        f"{_summary(m)}",
+        nums,
+    )

@@ -1,5 +1,6 @@
 """H7's measurement of one case: `tasks` held-out tasks (two puzzles each) and every training
 task (TRAIN_AUGMENTATIONS puzzles each) of a few-shot build, on one model."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,14 +23,38 @@ class H7Case:
     trm_prefixes: dict[str, torch.Tensor] | None
 
 
-def measure_case(model: TRMInterface, config, data_dir, prefixes, note: str, *, tasks: int, steps: int,
-                 device: str = "cpu", progress: bool = True, require_trained: bool = True) -> H7Case:
+def measure_case(
+    model: TRMInterface,
+    config,
+    data_dir,
+    prefixes,
+    note: str,
+    *,
+    tasks: int,
+    steps: int,
+    device: str = "cpu",
+    progress: bool = True,
+    require_trained: bool = True,
+) -> H7Case:
     """`tasks` held-out tasks (two puzzles each) and at least MIN_TRAIN_TASKS training tasks, measured."""
     heldout = probes.load_task_probes(data_dir, "test", num_tasks=tasks, max_demos=config.max_demos, per_task=2)
-    train = probes.load_task_probes(data_dir, "train", num_tasks=max(tasks, MIN_TRAIN_TASKS),
-                                    max_demos=config.max_demos,
-                                    per_task=TRAIN_AUGMENTATIONS)
-    measurement = headroom.measure_h7(model, heldout, train, steps=steps, max_demos=config.max_demos,
-                                      trm_prefixes=prefixes, trm_note=note, device=device, progress=progress,
-                                      require_trained=require_trained)
+    train = probes.load_task_probes(
+        data_dir,
+        "train",
+        num_tasks=max(tasks, MIN_TRAIN_TASKS),
+        max_demos=config.max_demos,
+        per_task=TRAIN_AUGMENTATIONS,
+    )
+    measurement = headroom.measure_h7(
+        model,
+        heldout,
+        train,
+        steps=steps,
+        max_demos=config.max_demos,
+        trm_prefixes=prefixes,
+        trm_note=note,
+        device=device,
+        progress=progress,
+        require_trained=require_trained,
+    )
     return H7Case(measurement, [p.name for p in train], [p.name for p in heldout], prefixes)

@@ -6,13 +6,14 @@ Scores are those of an evaluation episode (`halt_max_steps` ACT steps, as the of
 evaluator runs it): the final step's stablemax cross-entropy, mean over the query's
 labelled tokens (the official loss head's `lm_loss` for one sample), and exact match.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -38,8 +39,9 @@ class TaskProbe:
     query_label: torch.Tensor  # (S,) -100 ignored
 
 
-def load_task_probes(data_dir: str | Path, split: str, *, num_tasks: int | None, max_demos: int, seed: int = 0,
-                     per_task: int = 1) -> list[TaskProbe]:
+def load_task_probes(
+    data_dir: str | Path, split: str, *, num_tasks: int | None, max_demos: int, seed: int = 0, per_task: int = 1
+) -> list[TaskProbe]:
     """`per_task` puzzles (the original first, then augmentations) of `num_tasks` tasks of a
     few-shot build's split, the tasks drawn with `seed` (all of them for None); task order
     follows the draw, puzzles of one task are adjacent."""
@@ -51,8 +53,10 @@ def load_task_probes(data_dir: str | Path, split: str, *, num_tasks: int | None,
     groups: dict[str, list[tuple]] = {}
     for arrays in sets:
         if arrays.num_demos is None:
-            raise DatasetFormatError(f"{Path(data_dir) / split}: not a few-shot build (no num_demos): the H7 "
-                                     "measurements need each puzzle's demonstrations")
+            raise DatasetFormatError(
+                f"{Path(data_dir) / split}: not a few-shot build (no num_demos): the H7 "
+                "measurements need each puzzle's demonstrations"
+            )
         for group in range(arrays.num_groups):
             for puzzle in range(int(arrays.group_indices[group]), int(arrays.group_indices[group + 1])):
                 identifier = int(arrays.puzzle_identifiers[puzzle])
@@ -60,7 +64,7 @@ def load_task_probes(data_dir: str | Path, split: str, *, num_tasks: int | None,
                 groups.setdefault(parse_augmentation_name(name)[0], []).append((arrays, puzzle, identifier, name))
     tasks = sorted(groups)
     order = np.random.default_rng(seed).permutation(len(tasks))
-    chosen = [tasks[i] for i in order[:len(tasks) if num_tasks is None else num_tasks]]
+    chosen = [tasks[i] for i in order[: len(tasks) if num_tasks is None else num_tasks]]
     probes = []
     for task in chosen:
         puzzles = sorted(groups[task], key=lambda p: "|||" in p[3])  # the original first (a stable sort)
@@ -70,10 +74,18 @@ def load_task_probes(data_dir: str | Path, split: str, *, num_tasks: int | None,
                 continue  # no query or no demonstration: nothing to score
             used = min(demos, max_demos)
             rows = slice(start, start + used)
-            probes.append(TaskProbe(task, name, identifier, _tokens(arrays.inputs[rows]), _tokens(arrays.labels[rows]),
-                                    _targets(arrays.labels[rows], metadata.ignore_label_id),
-                                    _tokens(arrays.inputs[start + demos]),
-                                    _targets(arrays.labels[start + demos], metadata.ignore_label_id)))
+            probes.append(
+                TaskProbe(
+                    task,
+                    name,
+                    identifier,
+                    _tokens(arrays.inputs[rows]),
+                    _tokens(arrays.labels[rows]),
+                    _targets(arrays.labels[rows], metadata.ignore_label_id),
+                    _tokens(arrays.inputs[start + demos]),
+                    _targets(arrays.labels[start + demos], metadata.ignore_label_id),
+                )
+            )
     if not probes:
         raise DatasetFormatError(f"{Path(data_dir) / split}: no puzzle with demonstrations and a test query")
     return probes
@@ -90,8 +102,9 @@ def _targets(rows: np.ndarray, ignore_label_id: int | None) -> torch.Tensor:
     return torch.from_numpy(labels)
 
 
-def probe_batch(probe: TaskProbe, inputs: torch.Tensor, labels: torch.Tensor, max_demos: int,
-                device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+def probe_batch(
+    probe: TaskProbe, inputs: torch.Tensor, labels: torch.Tensor, max_demos: int, device: str | torch.device = "cpu"
+) -> dict[str, torch.Tensor]:
     """A batch of queries `inputs`/`labels` (B, S), each with all of the probe's demonstrations."""
     b, (d, s) = inputs.shape[0], probe.demo_inputs.shape
     demo_inputs = torch.zeros(b, max_demos, s, dtype=torch.int32)
@@ -99,17 +112,25 @@ def probe_batch(probe: TaskProbe, inputs: torch.Tensor, labels: torch.Tensor, ma
     demo_inputs[:, :d], demo_labels[:, :d] = probe.demo_inputs, probe.demo_labels
     mask = torch.zeros(b, max_demos, dtype=torch.bool)
     mask[:, :d] = True
-    batch = {"inputs": inputs.to(torch.int32), "labels": labels.long(),
-             "puzzle_identifiers": torch.full((b,), probe.identifier, dtype=torch.int32),
-             "demo_inputs": demo_inputs, "demo_labels": demo_labels, "demo_mask": mask}
+    batch = {
+        "inputs": inputs.to(torch.int32),
+        "labels": labels.long(),
+        "puzzle_identifiers": torch.full((b,), probe.identifier, dtype=torch.int32),
+        "demo_inputs": demo_inputs,
+        "demo_labels": demo_labels,
+        "demo_mask": mask,
+    }
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def query_batch(probes: Sequence[TaskProbe], max_demos: int, copies: int = 1,
-                device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+def query_batch(
+    probes: Sequence[TaskProbe], max_demos: int, copies: int = 1, device: str | torch.device = "cpu"
+) -> dict[str, torch.Tensor]:
     """Each probe's test query (`copies` times, adjacent) with its own demonstrations."""
-    parts = [probe_batch(p, p.query_input.expand(copies, -1), p.query_label.expand(copies, -1), max_demos, device)
-             for p in probes]
+    parts = [
+        probe_batch(p, p.query_input.expand(copies, -1), p.query_label.expand(copies, -1), max_demos, device)
+        for p in probes
+    ]
     return {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
 
 
@@ -118,8 +139,13 @@ def demo_batch(probe: TaskProbe, max_demos: int, device: str | torch.device = "c
     return probe_batch(probe, probe.demo_inputs, probe.demo_targets, max_demos, device)
 
 
-def episode_scores(model: TRMInterface, batch: dict[str, torch.Tensor], contexts: torch.Tensor | None = None,
-                   act_steps: int | None = None, vocab: list | None = None) -> tuple[list[float], list[bool]]:
+def episode_scores(
+    model: TRMInterface,
+    batch: dict[str, torch.Tensor],
+    contexts: torch.Tensor | None = None,
+    act_steps: int | None = None,
+    vocab: list | None = None,
+) -> tuple[list[float], list[bool]]:
     """(loss, exact match) per sample after an evaluation episode (its first `act_steps` ACT
     steps if given), with the encoder's own contexts or, given `contexts` (B, P, H), those."""
     labels = batch["labels"]
@@ -132,8 +158,10 @@ def episode_scores(model: TRMInterface, batch: dict[str, torch.Tensor], contexts
                 carry = step.carry
     logits = step.outputs.get("logits") if hasattr(step.outputs, "get") else None
     if not isinstance(logits, torch.Tensor) or tuple(logits.shape[:2]) != tuple(labels.shape):
-        raise ProtocolError(f"{model.name}: a step's outputs hold no 'logits' of shape {tuple(labels.shape)} + "
-                            "(vocab,) when asked with return_keys=['logits']")
+        raise ProtocolError(
+            f"{model.name}: a step's outputs hold no 'logits' of shape {tuple(labels.shape)} + "
+            "(vocab,) when asked with return_keys=['logits']"
+        )
     if vocab is not None:  # the caller's list receives the logits' vocabulary size
         vocab.append(int(logits.shape[-1]))
     valid = labels != IGNORE_LABEL_ID
@@ -148,8 +176,15 @@ def chance_loss(vocab: int) -> float:
     return math.log(vocab)
 
 
-def optimise_context(model: TRMInterface, probe: TaskProbe, start: torch.Tensor, steps: int, max_demos: int,
-                     device: str | torch.device = "cpu", seed: int = 0) -> tuple[torch.Tensor, float, float]:
+def optimise_context(
+    model: TRMInterface,
+    probe: TaskProbe,
+    start: torch.Tensor,
+    steps: int,
+    max_demos: int,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> tuple[torch.Tensor, float, float]:
     """A free context (P, H), started at `start`, after `steps` Adam steps on the model's own
     loss of the demonstrations as queries, in evaluation mode, one ACT step per Adam step with
     the carry kept (as training runs). Returns (context, first demo loss, last demo loss)."""

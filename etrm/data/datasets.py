@@ -23,6 +23,7 @@ Which rows are used:
 iteration whose order is drawn from ``(seed, iteration number)``, so equal arguments give
 equal batches. Token arrays are memory-mapped.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,6 +35,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from etrm.data.grids import IGNORE_LABEL_ID
+
 # The layout readers are part of this module's API: datasets are where users look for them.
 from etrm.data.layout import (
     DatasetFormatError,
@@ -45,19 +47,43 @@ from etrm.data.layout import (
     load_test_puzzles,
 )
 
-__all__ = ["PuzzleDataset", "FewShotPuzzleDataset", "fewshot_batch", "DatasetFormatError", "DatasetMetadata",
-           "SetArrays", "load_identifiers", "load_metadata", "load_split", "load_test_puzzles"]
+__all__ = [
+    "PuzzleDataset",
+    "FewShotPuzzleDataset",
+    "fewshot_batch",
+    "DatasetFormatError",
+    "DatasetMetadata",
+    "SetArrays",
+    "load_identifiers",
+    "load_metadata",
+    "load_split",
+    "load_test_puzzles",
+]
+
 
 class PuzzleDataset(IterableDataset):
     """TRM batches: ``inputs`` (B, S) int32, ``labels`` (B, S) int64 (PAD -> -100),
     ``puzzle_identifiers`` (B,) int32. See the module docstring for the sampling rules."""
 
-    def __init__(self, data_dir: str | Path, split: str, batch_size: int, *, seed: int = 0, test_mode: bool = False,
-                 rank: int = 0, world_size: int = 1, max_groups: int | None = None, epochs: int = 1) -> None:
+    def __init__(
+        self,
+        data_dir: str | Path,
+        split: str,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        test_mode: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        max_groups: int | None = None,
+        epochs: int = 1,
+    ) -> None:
         super().__init__()
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size, got batch_size={batch_size}, "
-                             f"rank={rank}, world_size={world_size}")
+            raise ValueError(
+                f"need batch_size >= 1 and 0 <= rank < world_size, got batch_size={batch_size}, "
+                f"rank={rank}, world_size={world_size}"
+            )
         if batch_size % world_size:
             raise ValueError(f"global batch size {batch_size} is not divisible by world_size {world_size}")
         if epochs < 1 or (max_groups is not None and max_groups < 1):
@@ -82,8 +108,11 @@ class PuzzleDataset(IterableDataset):
         rng = np.random.default_rng([self.seed, iteration])
         for arrays in self.sets:
             starts, counts = self._ranges(arrays)
-            batches = self._test_batches(starts, counts) if self.test_mode else \
-                self._train_batches(rng, arrays.group_indices, starts, counts)
+            batches = (
+                self._test_batches(starts, counts)
+                if self.test_mode
+                else self._train_batches(rng, arrays.group_indices, starts, counts)
+            )
             lo, hi = self.rank * self.local_batch_size, (self.rank + 1) * self.local_batch_size
             for rows, puzzles in batches:
                 rows, puzzles = rows[lo:hi], puzzles[lo:hi]
@@ -95,10 +124,11 @@ class PuzzleDataset(IterableDataset):
         # Row = its puzzle's start + its position within the puzzle.
         rows = starts[puzzles] + np.arange(len(puzzles)) - np.repeat(np.cumsum(counts) - counts, counts)
         for begin in range(0, len(rows), self.batch_size):
-            yield rows[begin:begin + self.batch_size], puzzles[begin:begin + self.batch_size]
+            yield rows[begin : begin + self.batch_size], puzzles[begin : begin + self.batch_size]
 
-    def _train_batches(self, rng: np.random.Generator, group_indices: np.ndarray, starts: np.ndarray,
-                       counts: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def _train_batches(
+        self, rng: np.random.Generator, group_indices: np.ndarray, starts: np.ndarray, counts: np.ndarray
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         num_groups = len(group_indices) - 1
         order = np.concatenate([rng.permutation(num_groups) for _ in range(self.epochs)])
         rows: list[np.ndarray] = []
@@ -130,8 +160,11 @@ class PuzzleDataset(IterableDataset):
         labels[valid] = raw
         identifiers = np.full(len(rows), meta.blank_identifier_id, dtype=np.int32)
         identifiers[valid] = arrays.puzzle_identifiers[puzzles[valid]]
-        return {"inputs": torch.from_numpy(inputs), "labels": torch.from_numpy(labels),
-                "puzzle_identifiers": torch.from_numpy(identifiers)}
+        return {
+            "inputs": torch.from_numpy(inputs),
+            "labels": torch.from_numpy(labels),
+            "puzzle_identifiers": torch.from_numpy(identifiers),
+        }
 
     def _batches(self, iteration: int) -> Iterator[dict[str, torch.Tensor]]:
         for arrays, rows, puzzles in self._index_batches(iteration):
@@ -168,17 +201,39 @@ class FewShotPuzzleDataset(PuzzleDataset):
     (B, max_demos) bool. A puzzle with more demos than ``max_demos`` contributes its first
     ``max_demos``; padding rows have no valid demo."""
 
-    def __init__(self, data_dir: str | Path, split: str, batch_size: int, *, max_demos: int = 10, seed: int = 0,
-                 test_mode: bool = False, rank: int = 0, world_size: int = 1, max_groups: int | None = None,
-                 epochs: int = 1) -> None:
+    def __init__(
+        self,
+        data_dir: str | Path,
+        split: str,
+        batch_size: int,
+        *,
+        max_demos: int = 10,
+        seed: int = 0,
+        test_mode: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        max_groups: int | None = None,
+        epochs: int = 1,
+    ) -> None:
         if max_demos < 1:
             raise ValueError(f"max_demos must be positive, got {max_demos}")
-        super().__init__(data_dir, split, batch_size, seed=seed, test_mode=test_mode, rank=rank,
-                         world_size=world_size, max_groups=max_groups, epochs=epochs)
+        super().__init__(
+            data_dir,
+            split,
+            batch_size,
+            seed=seed,
+            test_mode=test_mode,
+            rank=rank,
+            world_size=world_size,
+            max_groups=max_groups,
+            epochs=epochs,
+        )
         for arrays in self.sets:
             if arrays.num_demos is None:
-                raise DatasetFormatError(f"{self.data_dir / split / f'{arrays.name}__num_demos.npy'}: not found; "
-                                         f"few-shot datasets need a few-shot build (etrm build-data --mode fewshot)")
+                raise DatasetFormatError(
+                    f"{self.data_dir / split / f'{arrays.name}__num_demos.npy'}: not found; "
+                    f"few-shot datasets need a few-shot build (etrm build-data --mode fewshot)"
+                )
         self.max_demos = max_demos
 
     def _ranges(self, arrays: SetArrays) -> tuple[np.ndarray, np.ndarray]:
@@ -198,18 +253,24 @@ class FewShotPuzzleDataset(PuzzleDataset):
         demo_labels = np.full_like(demo_inputs, self.metadata.pad_id)
         demo_inputs[mask] = arrays.inputs[demo_rows]
         demo_labels[mask] = arrays.labels[demo_rows]
-        batch.update(demo_inputs=torch.from_numpy(demo_inputs), demo_labels=torch.from_numpy(demo_labels),
-                     demo_mask=torch.from_numpy(mask))
+        batch.update(
+            demo_inputs=torch.from_numpy(demo_inputs),
+            demo_labels=torch.from_numpy(demo_labels),
+            demo_mask=torch.from_numpy(mask),
+        )
         return batch
 
 
-def fewshot_batch(data_dir: str | Path, config, batch_size: int = 4, split: str = "test",
-                  device: str = "cpu") -> dict[str, torch.Tensor]:
+def fewshot_batch(
+    data_dir: str | Path, config, batch_size: int = 4, split: str = "test", device: str = "cpu"
+) -> dict[str, torch.Tensor]:
     """The first few-shot batch of a built dataset, checked against the model's canvas.
     `config` is any model config with `seq_len` and `max_demos` (etrm's ModelConfig, a user's model code)."""
     dataset = FewShotPuzzleDataset(data_dir, split, batch_size, max_demos=config.max_demos, test_mode=True)
     batch = dataset.first_batch()
     if batch["inputs"].shape[-1] != config.seq_len:
-        raise ValueError(f"{data_dir}: sequences of {batch['inputs'].shape[-1]} tokens, but the model expects "
-                         f"seq_len {config.seq_len}: pass a dataset built for this model's canvas")
+        raise ValueError(
+            f"{data_dir}: sequences of {batch['inputs'].shape[-1]} tokens, but the model expects "
+            f"seq_len {config.seq_len}: pass a dataset built for this model's canvas"
+        )
     return {k: v.to(device) for k, v in batch.items()}

@@ -9,6 +9,7 @@ Augmentations are the official builder's: a colour permutation followed by one o
 eight dihedral transforms, named ``<task>|||t<t>|||<10-digit mapping>`` so that the
 exact inverse can be recovered from a puzzle's name alone.
 """
+
 from __future__ import annotations
 
 import re
@@ -90,8 +91,7 @@ def encode_grid(grid: object, canvas: int = DEFAULT_CANVAS, offset: tuple[int, i
     arr = as_grid(grid, max_size=canvas)
     r0, c0 = (int(v) for v in offset)
     if r0 < 0 or c0 < 0 or r0 + arr.shape[0] > canvas or c0 + arr.shape[1] > canvas:
-        raise ValueError(f"grid of shape {arr.shape} at offset ({r0}, {c0}) does not fit a "
-                         f"{canvas}x{canvas} canvas")
+        raise ValueError(f"grid of shape {arr.shape} at offset ({r0}, {c0}) does not fit a {canvas}x{canvas} canvas")
     out = np.zeros((canvas, canvas), dtype=np.uint8)
     place_grid(out, arr, (r0, c0))
     return out.reshape(-1)
@@ -221,15 +221,18 @@ def parse_augmentation_name(name: str) -> tuple[str, Augmentation]:
     if len(parts) == 1:
         return name, Augmentation()
     if len(parts) != 3 or not parts[0]:
-        raise ValueError(f"malformed puzzle name {name!r}: expected <task>{AUG_SEPARATOR}t<0-7>"
-                         f"{AUG_SEPARATOR}<10-digit colour mapping>")
+        raise ValueError(
+            f"malformed puzzle name {name!r}: expected <task>{AUG_SEPARATOR}t<0-7>"
+            f"{AUG_SEPARATOR}<10-digit colour mapping>"
+        )
     task_id, transform, mapping = parts
     match = _AUG_PATTERN.fullmatch(transform)
     if match is None:
         raise ValueError(f"malformed puzzle name {name!r}: transform part {transform!r} is not t0..t7")
     if len(mapping) != NUM_COLORS or not mapping.isdigit() or sorted(mapping) != list("0123456789"):
-        raise ValueError(f"malformed puzzle name {name!r}: colour mapping {mapping!r} is not a "
-                         f"permutation of the digits 0-9")
+        raise ValueError(
+            f"malformed puzzle name {name!r}: colour mapping {mapping!r} is not a permutation of the digits 0-9"
+        )
     return task_id, Augmentation(int(match.group(1)), tuple(int(ch) for ch in mapping))
 
 
@@ -272,8 +275,9 @@ def check_augmentation_round_trip(
         for grid in grids:
             back = np.asarray(invert(np.asarray(augment(grid, aug)), aug))
             if back.shape != grid.shape or not np.array_equal(back, grid):
-                failures.append(f"t{aug.transform_id} mapping {''.join(map(str, aug.mapping))}: "
-                                f"inverse(augment(grid of shape {grid.shape})) gives a grid of shape "
-                                f"{back.shape} that differs from the original")
+                failures.append(
+                    f"t{aug.transform_id} mapping {''.join(map(str, aug.mapping))}: "
+                    f"inverse(augment(grid of shape {grid.shape})) gives a grid of shape "
+                    f"{back.shape} that differs from the original"
+                )
     return failures
-

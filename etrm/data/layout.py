@@ -1,6 +1,7 @@
 """Reading the on-disk dataset layout (official TRM builder's, and ours): per-split
 metadata, memory-mapped token arrays with validated indices, the identifier map and the
 test puzzles. No torch here, so builders and reports stay light."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,17 @@ from typing import Any
 import numpy as np
 
 METADATA_FILE = "dataset.json"
-_REQUIRED_METADATA = ("pad_id", "ignore_label_id", "blank_identifier_id", "vocab_size", "seq_len",
-                      "num_puzzle_identifiers", "total_groups", "mean_puzzle_examples", "sets")
+_REQUIRED_METADATA = (
+    "pad_id",
+    "ignore_label_id",
+    "blank_identifier_id",
+    "vocab_size",
+    "seq_len",
+    "num_puzzle_identifiers",
+    "total_groups",
+    "mean_puzzle_examples",
+    "sets",
+)
 
 
 class DatasetFormatError(ValueError):
@@ -39,8 +49,9 @@ def load_metadata(data_dir: str | Path, split: str) -> DatasetMetadata:
     """Read ``<data_dir>/<split>/dataset.json``; errors name the file and the problem."""
     path = Path(data_dir) / split / METADATA_FILE
     if not path.is_file():
-        raise DatasetFormatError(f"{path}: metadata file not found (is {data_dir} a built dataset with a "
-                                 f"{split!r} split?)")
+        raise DatasetFormatError(
+            f"{path}: metadata file not found (is {data_dir} a built dataset with a {split!r} split?)"
+        )
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as error:
@@ -69,15 +80,18 @@ def load_identifiers(data_dir: str | Path) -> list[str]:
 def read_json(path: Path, kind: type, what: str) -> Any:
     """A dataset's JSON file of the given top-level type; errors name the file."""
     if not path.is_file():
-        raise DatasetFormatError(f"{path}: {what} not found: pass the dataset root, the folder that holds "
-                                 "identifiers.json, test_puzzles.json and the split folders")
+        raise DatasetFormatError(
+            f"{path}: {what} not found: pass the dataset root, the folder that holds "
+            "identifiers.json, test_puzzles.json and the split folders"
+        )
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise DatasetFormatError(f"{path}: invalid JSON ({error})") from None
     if not isinstance(data, kind):
-        raise DatasetFormatError(f"{path}: {what} must be a JSON {'list' if kind is list else 'object'}, "
-                                 f"got {type(data).__name__}")
+        raise DatasetFormatError(
+            f"{path}: {what} must be a JSON {'list' if kind is list else 'object'}, got {type(data).__name__}"
+        )
     return data
 
 
@@ -115,9 +129,15 @@ class SetArrays:
             return self
         puzzles = int(self.group_indices[max_groups])
         rows = int(self.puzzle_indices[puzzles])
-        return SetArrays(self.name, self.inputs[:rows], self.labels[:rows], self.puzzle_identifiers[:puzzles],
-                         self.puzzle_indices[: puzzles + 1], self.group_indices[: max_groups + 1],
-                         None if self.num_demos is None else self.num_demos[:puzzles])
+        return SetArrays(
+            self.name,
+            self.inputs[:rows],
+            self.labels[:rows],
+            self.puzzle_identifiers[:puzzles],
+            self.puzzle_indices[: puzzles + 1],
+            self.group_indices[: max_groups + 1],
+            None if self.num_demos is None else self.num_demos[:puzzles],
+        )
 
 
 def load_split(data_dir: str | Path, split: str) -> tuple[DatasetMetadata, list[SetArrays]]:
@@ -126,7 +146,8 @@ def load_split(data_dir: str | Path, split: str) -> tuple[DatasetMetadata, list[
     folder = Path(data_dir) / split
     sets = []
     for set_name in metadata.sets:
-        def load(field: str, mmap: bool = False, required: bool = True) -> np.ndarray | None:
+
+        def load(field: str, mmap: bool = False, required: bool = True, set_name: str = set_name) -> np.ndarray | None:
             path = folder / f"{set_name}__{field}.npy"
             if not path.is_file():
                 if required:
@@ -137,9 +158,15 @@ def load_split(data_dir: str | Path, split: str) -> tuple[DatasetMetadata, list[
             except ValueError as error:
                 raise DatasetFormatError(f"{path}: unreadable .npy ({error})") from None
 
-        arrays = SetArrays(set_name, load("inputs", mmap=True), load("labels", mmap=True),
-                           load("puzzle_identifiers").astype(np.int64), load("puzzle_indices").astype(np.int64),
-                           load("group_indices").astype(np.int64), load("num_demos", required=False))
+        arrays = SetArrays(
+            set_name,
+            load("inputs", mmap=True),
+            load("labels", mmap=True),
+            load("puzzle_identifiers").astype(np.int64),
+            load("puzzle_indices").astype(np.int64),
+            load("group_indices").astype(np.int64),
+            load("num_demos", required=False),
+        )
         _validate(arrays, metadata, folder)
         sets.append(arrays)
     return metadata, sets

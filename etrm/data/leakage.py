@@ -9,6 +9,7 @@ and 3 whole pairs shared by a training and an evaluation task). Independently of
 a task that names puzzles on both sides is reported as leaking: in a strict few-shot
 build no example of an evaluation task may sit in the train split under its name.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -94,24 +95,34 @@ class LeakageReport:
         return not self.leaks
 
     def summary(self) -> str:
-        lines = [f"leakage report: {self.train_label} vs {self.test_label} "
-                 f"({', '.join(f'{k} {v}' for k, v in self.counts.items())})"]
+        lines = [
+            f"leakage report: {self.train_label} vs {self.test_label} "
+            f"({', '.join(f'{k} {v}' for k, v in self.counts.items())})"
+        ]
         if self.leaks:
-            lines.append(f"LEAKS: {len(self.leaks)} task(s) of {self.test_label} have examples in "
-                         f"{self.train_label} under their own name")
+            lines.append(
+                f"LEAKS: {len(self.leaks)} task(s) of {self.test_label} have examples in "
+                f"{self.train_label} under their own name"
+            )
             for leak in self.leaks[:_SHOWN]:
                 kinds = {k: sum(o.kind == k for o in leak.overlaps) for k in ("grid", "pair")}
-                lines.append(f"  {leak.task_id}: {len(leak.train_names)} train puzzle(s) "
-                             f"[{_names(leak.train_names)}], shared content: {kinds['grid']} grid(s), "
-                             f"{kinds['pair']} pair(s)")
+                lines.append(
+                    f"  {leak.task_id}: {len(leak.train_names)} train puzzle(s) "
+                    f"[{_names(leak.train_names)}], shared content: {kinds['grid']} grid(s), "
+                    f"{kinds['pair']} pair(s)"
+                )
             lines += _more(len(self.leaks))
         else:
             lines.append(f"no leaks: no task of {self.test_label} names a puzzle in {self.train_label}")
-        lines.append(f"content overlaps: {len(self.of_kind('grid'))} grid(s), {len(self.of_kind('pair'))} pair(s); "
-                     f"{len(self.coincidences)} coincidence(s) between different tasks:")
+        lines.append(
+            f"content overlaps: {len(self.of_kind('grid'))} grid(s), {len(self.of_kind('pair'))} pair(s); "
+            f"{len(self.coincidences)} coincidence(s) between different tasks:"
+        )
         for overlap in self.coincidences[:_SHOWN]:
-            lines.append(f"  {overlap.kind} {overlap.digest[:12]}: {self.train_label} [{_names(overlap.train_tasks)}]"
-                         f" | {self.test_label} [{_names(overlap.test_tasks)}]")
+            lines.append(
+                f"  {overlap.kind} {overlap.digest[:12]}: {self.train_label} [{_names(overlap.train_tasks)}]"
+                f" | {self.test_label} [{_names(overlap.test_tasks)}]"
+            )
         lines += _more(len(self.coincidences))
         if self.unhashed_rows:
             lines.append(f"{self.unhashed_rows} row(s) had no decodable input grid and were not hashed")
@@ -144,18 +155,27 @@ class _Index:
                 self.pairs[_digest(inp, out)].add(name)
 
 
-def _compare(train: _Index, test: _Index, train_label: str, test_label: str, unhashed: int,
-             counts: dict[str, int]) -> LeakageReport:
+def _compare(
+    train: _Index, test: _Index, train_label: str, test_label: str, unhashed: int, counts: dict[str, int]
+) -> LeakageReport:
     sides = (("grid", train.grids, test.grids), ("pair", train.pairs, test.pairs))
-    overlaps = [Overlap(kind, digest, tuple(sorted(train_side[digest])), tuple(sorted(test_side[digest])))
-                for kind, train_side, test_side in sides for digest in sorted(train_side.keys() & test_side.keys())]
+    overlaps = [
+        Overlap(kind, digest, tuple(sorted(train_side[digest])), tuple(sorted(test_side[digest])))
+        for kind, train_side, test_side in sides
+        for digest in sorted(train_side.keys() & test_side.keys())
+    ]
     train_by_task: dict[str, list[str]] = defaultdict(list)
     for name in sorted(train.names):
         train_by_task[base_task(name)].append(name)
     shared = sorted(train_by_task.keys() & {base_task(n) for n in test.names})
-    leaks = [Leak(task, tuple(train_by_task[task]), tuple(o for o in overlaps
-                                                          if task in o.train_tasks and task in o.test_tasks))
-             for task in shared]
+    leaks = [
+        Leak(
+            task,
+            tuple(train_by_task[task]),
+            tuple(o for o in overlaps if task in o.train_tasks and task in o.test_tasks),
+        )
+        for task in shared
+    ]
     return LeakageReport(train_label, test_label, overlaps, leaks, unhashed, counts)
 
 
@@ -173,8 +193,13 @@ def _dataset_items(data_dir: Path, split: str, names: list[str], counter: list[i
     metadata, sets = load_split(data_dir, split)
     canvas = int(round(np.sqrt(metadata.seq_len)))
     for arrays in sets:
-        puzzles = tqdm(enumerate(arrays.puzzle_identifiers), total=len(arrays.puzzle_identifiers),
-                       desc=f"hashing {split}", unit="puzzle", disable=not progress)
+        puzzles = tqdm(
+            enumerate(arrays.puzzle_identifiers),
+            total=len(arrays.puzzle_identifiers),
+            desc=f"hashing {split}",
+            unit="puzzle",
+            disable=not progress,
+        )
         for puzzle, identifier in puzzles:
             name = names[int(identifier)]
             aug = parse_augmentation_name(name)[1]
@@ -190,8 +215,9 @@ def _dataset_items(data_dir: Path, split: str, names: list[str], counter: list[i
                 yield name, aug.invert(decode_grid(tokens_in, offset=offset)), aug.invert(out) if out.size else None
 
 
-def leakage_report(data_dir: str | Path, train_split: str = "train", test_split: str = "test",
-                   progress: bool = False) -> LeakageReport:
+def leakage_report(
+    data_dir: str | Path, train_split: str = "train", test_split: str = "test", progress: bool = False
+) -> LeakageReport:
     """Overlap between two splits of a built dataset, by content and by task name."""
     data_dir = Path(data_dir)
     names = load_identifiers(data_dir)
@@ -201,8 +227,14 @@ def leakage_report(data_dir: str | Path, train_split: str = "train", test_split:
         indexes[split] = _Index()
         indexes[split].add(_dataset_items(data_dir, split, names, unhashed, progress))
     counts = {f"{split} puzzles": len(index.names) for split, index in indexes.items()}
-    return _compare(indexes[train_split], indexes[test_split], f"{data_dir.name}/{train_split}",
-                    f"{data_dir.name}/{test_split}", unhashed[0], counts)
+    return _compare(
+        indexes[train_split],
+        indexes[test_split],
+        f"{data_dir.name}/{train_split}",
+        f"{data_dir.name}/{test_split}",
+        unhashed[0],
+        counts,
+    )
 
 
 # --- raw sources ----------------------------------------------------------------------------
@@ -212,8 +244,9 @@ def _task_items(tasks: Iterable[ArcTask]) -> Iterator[Item]:
             yield task.task_id, inp, out
 
 
-def source_overlap_report(tasks: dict[str, list[ArcTask]], train_split: str = "training",
-                          test_split: str = "evaluation") -> LeakageReport:
+def source_overlap_report(
+    tasks: dict[str, list[ArcTask]], train_split: str = "training", test_split: str = "evaluation"
+) -> LeakageReport:
     """The same report on a loaded source (``load_tasks``), before any build."""
     indexes = {}
     for split in (train_split, test_split):

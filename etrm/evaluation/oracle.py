@@ -1,5 +1,6 @@
 """Synthetic predictions for the evaluator's checks: a (batch, outputs) pair in which every
 answer is correct, and the subset-size scores that hypothesis 6 compares."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -44,10 +45,14 @@ def oracle_predictions(
             preds.append(encode_grid(aug.apply(as_grid(pair["output"])), canvas))
     if not ids:
         raise EvaluationError(f"no identifier names any of the tasks {sorted(chosen)}")
-    batch = {"inputs": torch.from_numpy(np.stack(inputs)).to(torch.int32),
-             "puzzle_identifiers": torch.tensor(ids, dtype=torch.int32)}
-    outputs = {"preds": torch.from_numpy(np.stack(preds)).to(torch.int32),
-               "q_halt_logits": torch.full((len(ids),), q_halt_logit, dtype=torch.float32)}
+    batch = {
+        "inputs": torch.from_numpy(np.stack(inputs)).to(torch.int32),
+        "puzzle_identifiers": torch.tensor(ids, dtype=torch.int32),
+    }
+    outputs = {
+        "preds": torch.from_numpy(np.stack(preds)).to(torch.int32),
+        "q_halt_logits": torch.full((len(ids),), q_halt_logit, dtype=torch.float32),
+    }
     return batch, outputs
 
 

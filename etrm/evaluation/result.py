@@ -1,4 +1,5 @@
 """What an evaluation round scored (`EvaluationResult`), and the evaluator's error type."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -34,14 +35,19 @@ class EvaluationResult:
 
     def summary(self) -> str:
         """Human-readable report: pass@K, the counts, and what was not predicted."""
-        lines = [f"ARC evaluation: {self.num_predictions} predictions, {len(self.tasks_evaluated)} tasks "
-                 f"evaluated, metric averaged over {self.denominator} tasks"]
+        lines = [
+            f"ARC evaluation: {self.num_predictions} predictions, {len(self.tasks_evaluated)} tasks "
+            f"evaluated, metric averaged over {self.denominator} tasks"
+        ]
         lines += [f"  pass@{k:<5d} {self.metrics[f'ARC/pass@{k}']:.4f}" for k in self.pass_ks]
         if self.tasks_without_predictions:
-            lines.append(f"{len(self.tasks_without_predictions)} tasks without predictions (left out of the "
-                         f"metric): {', '.join(self.tasks_without_predictions)}")
+            lines.append(
+                f"{len(self.tasks_without_predictions)} tasks without predictions (left out of the "
+                f"metric): {', '.join(self.tasks_without_predictions)}"
+            )
         if self.test_inputs_without_predictions:
             missing = ", ".join(f"{task}[{index}]" for task, index in self.test_inputs_without_predictions)
-            lines.append(f"{len(self.test_inputs_without_predictions)} test inputs without predictions "
-                         f"(scored 0): {missing}")
+            lines.append(
+                f"{len(self.test_inputs_without_predictions)} test inputs without predictions (scored 0): {missing}"
+            )
         return "\n".join(lines)

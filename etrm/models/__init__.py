@@ -1,4 +1,5 @@
 """TRM, ETRM and ETRMTRM models and the loss head that wraps them."""
+
 from __future__ import annotations
 
 from etrm.config import ModelConfig
@@ -19,6 +20,21 @@ def build_model(config: ModelConfig) -> LossHead:
     return LossHead(build_act_model(config))
 
 
-__all__ = ["ACTCarry", "ACTModel", "DemoEncoder", "ETRM", "ETRMTRM", "EncoderOutput", "InnerCarry", "LossHead",
-           "MODEL_CLASSES", "TRM", "TRMDecoder", "VariationalDemoEncoder", "build_act_model", "build_encoder",
-           "build_model", "stablemax_cross_entropy"]
+__all__ = [
+    "ACTCarry",
+    "ACTModel",
+    "DemoEncoder",
+    "ETRM",
+    "ETRMTRM",
+    "EncoderOutput",
+    "InnerCarry",
+    "LossHead",
+    "MODEL_CLASSES",
+    "TRM",
+    "TRMDecoder",
+    "VariationalDemoEncoder",
+    "build_act_model",
+    "build_encoder",
+    "build_model",
+    "stablemax_cross_entropy",
+]

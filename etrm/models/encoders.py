@@ -7,6 +7,7 @@ padded slots masked), so the context depends neither on demo order nor on what
 sits in padded slots. Module names follow the origin ETRM checkpoints
 (`grid_encoder.*`, `set_encoder.*`, DESIGN.md section 4).
 """
+
 from __future__ import annotations
 
 import math
@@ -17,8 +18,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from etrm.config import ENCODER_TYPES, ConfigError, ModelConfig
-from etrm.layers import (CastedEmbedding, CastedLinear, RotaryEmbedding, SwiGLU, TransformerBlock, at_least_float32, rms_norm,
-                         trunc_normal_init_)
+from etrm.layers import (
+    CastedEmbedding,
+    CastedLinear,
+    RotaryEmbedding,
+    SwiGLU,
+    TransformerBlock,
+    at_least_float32,
+    rms_norm,
+    trunc_normal_init_,
+)
 
 PAD_ID = 0
 
@@ -43,10 +52,12 @@ class GridPairEncoder(nn.Module):
         self.input_embed = CastedEmbedding(config.vocab_size, h, init_std=1.0 / self.scale, cast_to=dtype)
         self.output_embed = CastedEmbedding(config.vocab_size, h, init_std=1.0 / self.scale, cast_to=dtype)
         self.rotary_emb = RotaryEmbedding(h // config.num_heads, 2 * config.seq_len, config.rope_theta)
-        self.layers = nn.ModuleList([
-            TransformerBlock(h, config.num_heads, config.expansion, config.rms_norm_eps, config.encoder_norm_style)
-            for _ in range(config.encoder_num_layers)
-        ])
+        self.layers = nn.ModuleList(
+            [
+                TransformerBlock(h, config.num_heads, config.expansion, config.rms_norm_eps, config.encoder_norm_style)
+                for _ in range(config.encoder_num_layers)
+            ]
+        )
         if self.pooling == "attention":  # a learned query attends over the pair's tokens
             self.pool_query = nn.Parameter(trunc_normal_init_(torch.empty(h), std=0.02))
         elif self.pooling == "weighted":  # a learned per-token score
@@ -68,7 +79,11 @@ class GridPairEncoder(nn.Module):
             # weight would scale every demo vector by up to 1 +- 2^-9.
             count = keep.sum(-1, keepdim=True).clamp_min(1).to(x.dtype)
             return self.pool_proj(torch.einsum("ns,nsh->nh", keep.to(x.dtype), x) / count)
-        scores = (x @ self.pool_query.to(x.dtype)) / self.scale if self.pooling == "attention" else self.pool_score(x).squeeze(-1)
+        scores = (
+            (x @ self.pool_query.to(x.dtype)) / self.scale
+            if self.pooling == "attention"
+            else self.pool_score(x).squeeze(-1)
+        )
         weights = torch.softmax(at_least_float32(scores).masked_fill(~keep, float("-inf")), dim=-1)
         weights = torch.nan_to_num(weights).to(x.dtype)  # an all-PAD pair pools to zero
         return self.pool_proj(torch.einsum("ns,nsh->nh", weights, x))
@@ -108,7 +123,9 @@ class SetAttentionLayer(nn.Module):
 class SetEncoder(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.query_tokens = nn.Parameter(trunc_normal_init_(torch.empty(config.puzzle_emb_len, config.hidden_size), std=0.02))
+        self.query_tokens = nn.Parameter(
+            trunc_normal_init_(torch.empty(config.puzzle_emb_len, config.hidden_size), std=0.02)
+        )
         self.layers = nn.ModuleList([SetAttentionLayer(config) for _ in range(config.encoder_set_layers)])
 
     def forward(self, demos: torch.Tensor, mask: torch.Tensor, query: torch.Tensor | None = None) -> torch.Tensor:
@@ -132,7 +149,9 @@ class DemoEncoder(nn.Module):
         self.grid_encoder = GridPairEncoder(config, self.dtype)
         self.set_encoder = SetEncoder(config)
 
-    def demo_vectors(self, demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor) -> torch.Tensor:
+    def demo_vectors(
+        self, demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor
+    ) -> torch.Tensor:
         """(B, D, S) pairs -> (B, D, h); only valid slots are computed, padded slots are exactly 0."""
         b, d, s = demo_inputs.shape
         valid = demo_mask.reshape(-1)

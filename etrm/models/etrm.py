@@ -1,4 +1,5 @@
 """ETRM and ETRMTRM: the TRM decoder with the demo encoder's context as its prefix."""
+
 from __future__ import annotations
 
 import torch
@@ -50,7 +51,9 @@ class ETRM(ACTModel):
         if self.caches_context() and carry.context is not None and not bool(reset.any()):
             return carry.context, dict(carry.extras)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.encoder_frozen):
-            out = self.encoder(data["demo_inputs"], data["demo_labels"], data["demo_mask"], self.encoder_query(carry, reset))
+            out = self.encoder(
+                data["demo_inputs"], data["demo_labels"], data["demo_mask"], self.encoder_query(carry, reset)
+            )
         extras = {"context": out.context}
         if out.kl is not None:
             extras["kl"] = out.kl

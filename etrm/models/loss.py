@@ -1,7 +1,8 @@
 """The ACT loss head: stablemax cross-entropy, halting BCE, KL, and official-style metrics."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,9 @@ def log_stablemax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return torch.log(s / s.sum(dim=dim, keepdim=True))
 
 
-def stablemax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_LABEL_ID) -> torch.Tensor:
+def stablemax_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_LABEL_ID
+) -> torch.Tensor:
     """Per-token loss in float64; ignored tokens contribute 0."""
     logprobs = log_stablemax(logits.to(torch.float64), dim=-1)
     valid = labels != ignore_index
@@ -79,7 +82,9 @@ class LossHead(nn.Module):
         outputs["preds"] = preds
 
         lm_loss = (stablemax_cross_entropy(logits, labels) / divisor).sum()
-        q_halt_loss = F.binary_cross_entropy_with_logits(outputs["q_halt_logits"], seq_correct.to(outputs["q_halt_logits"].dtype), reduction="sum")
+        q_halt_loss = F.binary_cross_entropy_with_logits(
+            outputs["q_halt_logits"], seq_correct.to(outputs["q_halt_logits"].dtype), reduction="sum"
+        )
         loss = lm_loss + 0.5 * q_halt_loss
         metrics.update(lm_loss=lm_loss.detach(), q_halt_loss=q_halt_loss.detach())
         if "kl" in outputs:

@@ -4,6 +4,7 @@ Module names reproduce the official TRM so that `state_dict()` of
 `torch.compile(LossHead(TRM(config)))` has the official key layout
 (`_orig_mod.model.inner.*`, DESIGN.md section 4).
 """
+
 from __future__ import annotations
 
 import math
@@ -85,7 +86,9 @@ class TRMDecoder(nn.Module):
         self.forward_dtype = dtype_of(config)
         self.embed_scale = math.sqrt(config.hidden_size)
         h = config.hidden_size
-        self.embed_tokens = CastedEmbedding(config.vocab_size, h, init_std=1.0 / self.embed_scale, cast_to=self.forward_dtype)
+        self.embed_tokens = CastedEmbedding(
+            config.vocab_size, h, init_std=1.0 / self.embed_scale, cast_to=self.forward_dtype
+        )
         self.lm_head = CastedLinear(h, config.vocab_size, bias=False)
         self.q_head = CastedLinear(h, 2, bias=True)
         if config.model_type == "trm" and config.puzzle_emb_ndim > 0:
@@ -93,12 +96,21 @@ class TRMDecoder(nn.Module):
         if config.pos_encodings == "rope":
             self.rotary_emb = RotaryEmbedding(h // config.num_heads, config.full_seq_len, config.rope_theta)
         elif config.pos_encodings == "learned":
-            self.embed_pos = CastedEmbedding(config.full_seq_len, h, init_std=1.0 / self.embed_scale, cast_to=self.forward_dtype)
-        self.L_level = ReasoningModule([
-            TransformerBlock(h, config.num_heads, config.expansion, config.rms_norm_eps) for _ in range(config.L_layers)
-        ])
-        self.register_buffer("H_init", trunc_normal_init_(torch.empty(h, dtype=self.forward_dtype), std=1.0), persistent=True)
-        self.register_buffer("L_init", trunc_normal_init_(torch.empty(h, dtype=self.forward_dtype), std=1.0), persistent=True)
+            self.embed_pos = CastedEmbedding(
+                config.full_seq_len, h, init_std=1.0 / self.embed_scale, cast_to=self.forward_dtype
+            )
+        self.L_level = ReasoningModule(
+            [
+                TransformerBlock(h, config.num_heads, config.expansion, config.rms_norm_eps)
+                for _ in range(config.L_layers)
+            ]
+        )
+        self.register_buffer(
+            "H_init", trunc_normal_init_(torch.empty(h, dtype=self.forward_dtype), std=1.0), persistent=True
+        )
+        self.register_buffer(
+            "L_init", trunc_normal_init_(torch.empty(h, dtype=self.forward_dtype), std=1.0), persistent=True
+        )
         with torch.no_grad():  # Q starts near "never halt" so early training is not cut short
             self.q_head.weight.zero_()
             self.q_head.bias.fill_(-5.0)
@@ -107,8 +119,13 @@ class TRMDecoder(nn.Module):
         """The TRM prefix: the puzzle vector zero-padded to puzzle_emb_len tokens."""
         cfg = self.config
         if not hasattr(self, "puzzle_emb"):  # puzzle_emb_ndim 0: an all-zero prefix
-            return torch.zeros(puzzle_identifiers.shape[0], cfg.puzzle_emb_len, cfg.hidden_size,
-                               dtype=self.forward_dtype, device=puzzle_identifiers.device)
+            return torch.zeros(
+                puzzle_identifiers.shape[0],
+                cfg.puzzle_emb_len,
+                cfg.hidden_size,
+                dtype=self.forward_dtype,
+                device=puzzle_identifiers.device,
+            )
         emb = self.puzzle_emb(puzzle_identifiers)
         pad = cfg.puzzle_emb_len * cfg.hidden_size - emb.shape[-1]
         if pad > 0:
@@ -123,8 +140,10 @@ class TRMDecoder(nn.Module):
 
     def empty_carry(self, batch_size: int, device: torch.device) -> InnerCarry:
         shape = (batch_size, self.config.full_seq_len, self.config.hidden_size)
-        return InnerCarry(z_H=torch.zeros(shape, dtype=self.forward_dtype, device=device),
-                          z_L=torch.zeros(shape, dtype=self.forward_dtype, device=device))
+        return InnerCarry(
+            z_H=torch.zeros(shape, dtype=self.forward_dtype, device=device),
+            z_L=torch.zeros(shape, dtype=self.forward_dtype, device=device),
+        )
 
     def reset_carry(self, reset: torch.Tensor, carry: InnerCarry) -> InnerCarry:
         flag = reset.view(-1, 1, 1)
@@ -148,7 +167,7 @@ class TRMDecoder(nn.Module):
         for _ in range(cfg.L_cycles):
             z_L = self.L_level(z_L, injection, cos_sin)
         z_H = self.L_level(z_H, z_L, cos_sin)
-        logits = self.lm_head(z_H[:, cfg.puzzle_emb_len:])
+        logits = self.lm_head(z_H[:, cfg.puzzle_emb_len :])
         q = self.q_head(z_H[:, 0]).float()
         return InnerCarry(z_H=z_H.detach(), z_L=z_L.detach()), logits, q[..., 0], q[..., 1]
 
@@ -192,7 +211,9 @@ class ACTModel(nn.Module):
         inner = self.inner.reset_carry(reset, carry.inner)
         steps = torch.where(reset, 0, carry.steps)
         # Halted slots take the new batch's sample; continuing ones keep their own data.
-        data = {k: torch.where(reset.view((-1,) + (1,) * (v.ndim - 1)), batch[k], v) for k, v in carry.current_data.items()}
+        data = {
+            k: torch.where(reset.view((-1,) + (1,) * (v.ndim - 1)), batch[k], v) for k, v in carry.current_data.items()
+        }
 
         prefix, extras = self.prefix(data, carry, reset)
         inner, logits, q_halt, q_continue = self.inner(inner, data["inputs"], prefix)

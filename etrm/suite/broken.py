@@ -1,5 +1,6 @@
 """Deliberately broken variants for the negative controls: each reproduces one bug the
 investigation suspected, so the check that guards against it can be shown to fail."""
+
 from __future__ import annotations
 
 import torch
@@ -194,8 +195,11 @@ def plant_in_train_split(folder: Path, name: str, inputs: np.ndarray, labels: np
     for key, value in arrays.items():
         np.save(split / f"all__{key}.npy", value)
     meta = json.loads((split / "dataset.json").read_text())
-    meta.update(num_puzzle_identifiers=len(names), total_groups=meta["total_groups"] + 1,
-                total_puzzles=meta["total_puzzles"] + 1)
+    meta.update(
+        num_puzzle_identifiers=len(names),
+        total_groups=meta["total_groups"] + 1,
+        total_puzzles=meta["total_puzzles"] + 1,
+    )
     (split / "dataset.json").write_text(json.dumps(meta))
 
 
@@ -234,8 +238,10 @@ class PuzzleLimitedDataset(FewShotPuzzleDataset):
 
     def __init__(self, *args, max_groups=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.sets = [dataclasses.replace(s, group_indices=np.arange(len(s.puzzle_identifiers) + 1)).limit_groups(max_groups)
-                     for s in self.sets]
+        self.sets = [
+            dataclasses.replace(s, group_indices=np.arange(len(s.puzzle_identifiers) + 1)).limit_groups(max_groups)
+            for s in self.sets
+        ]
 
 
 class UnshardedDataset(FewShotPuzzleDataset):
@@ -268,7 +274,7 @@ def plain_prefix_loader(model, path):
 
 
 class ZeroGradFreezeTrainer(Trainer):
-    """"Freezes" the decoder by zeroing its gradients: AdamATan2 still applies weight decay."""
+    """ "Freezes" the decoder by zeroing its gradients: AdamATan2 still applies weight decay."""
 
     def _discard_frozen_grads(self, frozen):
         for part in frozen:
@@ -294,6 +300,7 @@ def mislabelled_frozen_checkpoint(trained: Path, frozen_run: Path, out_dir: Path
 
 # --- training dynamics (H4) ---------------------------------------------------------------------
 
+
 class SingleGroupTrainer(Trainer):
     """Puts every parameter in one group at the decoder's lr: encoder_lr_scale is ignored."""
 
@@ -302,8 +309,13 @@ class SingleGroupTrainer(Trainer):
 
         params = [p for part in self.named_params.values() for _, p in part]
         cfg = self.config
-        return [AdamATan2([dict(params=params, lr=cfg.lr, base_lr=cfg.lr, weight_decay=cfg.weight_decay, part="decoder")],
-                          lr=cfg.lr, betas=cfg.betas)]
+        return [
+            AdamATan2(
+                [dict(params=params, lr=cfg.lr, base_lr=cfg.lr, weight_decay=cfg.weight_decay, part="decoder")],
+                lr=cfg.lr,
+                betas=cfg.betas,
+            )
+        ]
 
 
 class NoExplorationETRM(ETRM):

@@ -2,6 +2,7 @@
 type, and rebuilding models from checkpoints (by etrm's models, or by the user's own code
 behind the adapter). Batches come from one door, `artifacts.batch_for`
 (etrm.testing.artifacts), never from a fixed folder."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -63,8 +64,14 @@ class CompiledLayout(nn.Module):
         return self._orig_mod(*args, **kwargs)
 
 
-def task_balanced_batch(data_dir: Path, config: ModelConfig, per_task: int = 2, num_tasks: int = 4,
-                        device: str = "cpu", scan_rows: int = 16384) -> tuple[dict[str, torch.Tensor], list[str]]:
+def task_balanced_batch(
+    data_dir: Path,
+    config: ModelConfig,
+    per_task: int = 2,
+    num_tasks: int = 4,
+    device: str = "cpu",
+    scan_rows: int = 16384,
+) -> tuple[dict[str, torch.Tensor], list[str]]:
     """`per_task` test queries of each of the first `num_tasks` tasks in the test split, as one
     batch, with each sample's base task id. A split's first rows are often all augmentations of
     one task (1000 per task in the official build), so the first batch would hold one task."""
@@ -76,8 +83,10 @@ def task_balanced_batch(data_dir: Path, config: ModelConfig, per_task: int = 2, 
     dataset = FewShotPuzzleDataset(data_dir, "test", 64, max_demos=config.max_demos, test_mode=True)
     for number, batch in enumerate(dataset):
         if batch["inputs"].shape[-1] != config.seq_len:
-            raise ValueError(f"{data_dir}: sequences of {batch['inputs'].shape[-1]} tokens, but the model expects "
-                             f"seq_len {config.seq_len}: pass a dataset built for this model's canvas")
+            raise ValueError(
+                f"{data_dir}: sequences of {batch['inputs'].shape[-1]} tokens, but the model expects "
+                f"seq_len {config.seq_len}: pass a dataset built for this model's canvas"
+            )
         real = batch["puzzle_identifiers"] > 0  # the last batch is padded with blank-identifier rows
         rows = real.nonzero().flatten().tolist()
         for row, task in zip(rows, task_ids_of({"puzzle_identifiers": batch["puzzle_identifiers"][real]}, identifiers)):
@@ -102,11 +111,17 @@ def load_checkpoint_model(path: Path, artifacts) -> LossHead:
     from etrm.testing.verdict import NOT_RUN
 
     # A config/arch file or all_config.yaml names the user's classes: it is for --model-code, not etrm's models.
-    own = artifacts.model_config if artifacts.model_config is not None and not names_model_class(artifacts.model_config) else None
+    own = (
+        artifacts.model_config
+        if artifacts.model_config is not None and not names_model_class(artifacts.model_config)
+        else None
+    )
     saved = find_saved_config(path)
     if saved is not None and saved.foreign_encoder is not None and own is None:
-        pytest.skip(f"{NOT_RUN}{path}: encoder_type {saved.foreign_encoder!r} has no etrm implementation; "
-                    f"pass {artifacts.flag('model_code')} ROOT to run the origin's own code")
+        pytest.skip(
+            f"{NOT_RUN}{path}: encoder_type {saved.foreign_encoder!r} has no etrm implementation; "
+            f"pass {artifacts.flag('model_code')} ROOT to run the origin's own code"
+        )
     config = None if own is None else ModelConfig.load(artifacts.require("model_config"))
     return load_model(path, config).to(artifacts.device)
 
@@ -132,9 +147,11 @@ def checkpoint_model(artifacts) -> CheckpointModel:
         from etrm.testing.verdict import NOT_RUN
 
         if artifacts.source("etrm_checkpoint") != USER:
-            pytest.skip(f"{NOT_RUN}needs a checkpoint: this check reads trained weights; {artifacts.flag('model_code')} "
-                        f"without {artifacts.flag('etrm_checkpoint')} PATH runs the checks that need none "
-                        f"(with {artifacts.flag('model_config')})")
+            pytest.skip(
+                f"{NOT_RUN}needs a checkpoint: this check reads trained weights; {artifacts.flag('model_code')} "
+                f"without {artifacts.flag('etrm_checkpoint')} PATH runs the checks that need none "
+                f"(with {artifacts.flag('model_config')})"
+            )
         root, ckpt, data_dir = artifacts.require_matching("model_code", "etrm_checkpoint", "data_dir")
         code = load_model_code(root, ckpt, data_dir, device=artifacts.device, encoder_module=artifacts.encoder_module)
         return CheckpointModel(code.model, ckpt, code)
@@ -193,12 +210,16 @@ def model_code_case(artifacts, config_file: Path | None) -> ModelCodeCase:
     artifacts.require("model_config")  # config_file is one of its files
     config = read_arch_config(config_file)
     if config.kind == ETRM:
-        pytest.skip(f"{NOT_RUN}{config_file}: an etrm ModelConfig names no model class of yours: give your "
-                    "config/arch/*.yaml or a trainer's all_config.yaml to build your code's model")
+        pytest.skip(
+            f"{NOT_RUN}{config_file}: an etrm ModelConfig names no model class of yours: give your "
+            "config/arch/*.yaml or a trainer's all_config.yaml to build your code's model"
+        )
     sized = at_size(config, artifacts.model_size)
     data_dir = artifacts.data_at_canvas(sized.canvas)
-    code = build_model_at_size(root, config, sized, data_dir, batch_size=MODEL_CODE_BATCH_SIZE,
-                               encoder_module=artifacts.encoder_module)
+    code = build_model_at_size(
+        root, config, sized, data_dir, batch_size=MODEL_CODE_BATCH_SIZE, encoder_module=artifacts.encoder_module
+    )
     code.model.head.to(artifacts.device)
-    return ModelCodeCase(code, data_dir, fewshot_batch(data_dir, code, batch_size=2, device=artifacts.device),
-                         artifacts.device)
+    return ModelCodeCase(
+        code, data_dir, fewshot_batch(data_dir, code, batch_size=2, device=artifacts.device), artifacts.device
+    )

@@ -1,6 +1,7 @@
 """The design's premise, measured by H7's headroom (etrm.checks.h7_headroom): can any context
 steer the decoder? Its own row: "the decoder cannot be steered by a context" is a finding
 against the premise, never H7 evidence against the encoder."""
+
 from __future__ import annotations
 
 import pytest
@@ -18,4 +19,3 @@ def test_h7_decoder_steerable(h7_case, record_check):
 def test_control_context_blind_decoder_cannot_be_steered(expect_check_fails):
     """Its decoder was trained with an all-zero context (a TRM with puzzle_emb_ndim 0)."""
     expect_check_fails(h7_headroom.check_decoder_steerable(known_case("context_blind").measurement))
-

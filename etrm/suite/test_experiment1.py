@@ -1,4 +1,5 @@
 """Experiment 1: frozen-decoder run, scenario A / B / C decided from measured numbers."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,20 +13,30 @@ def history(steps=40, loss=(8.0, 2.0), norm=0.5, evals=(0.0, 0.0), diversity=0.3
     """A constructed metrics log: linear loss, constant norm, evaluations spread over the run."""
     lines = []
     for i in range(steps):
-        lines.append({"step": i + 1, "train/lm_loss": loss[0] + (loss[1] - loss[0]) * i / (steps - 1),
-                      key: norm, "grad/encoder_norm_postclip": min(norm, 1.0),
-                      "encoder/cross_sample_std": diversity, "train/exact_accuracy": 0.0})
+        lines.append(
+            {
+                "step": i + 1,
+                "train/lm_loss": loss[0] + (loss[1] - loss[0]) * i / (steps - 1),
+                key: norm,
+                "grad/encoder_norm_postclip": min(norm, 1.0),
+                "encoder/cross_sample_std": diversity,
+                "train/exact_accuracy": 0.0,
+            }
+        )
     for j, value in enumerate(evals):
         lines.append({"step": (j + 1) * steps // len(evals), "eval/ARC/pass@1": value})
     return lines
 
 
-@pytest.mark.parametrize("log, scenario", [
-    (history(evals=(0.0, 0.1, 0.25)), "A: encoder learns"),
-    (history(norm=0.0), "B: encoder stuck"),
-    (history(loss=(8.0, 7.9)), "B: encoder stuck"),
-    (history(evals=(0.0, 0.0, 0.0)), "C: encoder trains but useless"),
-])
+@pytest.mark.parametrize(
+    "log, scenario",
+    [
+        (history(evals=(0.0, 0.1, 0.25)), "A: encoder learns"),
+        (history(norm=0.0), "B: encoder stuck"),
+        (history(loss=(8.0, 7.9)), "B: encoder stuck"),
+        (history(evals=(0.0, 0.0, 0.0)), "C: encoder trains but useless"),
+    ],
+)
 def test_decision_rule_on_constructed_histories(log, scenario):
     result = e1.decide_scenario(log)
     assert result.passed and result.numbers["scenario"] == scenario, result.message
@@ -39,6 +50,7 @@ def test_scenario_of_the_frozen_decoder_run(artifacts, record_check):
 
 
 # --- negative controls ---------------------------------------------------------------------
+
 
 def postclip_only(log):
     """The log as the origin trainer wrote it: encoder norms after clipping only."""

@@ -1,4 +1,5 @@
 """H1: does the pretrained TRM decoder load correctly? (investigation Tests 1.1-1.3)"""
+
 from __future__ import annotations
 
 import shutil
@@ -29,7 +30,10 @@ def etrm_for(trm_path, compiled=False, **overrides):
 @pytest.fixture(scope="module")
 def layouts(trm, tmp_path_factory):
     root = tmp_path_factory.mktemp("layouts")
-    return {name: h1.relayout_checkpoint(trm, root / name / trm.name, "" if not p else p) for name, p in h1.KEY_LAYOUTS.items()}
+    return {
+        name: h1.relayout_checkpoint(trm, root / name / trm.name, "" if not p else p)
+        for name, p in h1.KEY_LAYOUTS.items()
+    }
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["plain-target", "compiled-target"])
@@ -67,6 +71,8 @@ def test_frozen_run_kept_every_decoder_parameter(artifacts, record_check):
 # first optimizer step already applies the gradient and weight decay a frozen tensor must
 # not get, and the broken trainer (decay still on) is caught on it.
 FREEZING = dict(forward_dtype="float32", max_demos=1)
+
+
 def test_frozen_decoder_unchanged_after_training_steps(trm, artifacts, record_check):
     head = etrm_for(trm, **FREEZING)
     h1.check_decoder_loads_bitwise(head, trm)
@@ -80,8 +86,11 @@ def test_training_log_records_the_decoder_load(artifacts, record_check):
 
 # --- negative controls ---------------------------------------------------------------------
 
+
 def test_control_loader_that_ignores_wrong_prefixes_is_caught(layouts, trm, expect_check_fails):
-    expect_check_fails(h1.check_decoder_loads_bitwise(etrm_for(trm), layouts["compiled"], loader=broken.plain_prefix_loader))
+    expect_check_fails(
+        h1.check_decoder_loads_bitwise(etrm_for(trm), layouts["compiled"], loader=broken.plain_prefix_loader)
+    )
 
 
 def test_control_recursion_mismatch_is_caught(trm, expect_check_fails):
@@ -106,8 +115,9 @@ def test_control_frozen_decoder_that_still_decays_is_caught(trm, artifacts, expe
     head = etrm_for(trm, **FREEZING)
     h1.check_decoder_loads_bitwise(head, trm)
     batch = artifacts.batch_for(head.config, "trm_checkpoint", batch_size=1, split="train")
-    expect_check_fails(h1.check_frozen_decoder_unchanged(head, [batch], steps=1,
-                                                         trainer_class=broken.ZeroGradFreezeTrainer))
+    expect_check_fails(
+        h1.check_frozen_decoder_unchanged(head, [batch], steps=1, trainer_class=broken.ZeroGradFreezeTrainer)
+    )
 
 
 def test_control_log_without_a_load_record_is_inconclusive(expect_check_fails):
@@ -121,6 +131,7 @@ def test_control_load_logged_after_training_started_is_caught(expect_check_fails
 
 
 # --- the ETRM checkpoint as a model (built by --model-code when given) ---------------------------
+
 
 def test_checkpoint_model_decoder_matches_the_trm(checkpoint_model, artifacts, record_check):
     trm, _ = artifacts.require_matching("trm_checkpoint", "etrm_checkpoint")

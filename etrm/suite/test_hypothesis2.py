@@ -1,4 +1,5 @@
 """H2: do encoder gradients flow? (investigation Test 2.1, 2.2; DESIGN.md section 8)"""
+
 from __future__ import annotations
 
 import json
@@ -63,6 +64,7 @@ def test_training_log_has_healthy_preclip_encoder_norms(artifacts, record_check)
 
 
 # --- negative controls ---------------------------------------------------------------------
+
 
 def test_control_detached_encoder_output_is_caught(tiny_batch, expect_check_fails):
     head = broken.rebuild_as(tiny_model("etrm-standard"), broken.DetachedEncoderETRM)

@@ -1,4 +1,5 @@
 """H3: is the encoder output well formed? (investigation Test 3.1; DESIGN.md section 8)"""
+
 from __future__ import annotations
 
 import pytest
@@ -20,7 +21,7 @@ def tiny_batch(artifacts):
 @pytest.fixture(scope="module")
 def checkpoint_case(checkpoint_model, artifacts):
     _, trm_ckpt = artifacts.require_matching("etrm_checkpoint", "trm_checkpoint")
-    from etrm.checkpoints import read_state_dict, normalize_key
+    from etrm.checkpoints import normalize_key, read_state_dict
 
     model = checkpoint_model.model
     trm_state = {normalize_key(k): v for k, v in read_state_dict(trm_ckpt).items()}
@@ -76,6 +77,7 @@ def test_checkpoint_context_scale_matches_the_trained_prefix(checkpoint_case, re
 
 # --- negative controls ---------------------------------------------------------------------
 
+
 def test_control_wrong_context_length_is_caught(tiny_batch, expect_check_fails):
     head = broken.with_encoder(tiny_model("etrm-standard"), broken.TokenDroppingEncoder)
     expect_check_fails(h3.check_context_shape_and_dtype(head, tiny_batch))
@@ -103,4 +105,3 @@ def test_control_context_far_off_the_prefix_scale_is_caught(tiny_batch, expect_c
 
 def test_control_scale_without_a_reference_is_inconclusive(tiny_batch, expect_check_fails):
     expect_check_fails(h3.check_context_scale(tiny_model("etrm-standard"), tiny_batch, None), expected="inconclusive")
-

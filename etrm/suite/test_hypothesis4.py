@@ -1,4 +1,5 @@
 """H4: are the training dynamics sane? (investigation Test 4.1; DESIGN.md section 8)"""
+
 from __future__ import annotations
 
 import pytest
@@ -59,6 +60,7 @@ def test_tiny_overfit_run_loss_falls(name, batch, record_check):
 
 
 # --- negative controls ---------------------------------------------------------------------
+
 
 def test_control_origin_l_cycles_on_a_decoder_trained_with_fewer_is_caught(run_configs, expect_check_fails):
     etrm_saved, trm_config = run_configs

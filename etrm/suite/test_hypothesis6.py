@@ -1,4 +1,5 @@
 """H6: is the evaluator right? (investigation Test 6.1, 6.2; DESIGN.md section 8)"""
+
 from __future__ import annotations
 
 import functools
@@ -59,6 +60,7 @@ def test_empty_evaluation_is_an_error(evaluation_set, record_check):
 
 
 # --- negative controls ---------------------------------------------------------------------
+
 
 def test_control_official_denominator_is_caught(evaluation_set, expect_check_fails):
     make = evaluator_factory(evaluation_set, denominator="all_test_tasks")

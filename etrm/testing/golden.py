@@ -6,6 +6,7 @@ dtype, sha256 digest and summary statistics, so that a review shows what moved.
 Keys carry their context, e.g. "step1/logits". `pytest --update-golden` rewrites the
 records on purpose; a missing record fails and says so.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -13,9 +14,10 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -74,18 +76,24 @@ class GoldenDiff:
 
     def format(self) -> str:
         if self.status == "missing":
-            return (f"golden record {self.name!r} is missing ({self.npz_path}): "
-                    "run `pytest --update-golden` to create it, and commit the files")
+            return (
+                f"golden record {self.name!r} is missing ({self.npz_path}): "
+                "run `pytest --update-golden` to create it, and commit the files"
+            )
         if self.status == "match":
             return f"golden record {self.name!r}: {self.compared} tensors match"
-        head = {"mismatch": f"golden record {self.name!r} changed: {len(self.diffs)} of "
-                            f"{self.compared} tensors moved ({self.npz_path})",
-                "created": f"golden record {self.name!r} created ({self.npz_path})",
-                "updated": f"golden record {self.name!r} rewritten: {len(self.diffs)} tensors had moved"}
+        head = {
+            "mismatch": f"golden record {self.name!r} changed: {len(self.diffs)} of "
+            f"{self.compared} tensors moved ({self.npz_path})",
+            "created": f"golden record {self.name!r} created ({self.npz_path})",
+            "updated": f"golden record {self.name!r} rewritten: {len(self.diffs)} tensors had moved",
+        }
         lines = [head[self.status]] + [d.format() for d in self.diffs]
         if self.status == "mismatch":
-            lines.append("if the change is intended, run `pytest --update-golden` and commit the new "
-                         "golden files so it shows up in review")
+            lines.append(
+                "if the change is intended, run `pytest --update-golden` and commit the new "
+                "golden files so it shows up in review"
+            )
         return "\n".join(lines)
 
 
@@ -95,9 +103,14 @@ def default_golden_dir() -> Path:
     return fixtures_root() / "golden"
 
 
-def compare_to_golden(name: str, tensors: Mapping[str, Any], *, update: bool,
-                      golden_dir: str | Path | None = None,
-                      tolerances: Mapping[str, tuple[float, float]] | None = None) -> GoldenDiff:
+def compare_to_golden(
+    name: str,
+    tensors: Mapping[str, Any],
+    *,
+    update: bool,
+    golden_dir: str | Path | None = None,
+    tolerances: Mapping[str, tuple[float, float]] | None = None,
+) -> GoldenDiff:
     """Compare `tensors` (torch tensors, numpy arrays or Python scalars) with the golden
     record `name`; with `update`, (re)write the record and report what had moved."""
     if not _NAME.match(name):
@@ -126,8 +139,11 @@ def compare_to_golden(name: str, tensors: Mapping[str, Any], *, update: bool,
 
 def tensor_summary(array: np.ndarray, dtype: str) -> dict[str, Any]:
     """Shape, dtype, digest and statistics of one stored array, as in `<name>.json`."""
-    stats: dict[str, Any] = {"shape": list(array.shape), "dtype": dtype,
-                             "sha256": hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()}
+    stats: dict[str, Any] = {
+        "shape": list(array.shape),
+        "dtype": dtype,
+        "sha256": hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest(),
+    }
     if array.size:
         values = array.astype(np.float64)
         finite = values[np.isfinite(values)]
@@ -138,6 +154,7 @@ def tensor_summary(array: np.ndarray, dtype: str) -> dict[str, Any]:
 
 
 # --- internals -----------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class _Value:
@@ -166,24 +183,30 @@ def _to_numpy(record: str, key: str, value: Any) -> _Value:
             # numpy has no bfloat16: stored upcast, compared with bfloat16's tolerance.
             array = t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy()
             return _Value(np.array(array), dtype)
-    raise GoldenError(f"golden record {record!r}, {key}: cannot store a {type(value).__name__}; "
-                      "give a tensor, an array or a Python number")
+    raise GoldenError(
+        f"golden record {record!r}, {key}: cannot store a {type(value).__name__}; "
+        "give a tensor, an array or a Python number"
+    )
 
 
-def _diff(key: str, old: _Value | None, new: _Value | None, tol: Mapping[str, tuple[float, float]]
-          ) -> TensorDiff | None:
+def _diff(
+    key: str, old: _Value | None, new: _Value | None, tol: Mapping[str, tuple[float, float]]
+) -> TensorDiff | None:
     if old is None:
-        return TensorDiff(key, "added", "new tensor, not in the golden record",
-                          new=tensor_summary(new.array, new.dtype))
+        return TensorDiff(
+            key, "added", "new tensor, not in the golden record", new=tensor_summary(new.array, new.dtype)
+        )
     if new is None:
-        return TensorDiff(key, "removed", "in the golden record but not produced any more",
-                          old=tensor_summary(old.array, old.dtype))
+        return TensorDiff(
+            key, "removed", "in the golden record but not produced any more", old=tensor_summary(old.array, old.dtype)
+        )
     old_s, new_s = tensor_summary(old.array, old.dtype), tensor_summary(new.array, new.dtype)
     if old.dtype != new.dtype:
         return TensorDiff(key, "dtype", f"dtype {old.dtype} -> {new.dtype}", old=old_s, new=new_s)
     if old.array.shape != new.array.shape:
-        return TensorDiff(key, "shape", f"shape {tuple(old.array.shape)} -> {tuple(new.array.shape)}",
-                          old=old_s, new=new_s)
+        return TensorDiff(
+            key, "shape", f"shape {tuple(old.array.shape)} -> {tuple(new.array.shape)}", old=old_s, new=new_s
+        )
     if old.dtype in tol:
         rtol, atol = tol[old.dtype]
         a, b = old.array.astype(np.float64), new.array.astype(np.float64)
@@ -199,8 +222,10 @@ def _diff(key: str, old: _Value | None, new: _Value | None, tol: Mapping[str, tu
     delta = np.where(close, 0.0, np.nan_to_num(delta, nan=np.inf))
     where = tuple(int(i) for i in np.unravel_index(int(np.argmax(delta)), delta.shape))
     max_diff = float(delta[where])
-    detail = (f"{int((~close).sum())} of {close.size} values moved, max abs diff {max_diff:.3g} at index "
-              f"{where} ({float(a[where]):.6g} -> {float(b[where]):.6g}; rtol {rtol:g}, atol {atol:g})")
+    detail = (
+        f"{int((~close).sum())} of {close.size} values moved, max abs diff {max_diff:.3g} at index "
+        f"{where} ({float(a[where]):.6g} -> {float(b[where]):.6g}; rtol {rtol:g}, atol {atol:g})"
+    )
     return TensorDiff(key, "values", detail, max_diff, old_s, new_s)
 
 
@@ -208,8 +233,10 @@ def _write(npz_path: Path, json_path: Path, values: Mapping[str, _Value]) -> Non
     npz_path.parent.mkdir(parents=True, exist_ok=True)
     summary = {key: tensor_summary(values[key].array, values[key].dtype) for key in sorted(values)}
     # Write beside the target, then rename: an interrupted update never leaves half a record.
-    for path, write in ((npz_path, lambda f: np.savez(f, **{k: v.array for k, v in values.items()})),
-                        (json_path, lambda f: f.write(json.dumps(summary, indent=1, sort_keys=True).encode()))):
+    for path, write in (
+        (npz_path, lambda f: np.savez(f, **{k: v.array for k, v in values.items()})),
+        (json_path, lambda f: f.write(json.dumps(summary, indent=1, sort_keys=True).encode())),
+    ):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         try:
             with os.fdopen(fd, "wb") as f:
@@ -227,8 +254,9 @@ def _read(npz_path: Path, json_path: Path) -> dict[str, _Value]:
     with np.load(npz_path, allow_pickle=False) as data:
         arrays = {key: data[key] for key in data.files}
     if set(arrays) != set(summary):
-        raise GoldenError(f"{npz_path} and {json_path.name} list different tensors; "
-                          "run `pytest --update-golden` to rewrite both")
+        raise GoldenError(
+            f"{npz_path} and {json_path.name} list different tensors; run `pytest --update-golden` to rewrite both"
+        )
     return {key: _Value(arrays[key], summary[key]["dtype"]) for key in arrays}
 
 
@@ -249,12 +277,12 @@ class GoldenChecker:
         self.update = update
         self.golden_dir = golden_dir
 
-    def check(self, name: str, tensors: Mapping[str, Any],
-              tolerances: Mapping[str, tuple[float, float]] | None = None) -> GoldenDiff:
+    def check(
+        self, name: str, tensors: Mapping[str, Any], tolerances: Mapping[str, tuple[float, float]] | None = None
+    ) -> GoldenDiff:
         import pytest
 
-        diff = compare_to_golden(name, tensors, update=self.update, golden_dir=self.golden_dir,
-                                 tolerances=tolerances)
+        diff = compare_to_golden(name, tensors, update=self.update, golden_dir=self.golden_dir, tolerances=tolerances)
         if not diff.ok:
             pytest.fail(diff.format(), pytrace=False)
         return diff

@@ -17,17 +17,25 @@ printed and, with `--etrm-verdict-json PATH`, written as JSON. A run in which no
 a given model, config or checkpoint exits non-zero (`etrm.testing.gate`) unless
 `--etrm-allow-unchecked`.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
 from etrm.checks.result import CheckResult
-from etrm.testing.artifacts import (CLI_PREFIX, PLUGIN_PREFIX, ArtifactError, Artifacts, OPTIONS,
-                                    add_artifact_options, flag)
+from etrm.testing.artifacts import (
+    CLI_PREFIX,
+    OPTIONS,
+    PLUGIN_PREFIX,
+    ArtifactError,
+    Artifacts,
+    add_artifact_options,
+    flag,
+)
 from etrm.testing.gate import UNCHECKED_STATUS, unchecked, unchecked_message
 from etrm.testing.reads import ReadTracker
 from etrm.testing.verdict import CHECK_PROPERTY, CONTROL_PROPERTY, NOT_RUN, VerdictCollector, VerdictTable
@@ -50,35 +58,53 @@ SELF_TEST_MARKER = "etrm_self_test"
 INVESTIGATE = "etrm_investigate"
 INVESTIGATE_FLAG = flag("investigate")
 _ARTIFACTS_KEY = pytest.StashKey[Artifacts]()
-SELF_TEST_NOTE = ("etrm's own regression tests (its model classes on the bundled fixtures) were not run: they say "
-                  "nothing about your artifacts; {flag} runs them too")
+SELF_TEST_NOTE = (
+    "etrm's own regression tests (its model classes on the bundled fixtures) were not run: they say "
+    "nothing about your artifacts; {flag} runs them too"
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("etrm")
     add_artifact_options(group.addoption, PLUGIN_PREFIX)
-    group.addoption(INVESTIGATE_FLAG, dest=INVESTIGATE, action="store_true",
-                    help="set by `etrm investigate`: messages name its flags (--data, not --etrm-data)")
+    group.addoption(
+        INVESTIGATE_FLAG,
+        dest=INVESTIGATE,
+        action="store_true",
+        help="set by `etrm investigate`: messages name its flags (--data, not --etrm-data)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     for name, description in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {description}")
-    config.addinivalue_line("markers", f"{SLOW_MARKER}: etrm check taking more than a few seconds; "
-                                       f"enabled by {flag('runslow')}")
-    config.addinivalue_line("markers", f"{SELF_TEST_MARKER}: etrm's own regression on the bundled fixtures; "
-                                       f"with user artifacts given, run only with {flag('self-test')}")
+    config.addinivalue_line(
+        "markers", f"{SLOW_MARKER}: etrm check taking more than a few seconds; enabled by {flag('runslow')}"
+    )
+    config.addinivalue_line(
+        "markers",
+        f"{SELF_TEST_MARKER}: etrm's own regression on the bundled fixtures; "
+        f"with user artifacts given, run only with {flag('self-test')}",
+    )
     prefix = _prefix(config)
     # Resolve artifacts now, so a mistyped path stops the run with one clear error.
-    given = {name: _user_path(config, config.getoption(f"etrm_{name}"))
-             for name, (stem, *_) in OPTIONS.items() if stem is not None}
+    given = {
+        name: _user_path(config, config.getoption(f"etrm_{name}"))
+        for name, (stem, *_) in OPTIONS.items()
+        if stem is not None
+    }
     device = config.getoption("etrm_device")
     tracker = ReadTracker()
     config.pluginmanager.register(tracker, "etrm-reads")
     try:
-        config.stash[_ARTIFACTS_KEY] = Artifacts.resolve(given, device=device, on_read=tracker.record,
-                                                         prefix=prefix, model_size=config.getoption("etrm_model_size"),
-                                                         encoder_module=config.getoption("etrm_encoder_module"))
+        config.stash[_ARTIFACTS_KEY] = Artifacts.resolve(
+            given,
+            device=device,
+            on_read=tracker.record,
+            prefix=prefix,
+            model_size=config.getoption("etrm_model_size"),
+            encoder_module=config.getoption("etrm_encoder_module"),
+        )
     except ArtifactError as err:
         raise pytest.UsageError(str(err)) from None
     # The table is built where all reports arrive: the xdist controller, or the only process.
@@ -110,6 +136,7 @@ def run_artifacts(config: pytest.Config) -> Artifacts:
 
 
 # --- fixtures --------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="session")
 def artifacts(pytestconfig: pytest.Config) -> Artifacts:
@@ -148,9 +175,12 @@ def expect_check_fails(request: pytest.FixtureRequest) -> Callable[..., CheckRes
             raise ValueError(f"a negative control expects 'fail' or 'inconclusive', not {expected!r}")
         _store(request.node, result, negative_control=True, expected_status=expected)
         if result.status != expected:
-            pytest.fail(f"negative control: {result.name} returned {result.status!r} on a deliberately "
-                        f"broken variant instead of {expected!r}, so it cannot detect this fault: "
-                        f"{result.message}", pytrace=False)
+            pytest.fail(
+                f"negative control: {result.name} returned {result.status!r} on a deliberately "
+                f"broken variant instead of {expected!r}, so it cannot detect this fault: "
+                f"{result.message}",
+                pytrace=False,
+            )
         return result
 
     return expect
@@ -160,9 +190,11 @@ def _store(node: pytest.Item, result: CheckResult, **flags: object) -> None:
     if not isinstance(result, CheckResult):
         raise TypeError(f"{node.nodeid}: expected a CheckResult, got {type(result).__name__}")
     if node.get_closest_marker(result.hypothesis) is None:
-        pytest.fail(f"{node.nodeid}: check {result.name!r} belongs to {result.hypothesis} but the test is "
-                    f"not marked @pytest.mark.{result.hypothesis}, so the verdict table would not count it",
-                    pytrace=False)
+        pytest.fail(
+            f"{node.nodeid}: check {result.name!r} belongs to {result.hypothesis} but the test is "
+            f"not marked @pytest.mark.{result.hypothesis}, so the verdict table would not count it",
+            pytrace=False,
+        )
     # user_properties travel inside the TestReport, which is how xdist workers reach the controller.
     node.user_properties.append((CHECK_PROPERTY, {**result.to_dict(), **flags}))
 
@@ -173,6 +205,7 @@ def _user_path(config: pytest.Config, value: str | None) -> Path | None:
 
 
 # --- verdict table ---------------------------------------------------------------------------
+
 
 class _VerdictPlugin:
     def __init__(self, config: pytest.Config) -> None:
@@ -199,8 +232,7 @@ class _VerdictPlugin:
             terminalreporter.write_line(self.unchecked_line, red=True, bold=True)
 
     def self_test_left_out(self) -> bool:
-        return (self.config.stash[_ARTIFACTS_KEY].has_user_artifacts
-                and not self.config.getoption("etrm_self_test"))
+        return self.config.stash[_ARTIFACTS_KEY].has_user_artifacts and not self.config.getoption("etrm_self_test")
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         artifacts = self.config.stash[_ARTIFACTS_KEY]
@@ -215,4 +247,3 @@ class _VerdictPlugin:
             path.parent.mkdir(parents=True, exist_ok=True)
             verdict = self.table().to_dict() | {"etrm_self_test_run": not self.self_test_left_out()}
             path.write_text(json.dumps(verdict, indent=1) + "\n")
-

@@ -7,6 +7,7 @@ so a module-scoped fixture that loaded the user's checkpoint once counts for eve
 test that uses it. The reads travel to the verdict in the test report's
 `user_properties` (as the checks do), which xdist ships to the controller.
 """
+
 from __future__ import annotations
 
 from typing import Any

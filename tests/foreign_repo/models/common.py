@@ -1,4 +1,5 @@
 """Initialisation and config helpers (the official `models/common.py`, pydantic replaced)."""
+
 import dataclasses
 
 import torch
@@ -12,8 +13,11 @@ def trunc_normal_init_(tensor: torch.Tensor, std: float = 1.0, lower: float = -2
 def config_from_dict(cls, values: dict):
     """Like the official pydantic config classes: unknown keys are ignored, missing required ones are an error."""
     fields = {f.name for f in dataclasses.fields(cls)}
-    required = {f.name for f in dataclasses.fields(cls)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    required = {
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
     missing = sorted(required - set(values))
     if missing:
         raise ValueError(f"{cls.__name__}: missing fields {missing}")

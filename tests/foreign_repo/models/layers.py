@@ -1,6 +1,5 @@
 """Layers under the official names (models/layers.py of the official TRM): weights are kept
 in float32 and cast to the input's dtype on use; RoPE tables are not saved."""
-from typing import Tuple
 
 import torch
 import torch.nn.functional as F
@@ -8,7 +7,7 @@ from torch import nn
 
 from models.common import trunc_normal_init_
 
-CosSin = Tuple[torch.Tensor, torch.Tensor]
+CosSin = tuple[torch.Tensor, torch.Tensor]
 
 
 def _find_multiple(a: int, b: int) -> int:
@@ -36,7 +35,7 @@ def apply_rotary_pos_emb(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, si
 class CastedLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool):
         super().__init__()
-        self.weight = nn.Parameter(trunc_normal_init_(torch.empty(out_features, in_features), std=in_features ** -0.5))
+        self.weight = nn.Parameter(trunc_normal_init_(torch.empty(out_features, in_features), std=in_features**-0.5))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
@@ -48,7 +47,9 @@ class CastedEmbedding(nn.Module):
     def __init__(self, num_embeddings: int, embedding_dim: int, init_std: float, cast_to: torch.dtype):
         super().__init__()
         self.cast_to = cast_to
-        self.embedding_weight = nn.Parameter(trunc_normal_init_(torch.empty(num_embeddings, embedding_dim), std=init_std))
+        self.embedding_weight = nn.Parameter(
+            trunc_normal_init_(torch.empty(num_embeddings, embedding_dim), std=init_std)
+        )
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.embedding(input, self.embedding_weight.to(self.cast_to))
@@ -70,15 +71,22 @@ class RotaryEmbedding(nn.Module):
 class Attention(nn.Module):
     def __init__(self, hidden_size: int, head_dim: int, num_heads: int, num_key_value_heads: int, causal: bool = False):
         super().__init__()
-        self.head_dim, self.num_heads, self.num_key_value_heads, self.causal = head_dim, num_heads, num_key_value_heads, causal
+        self.head_dim, self.num_heads, self.num_key_value_heads, self.causal = (
+            head_dim,
+            num_heads,
+            num_key_value_heads,
+            causal,
+        )
         self.qkv_proj = CastedLinear(hidden_size, (num_heads + 2 * num_key_value_heads) * head_dim, bias=False)
         self.o_proj = CastedLinear(head_dim * num_heads, hidden_size, bias=False)
 
     def forward(self, cos_sin: CosSin, hidden_states: torch.Tensor) -> torch.Tensor:
         batch, seq, _ = hidden_states.shape
-        qkv = self.qkv_proj(hidden_states).view(batch, seq, self.num_heads + 2 * self.num_key_value_heads, self.head_dim)
-        query, key = qkv[:, :, :self.num_heads], qkv[:, :, self.num_heads:self.num_heads + self.num_key_value_heads]
-        value = qkv[:, :, self.num_heads + self.num_key_value_heads:]
+        qkv = self.qkv_proj(hidden_states).view(
+            batch, seq, self.num_heads + 2 * self.num_key_value_heads, self.head_dim
+        )
+        query, key = qkv[:, :, : self.num_heads], qkv[:, :, self.num_heads : self.num_heads + self.num_key_value_heads]
+        value = qkv[:, :, self.num_heads + self.num_key_value_heads :]
         if cos_sin is not None:
             query, key = apply_rotary_pos_emb(query, key, *cos_sin)
         out = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (query, key, value)), is_causal=self.causal)

@@ -2,7 +2,9 @@
 `forward(return_keys, **model_kwargs)` returns (carry, loss, metrics, outputs, all_finish),
 outputs filtered by `return_keys`. In training the labels come from the model's outputs
 and `all_finish` is always True (one step per batch); in evaluation from the carry."""
-from typing import Any, Dict, Optional, Sequence, Tuple
+
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,15 +39,20 @@ class ACTLossHead(nn.Module):
     def initial_carry(self, *args, **kwargs):
         return self.model.initial_carry(*args, **kwargs)
 
-    def forward(self, return_keys: Sequence[str], **model_kwargs) -> Tuple[Any, torch.Tensor, Dict[str, torch.Tensor],
-                                                                            Optional[Dict[str, torch.Tensor]], torch.Tensor]:
+    def forward(
+        self, return_keys: Sequence[str], **model_kwargs
+    ) -> tuple[Any, torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor] | None, torch.Tensor]:
         new_carry, outputs = self.model(**model_kwargs)
         training = self.model.training
-        labels = outputs.get("labels", model_kwargs["batch"]["labels"]) if training else new_carry.current_data["labels"]
+        labels = (
+            outputs.get("labels", model_kwargs["batch"]["labels"]) if training else new_carry.current_data["labels"]
+        )
         mask = labels != IGNORE_LABEL_ID
         counts = mask.sum(-1)
         divisor = counts.clamp_min(1).unsqueeze(-1)
-        lm_loss = (self.loss_fn(outputs["logits"], labels, ignore_index=IGNORE_LABEL_ID, valid_mask=mask) / divisor).sum()
+        lm_loss = (
+            self.loss_fn(outputs["logits"], labels, ignore_index=IGNORE_LABEL_ID, valid_mask=mask) / divisor
+        ).sum()
         with torch.no_grad():
             outputs["preds"] = torch.argmax(outputs["logits"], dim=-1)
             is_correct = mask & (outputs["preds"] == labels)
@@ -58,8 +65,9 @@ class ACTLossHead(nn.Module):
                 "q_halt_accuracy": (valid & ((outputs["q_halt_logits"] >= 0) == seq_is_correct)).sum(),
                 "steps": outputs["steps"].sum() if training else torch.where(valid, new_carry.steps, 0).sum(),
             }
-        q_halt_loss = F.binary_cross_entropy_with_logits(outputs["q_halt_logits"], seq_is_correct.to(outputs["q_halt_logits"].dtype),
-                                                         reduction="sum")
+        q_halt_loss = F.binary_cross_entropy_with_logits(
+            outputs["q_halt_logits"], seq_is_correct.to(outputs["q_halt_logits"].dtype), reduction="sum"
+        )
         metrics.update(lm_loss=lm_loss.detach(), q_halt_loss=q_halt_loss.detach())
         total = lm_loss + 0.5 * q_halt_loss
         if training and "kl_loss" in outputs and self.kl_weight > 0:

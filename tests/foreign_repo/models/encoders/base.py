@@ -1,6 +1,6 @@
 """Encoder config and output, under the origin ETRM's names (models/encoders/base.py)."""
+
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -22,7 +22,7 @@ class DemoEncoderConfig:
 @dataclass
 class EncoderOutput:
     context: torch.Tensor  # (batch, output_tokens, hidden_size)
-    z_pooled: Optional[torch.Tensor] = None  # (batch, hidden_size)
-    kl_loss: Optional[torch.Tensor] = None
-    mu: Optional[torch.Tensor] = None
-    logvar: Optional[torch.Tensor] = None
+    z_pooled: torch.Tensor | None = None  # (batch, hidden_size)
+    kl_loss: torch.Tensor | None = None
+    mu: torch.Tensor | None = None
+    logvar: torch.Tensor | None = None

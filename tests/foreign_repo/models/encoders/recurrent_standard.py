@@ -3,6 +3,7 @@ recurrent_standard.py): its state z_e is carried across ACT steps and returned a
 carry, from which the decoder takes the context with `get_context()`. As in the origin,
 the returned carry is detached ("to break the computational graph"), so the context
 the decoder reads never carries a gradient back to any encoder parameter."""
+
 from dataclasses import dataclass
 
 import torch
@@ -28,8 +29,12 @@ class RecurrentAggregationEncoder(nn.Module):
         super().__init__()
         self.config = config
         self.grid_encoder = DemoGridEncoder(config)
-        self.z_e_init = nn.Buffer(trunc_normal_init_(
-            torch.empty(config.output_tokens, config.hidden_size, dtype=getattr(torch, config.forward_dtype))), persistent=True)
+        self.z_e_init = nn.Buffer(
+            trunc_normal_init_(
+                torch.empty(config.output_tokens, config.hidden_size, dtype=getattr(torch, config.forward_dtype))
+            ),
+            persistent=True,
+        )
         self.cross_attn = DemoSetEncoderLayer(config)
 
     def initial_carry(self, batch_size: int, device=None) -> RecurrentEncoderCarry:

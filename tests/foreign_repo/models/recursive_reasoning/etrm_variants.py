@@ -1,8 +1,8 @@
 """Deliberately broken variants of TRMWithEncoder, each a bug a researcher's code could
 have; the checks must catch every one through the adapter. (A frozen encoder needs no
 class: the origin's own `arch.freeze_encoder: true` switch does it.)"""
+
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import nn
@@ -23,7 +23,7 @@ class DetachedContextTRM(TRMWithEncoder):
 
 @dataclass
 class CachedCarry(TRMEncoderCarry):
-    context: Optional[torch.Tensor] = None  # (B, puzzle_emb_len, hidden), detached like the rest of the carry
+    context: torch.Tensor | None = None  # (B, puzzle_emb_len, hidden), detached like the rest of the carry
 
 
 class CachedContextTRM(TRMWithEncoder):
@@ -42,7 +42,9 @@ class CachedContextTRM(TRMWithEncoder):
         return context, extra, context.detach()
 
     def next_carry(self, inner_carry, steps, halted, data, encoder_state):
-        return CachedCarry(inner_carry=inner_carry, steps=steps, halted=halted, current_data=data, context=encoder_state)
+        return CachedCarry(
+            inner_carry=inner_carry, steps=steps, halted=halted, current_data=data, context=encoder_state
+        )
 
 
 class SlotPositionDemoEncoder(StandardDemoEncoder):
@@ -55,7 +57,7 @@ class SlotPositionDemoEncoder(StandardDemoEncoder):
 
     def demo_encodings(self, demo_inputs, demo_labels, demo_mask):
         encodings = super().demo_encodings(demo_inputs, demo_labels, demo_mask)
-        return encodings + self.slot_embed[:encodings.shape[1]].to(encodings.dtype)
+        return encodings + self.slot_embed[: encodings.shape[1]].to(encodings.dtype)
 
 
 class DemoSlotPositionTRM(TRMWithEncoder):

@@ -2,8 +2,8 @@
 encoder has a carry of its own, stepped once per ACT step; the decoder's context is
 `encoder_carry.get_context()`. The origin's encoder returns that carry detached, so no
 encoder parameter ever gets a gradient: the bug H2 must find in this code."""
+
 from dataclasses import dataclass
-from typing import Dict
 
 import torch
 
@@ -17,7 +17,7 @@ class ETRMTRMCarry:
     inner_carry: TRMEncoderInnerCarry
     steps: torch.Tensor
     halted: torch.Tensor
-    current_data: Dict[str, torch.Tensor]
+    current_data: dict[str, torch.Tensor]
 
 
 @dataclass
@@ -32,10 +32,15 @@ class TRMWithRecurrentEncoder(TRMWithEncoder):
     config_class = ETRMTRMConfig
     encoder_classes = {"standard": RecurrentAggregationEncoder}
 
-    def initial_carry(self, batch: Dict[str, torch.Tensor]) -> ETRMTRMCarry:
+    def initial_carry(self, batch: dict[str, torch.Tensor]) -> ETRMTRMCarry:
         base: TRMEncoderCarry = super().initial_carry(batch)
-        return ETRMTRMCarry(encoder_carry=self.encoder.initial_carry(batch["inputs"].shape[0], batch["inputs"].device),
-                            inner_carry=base.inner_carry, steps=base.steps, halted=base.halted, current_data=base.current_data)
+        return ETRMTRMCarry(
+            encoder_carry=self.encoder.initial_carry(batch["inputs"].shape[0], batch["inputs"].device),
+            inner_carry=base.inner_carry,
+            steps=base.steps,
+            halted=base.halted,
+            current_data=base.current_data,
+        )
 
     def encode(self, carry: ETRMTRMCarry, data, needs_reset):
         encoder_carry = self.encoder.reset_carry(needs_reset, carry.encoder_carry)
@@ -43,5 +48,6 @@ class TRMWithRecurrentEncoder(TRMWithEncoder):
         return encoder_carry.get_context(), {}, encoder_carry
 
     def next_carry(self, inner_carry, steps, halted, data, encoder_state):
-        return ETRMTRMCarry(encoder_carry=encoder_state, inner_carry=inner_carry, steps=steps, halted=halted,
-                            current_data=data)
+        return ETRMTRMCarry(
+            encoder_carry=encoder_state, inner_carry=inner_carry, steps=steps, halted=halted, current_data=data
+        )
