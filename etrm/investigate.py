@@ -87,6 +87,9 @@ def pytest_args(args: argparse.Namespace, verdict_json: str | None) -> list[str]
         args.markexpr,
         "-p",
         "no:cacheprovider",
+        # hydra-core's pytest plugin (0.3 s of imports per worker) is of no use to the checks.
+        "-p",
+        "no:hydra_pytest",
         "--strict-markers",
         # An empty config and a fixed rootdir: a checkout's pyproject (addopts, testpaths)
         # must not change what an installed `etrm investigate` does.
