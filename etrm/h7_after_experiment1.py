@@ -18,6 +18,8 @@ def add_options(p: argparse.ArgumentParser) -> None:
                                                      "puzzle embeddings (default: its all_config.yaml's data_paths)")
     p.add_argument("--h7-tasks", type=int, default=4, metavar="N", help="held-out tasks H7 scores (default: 4)")
     p.add_argument("--h7-steps", type=int, default=8, metavar="K", help="H7's free-context steps (default: 8)")
+    p.add_argument("--h7-act-steps", type=int, default=4, metavar="A",
+                   help="ACT steps after which H7 scores every context (default: 4)")
 
 
 def hint(args: argparse.Namespace, trm: Path, checkpoint: Path) -> str:
@@ -42,7 +44,7 @@ def h7_records(args: argparse.Namespace, trm: Path, head, label: str) -> list:
     prefixes, note = gen.trm_puzzle_prefixes(trm, trm_data, model.puzzle_emb_len, model.hidden_size)
     with model.mode(training=False):
         case = measure_case(model, head.config, Path(args.data), prefixes, note, tasks=args.h7_tasks,
-                            steps=args.h7_steps, device=args.device)
+                            steps=args.h7_steps, act_steps=args.h7_act_steps, device=args.device)
     m = case.measurement
     results = [headroom.check_context_headroom(m), gen.check_generalisation_gap(m),
                gen.check_embedding_alignment(m, case.train_names, case.heldout_names, prefixes),

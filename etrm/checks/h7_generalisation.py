@@ -62,6 +62,7 @@ def check_generalisation_gap(m: H7Measurement) -> CheckResult:
     confusion, counted = confusion_rate(m.heldout_contexts, m.heldout_context_tasks, m.train_contexts)
     numbers = {"train_loss": train_loss, "heldout_loss": heldout_loss, "gap_ratio": ratio, "confusion_rate": confusion,
                "confusion_puzzles": counted, "train_tasks": len(m.train_losses), "heldout_tasks": len(heldout),
+               "act_steps": m.act_steps,
                **{f"train/{t}/encoder_loss": v for t, v in zip(m.train_tasks, m.train_losses)},
                **{f"heldout/{s.task}/encoder_loss": s.encoder_loss for s in m.tasks}}
     spread = float(m.heldout_contexts.std(0).mean() / m.heldout_contexts.square().mean().sqrt().clamp_min(1e-12))
@@ -69,7 +70,7 @@ def check_generalisation_gap(m: H7Measurement) -> CheckResult:
         return CheckResult.inconclusive(H, name, f"the encoder's contexts do not vary across held-out puzzles (spread "
                                                  f"{spread:.2g} of their RMS), so it cannot map them onto known tasks: "
                                                  "context_varies_across_tasks is the check for that", numbers)
-    facts = (f"loss with the encoder's context {heldout_loss:.3g} on {len(heldout)} held-out tasks vs {train_loss:.3g} "
+    facts = (f"loss after {m.act_steps} ACT steps with the encoder's context {heldout_loss:.3g} on {len(heldout)} held-out tasks vs {train_loss:.3g} "
              f"on {len(m.train_losses)} training tasks ({ratio:.2f}x; a gap from {GAP_RATIO:g}x)")
     if not counted:
         return CheckResult.inconclusive(H, name, f"{facts}; no held-out task has two augmentations loaded, so the "

@@ -23,13 +23,15 @@ class H7Case:
 
 
 def measure_case(model: TRMInterface, config, data_dir, prefixes, note: str, *, tasks: int, steps: int,
-                 device: str = "cpu", progress: bool = True, require_trained: bool = True) -> H7Case:
+                 act_steps: int = headroom.DEFAULT_ACT_STEPS, device: str = "cpu", progress: bool = True,
+                 require_trained: bool = True) -> H7Case:
     """`tasks` held-out tasks (two puzzles each) and at least MIN_TRAIN_TASKS training tasks, measured."""
     heldout = probes.load_task_probes(data_dir, "test", num_tasks=tasks, max_demos=config.max_demos, per_task=2)
     train = probes.load_task_probes(data_dir, "train", num_tasks=max(tasks, MIN_TRAIN_TASKS),
                                     max_demos=config.max_demos,
                                     per_task=TRAIN_AUGMENTATIONS)
-    measurement = headroom.measure_h7(model, heldout, train, steps=steps, max_demos=config.max_demos,
+    measurement = headroom.measure_h7(model, heldout, train, steps=steps, act_steps=act_steps,
+                                      max_demos=config.max_demos,
                                       trm_prefixes=prefixes, trm_note=note, device=device, progress=progress,
                                       require_trained=require_trained)
     return H7Case(measurement, [p.name for p in train], [p.name for p in heldout], prefixes)

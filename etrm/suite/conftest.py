@@ -58,4 +58,5 @@ def h7_case(checkpoint_model, artifacts, pytestconfig) -> "etrm.suite.h7_case.H7
 
     return build_h7_case(checkpoint_model.model, checkpoint_model.config, artifacts,
                          tasks=pytestconfig.getoption("etrm_h7_tasks"), steps=pytestconfig.getoption("etrm_h7_steps"),
+                         act_steps=pytestconfig.getoption("etrm_h7_act_steps"),
                          source=artifacts.source("etrm_checkpoint"))

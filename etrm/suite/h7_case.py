@@ -1,6 +1,7 @@
 """The H7 measurements on the checkpoint under investigation: held-out and training tasks of
 its dataset, the TRM's puzzle embeddings where the TRM and its dataset are known, bounded by
-`--etrm-h7-tasks` / `--etrm-h7-steps` (`h7-tasks` / `h7-steps` under `etrm investigate`)."""
+`--etrm-h7-tasks` / `--etrm-h7-steps` / `--etrm-h7-act-steps` (`h7-tasks` / `h7-steps` /
+`h7-act-steps` under `etrm investigate`)."""
 from __future__ import annotations
 
 import functools
@@ -30,11 +31,11 @@ def trm_embeddings(artifacts, etrm_source: str, model: TRMInterface) -> tuple[di
     return gen.trm_puzzle_prefixes(trm, data, model.puzzle_emb_len, model.hidden_size)
 
 
-def build_h7_case(model: TRMInterface, config, artifacts, *, tasks: int, steps: int, source: str,
+def build_h7_case(model: TRMInterface, config, artifacts, *, tasks: int, steps: int, act_steps: int, source: str,
                   progress: bool = True) -> H7Case:
     prefixes, note = trm_embeddings(artifacts, source, model)
     return measure_case(model, config, artifacts.data_for(config, "etrm_checkpoint"), prefixes, note, tasks=tasks,
-                        steps=steps, device=artifacts.device, progress=progress)
+                        steps=steps, act_steps=act_steps, device=artifacts.device, progress=progress)
 
 
 # The bundled known-answer cases (fixtures/make_h7_cases.py): case -> (its TRM, encoder demo-blind).
