@@ -40,6 +40,9 @@ from etrm.interface import ContextNotReplaceable, TRMInterface, as_interface
 
 H, STEERING = "hypothesis7", "context_steering"
 DEFAULT_TASKS, DEFAULT_STEPS, SEED = 4, 8, 0
+# Held-out tasks by default from this hidden size on: at the official width (512) a task costs
+# about two minutes on a 2-core CPU (README), four would be eight, plus what every run pays once.
+LARGE_WIDTH, LARGE_WIDTH_TASKS = 256, 2
 # Scores after this many ACT steps (all three contexts and the training tasks alike): the
 # official episode is 16, whose later steps refine what the first ones decide, at 4x the cost.
 DEFAULT_ACT_STEPS = 4
@@ -118,6 +121,12 @@ class H7Measurement:
                     f"{mean:.3g}, {mean / self.chance_loss:.0%} of chance (ln vocab = {self.chance_loss:.3g}; trained "
                     f"below {TRAINED_FRACTION:.0%}): random or untrained weights say nothing about the encoder")
         return ""
+
+
+def default_tasks(model: TRMInterface) -> int:
+    """DEFAULT_TASKS, or LARGE_WIDTH_TASKS for a model of hidden size LARGE_WIDTH or more."""
+    hidden = as_interface(model).hidden_size
+    return LARGE_WIDTH_TASKS if hidden is not None and hidden >= LARGE_WIDTH else DEFAULT_TASKS
 
 
 def measure_h7(model: TRMInterface, heldout: Sequence[probes.TaskProbe], train: Sequence[probes.TaskProbe], *,

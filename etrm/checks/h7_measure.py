@@ -22,10 +22,12 @@ class H7Case:
     trm_prefixes: dict[str, torch.Tensor] | None
 
 
-def measure_case(model: TRMInterface, config, data_dir, prefixes, note: str, *, tasks: int, steps: int,
+def measure_case(model: TRMInterface, config, data_dir, prefixes, note: str, *, tasks: int | None, steps: int,
                  act_steps: int = headroom.DEFAULT_ACT_STEPS, device: str = "cpu", progress: bool = True,
                  require_trained: bool = True) -> H7Case:
-    """`tasks` held-out tasks (two puzzles each) and at least MIN_TRAIN_TASKS training tasks, measured."""
+    """`tasks` held-out tasks (two puzzles each; None: `headroom.default_tasks`, fewer at large
+    widths) and at least MIN_TRAIN_TASKS training tasks, measured."""
+    tasks = headroom.default_tasks(model) if tasks is None else tasks
     heldout = probes.load_task_probes(data_dir, "test", num_tasks=tasks, max_demos=config.max_demos, per_task=2)
     train = probes.load_task_probes(data_dir, "train", num_tasks=max(tasks, MIN_TRAIN_TASKS),
                                     max_demos=config.max_demos,

@@ -31,7 +31,8 @@ def trm_embeddings(artifacts, etrm_source: str, model: TRMInterface) -> tuple[di
     return gen.trm_puzzle_prefixes(trm, data, model.puzzle_emb_len, model.hidden_size)
 
 
-def build_h7_case(model: TRMInterface, config, artifacts, *, tasks: int, steps: int, act_steps: int, source: str,
+def build_h7_case(model: TRMInterface, config, artifacts, *, tasks: int | None, steps: int, act_steps: int,
+                  source: str,
                   progress: bool = True) -> H7Case:
     prefixes, note = trm_embeddings(artifacts, source, model)
     return measure_case(model, config, artifacts.data_for(config, "etrm_checkpoint"), prefixes, note, tasks=tasks,

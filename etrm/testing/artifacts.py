@@ -132,8 +132,9 @@ def run_options() -> dict[str, tuple[str, dict[str, Any]]]:
         "action": "store_true", "default": False,
         "help": "exit 0 even when no check read a given --model-code, --model-config or checkpoint"})
     # H7's context headroom (etrm.checks.h7_headroom): its cost grows with tasks x steps.
-    options["etrm_h7_tasks"] = ("h7-tasks", {"metavar": "N", "type": _positive_int, "default": 4,
-                                             "help": "held-out tasks H7's headroom measurement scores (default: 4)"})
+    options["etrm_h7_tasks"] = ("h7-tasks", {"metavar": "N", "type": _positive_int, "default": None,
+                                             "help": "held-out tasks H7's headroom measurement scores (default: 4, "
+                                                     "2 from hidden size 256 on)"})
     options["etrm_h7_steps"] = ("h7-steps", {"metavar": "K", "type": _positive_int, "default": 8,
                                              "help": "optimisation steps of H7's free context per task (default: 8)"})
     options["etrm_h7_act_steps"] = ("h7-act-steps", {
