@@ -96,7 +96,8 @@ def test_with_context_keeps_the_output_type():
 @pytest.mark.slow
 def test_interop_random_weights_make_no_claim():
     """EXPECTED.md: H3/H7 say nothing on perturbed initialisations; every H7 check says so.
-    Slow (35 s at canvas 30); test_headroom_runs_on_foreign_code covers the loader path by default."""
+    Slow (a canvas-30 model load and the gate); test_headroom_runs_on_foreign_code covers the loader path
+    by default."""
     from etrm.checkpoints import load_model
 
     head = load_model(CORPUS / "origin" / "etrm-standard" / "step_50")
