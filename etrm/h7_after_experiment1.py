@@ -24,8 +24,17 @@ def add_options(p: argparse.ArgumentParser) -> None:
         help="the TRM's dataset, whose identifiers.json maps tasks to its "
         "puzzle embeddings (default: its all_config.yaml's data_paths)",
     )
-    p.add_argument("--h7-tasks", type=int, default=4, metavar="N", help="held-out tasks H7 scores (default: 4)")
+    p.add_argument(
+        "--h7-tasks", type=int, metavar="N", help="held-out tasks H7 scores (default: 4, 2 from hidden size 256 on)"
+    )
     p.add_argument("--h7-steps", type=int, default=8, metavar="K", help="H7's free-context steps (default: 8)")
+    p.add_argument(
+        "--h7-act-steps",
+        type=int,
+        default=4,
+        metavar="A",
+        help="ACT steps after which H7 scores every context (default: 4)",
+    )
 
 
 def hint(args: argparse.Namespace, trm: Path, checkpoint: Path) -> str:
@@ -69,6 +78,7 @@ def h7_records(args: argparse.Namespace, trm: Path, head, label: str) -> list:
             note,
             tasks=args.h7_tasks,
             steps=args.h7_steps,
+            act_steps=args.h7_act_steps,
             device=args.device,
         )
     m = case.measurement

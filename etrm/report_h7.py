@@ -39,7 +39,8 @@ def h7_section(verdict: VerdictTable | None, out_dir: Path, plots_missing: str) 
     md = [
         "## Hypothesis 7: context headroom",
         "",
-        f"{headroom['tasks']} held-out tasks, {headroom['steps']} optimisation steps; "
+        f"{headroom['tasks']} held-out tasks, {headroom['steps']} optimisation steps, scored after "
+        f"{headroom.get('act_steps', 'all')} ACT steps; "
         f"(c): {headroom['trm_embedding']}.",
         "",
     ]

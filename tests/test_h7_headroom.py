@@ -107,7 +107,8 @@ def test_with_context_keeps_the_output_type():
 @pytest.mark.slow
 def test_interop_random_weights_make_no_claim():
     """EXPECTED.md: H3/H7 say nothing on perturbed initialisations; every H7 check says so.
-    Slow (35 s at canvas 30); test_headroom_runs_on_foreign_code covers the loader path by default."""
+    Slow (a canvas-30 model load and the gate); test_headroom_runs_on_foreign_code covers the loader path
+    by default."""
     from etrm.checkpoints import load_model
 
     head = load_model(CORPUS / "origin" / "etrm-standard" / "step_50")
@@ -192,9 +193,9 @@ def test_h7_options_reach_the_plugin_from_investigate():
 
     parser = argparse.ArgumentParser(prog="etrm")
     investigate.add_parser(parser.add_subparsers())
-    args = parser.parse_args(["investigate", "--h7-tasks", "2", "--h7-steps", "3"])
-    assert (args.etrm_h7_tasks, args.etrm_h7_steps) == (2, 3)
-    assert plugin_args(vars(args))[-4:] == ["--etrm-h7-tasks", "2", "--etrm-h7-steps", "3"]
+    args = parser.parse_args(["investigate", "--h7-tasks", "2", "--h7-steps", "3", "--h7-act-steps", "16"])
+    assert (args.etrm_h7_tasks, args.etrm_h7_steps, args.etrm_h7_act_steps) == (2, 3, 16)
+    assert plugin_args(vars(args))[-6:] == ["--etrm-h7-tasks", "2", "--etrm-h7-steps", "3", "--etrm-h7-act-steps", "16"]
     with pytest.raises(SystemExit):
         parser.parse_args(["investigate", "--h7-steps", "0"])
 
@@ -240,7 +241,7 @@ def test_then_h7_records_join_the_experiment1_report(tmp_path):
 
     head = load_model(fixtures_root() / BUNDLED["etrm_frozen_checkpoint"])
     args = _experiment_args(trm_data=fixtures_root() / "data" / "trm", h7_tasks=2, h7_steps=2)
-    records = h7_records(args, head, "frozen decoder")
+    records = h7_records(args, args.trm_checkpoint, head, "frozen decoder")
     assert [r.checks[0]["name"] for r in records] == [
         "context_headroom",
         "generalisation_gap",

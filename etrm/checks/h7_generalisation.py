@@ -69,6 +69,7 @@ def check_generalisation_gap(m: H7Measurement) -> CheckResult:
         "confusion_puzzles": counted,
         "train_tasks": len(m.train_losses),
         "heldout_tasks": len(heldout),
+        "act_steps": m.act_steps,
         **{f"train/{t}/encoder_loss": v for t, v in zip(m.train_tasks, m.train_losses)},
         **{f"heldout/{s.task}/encoder_loss": s.encoder_loss for s in m.tasks},
     }
@@ -83,7 +84,7 @@ def check_generalisation_gap(m: H7Measurement) -> CheckResult:
             numbers,
         )
     facts = (
-        f"loss with the encoder's context {heldout_loss:.3g} on {len(heldout)} held-out tasks vs {train_loss:.3g} "
+        f"loss after {m.act_steps} ACT steps with the encoder's context {heldout_loss:.3g} on {len(heldout)} held-out tasks vs {train_loss:.3g} "
         f"on {len(m.train_losses)} training tasks ({ratio:.2f}x; a gap from {GAP_RATIO:g}x)"
     )
     if not counted:

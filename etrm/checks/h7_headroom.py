@@ -2,10 +2,12 @@
 
 `measure_h7` scores, per held-out task, the test query with (a) the encoder's context,
 (b) a free context started there and optimised for K small steps on the task's
-demonstrations only (each demonstration a query, all of them as demos; the test query is
-never seen), and (c) the TRM's trained puzzle embedding for the task's identifier, where
+demonstrations only (its first DEMO_QUERIES demonstrations as queries, all of them as
+demos; the test query is never seen), and (c) the TRM's trained puzzle embedding for the task's identifier, where
 a TRM checkpoint and its dataset's identifiers.json give one. It also scores the encoder's
-context on as many training-split tasks. Three checks read it:
+context on as many training-split tasks. Every score is taken after the same number of ACT
+steps (`act_steps`, DEFAULT_ACT_STEPS; the full episode when it is halt_max_steps or more), so
+the three contexts are compared alike. Three checks read it:
 
 - `check_context_headroom` (H7): (b) or (c) clearly better than (a) on at least half the
   tasks is evidence that the decoder can be steered and the encoder is what fails;
@@ -16,6 +18,12 @@ context on as many training-split tasks. Three checks read it:
 
 No claim on a decoder at chance on its own training tasks (random or untrained weights,
 as in fixtures/interop): every check is inconclusive there, saying so.
+
+Cost (README, "Hypothesis 7 answered"): at the official width one ACT step of one sample is
+seconds on a CPU, so the defaults bound what a task costs: K steps of DEMO_QUERIES queries
+(forward and backward) and 3 x act_steps query steps, not K steps of every demonstration and
+3 full 16-step episodes. The gate in front, which every `etrm investigate` pays on random
+weights, is one ACT step of GATE_TASKS training queries.
 """
 
 from __future__ import annotations
@@ -33,6 +41,18 @@ from etrm.interface import ContextNotReplaceable, TRMInterface, as_interface
 
 H, STEERING = "hypothesis7", "context_steering"
 DEFAULT_TASKS, DEFAULT_STEPS, SEED = 4, 8, 0
+# Held-out tasks by default from this hidden size on: at the official width (512) a task costs
+# about two minutes on a 2-core CPU (README), four would be eight, plus what every run pays once.
+LARGE_WIDTH, LARGE_WIDTH_TASKS = 256, 2
+# Scores after this many ACT steps (all three contexts and the training tasks alike): the
+# official episode is 16, whose later steps refine what the first ones decide, at 4x the cost.
+DEFAULT_ACT_STEPS = 4
+# Demonstrations used as queries per optimisation step (all of them are still the demos):
+# ARC tasks have 2-5, and each query costs a forward and backward ACT step.
+DEMO_QUERIES = 2
+# Training queries the trained-decoder gate scores: random weights sit at chance on every one,
+# so two decide "untrained"; two rather than one so a single hard task cannot void a trained model.
+GATE_TASKS = 2
 # A decoder whose mean training-split loss is above this fraction of ln(vocab) is untrained.
 TRAINED_FRACTION = 0.6
 # "Clearly better" than (a) on a task: exact where (a) is not, or this much lower loss.
@@ -73,9 +93,11 @@ class H7Measurement:
     model: str
     steps: int
     chance_loss: float
+    act_steps: int = DEFAULT_ACT_STEPS  # ACT steps every score is taken after
+    demo_queries: int = DEMO_QUERIES
     tasks: list[TaskScores] = field(default_factory=list)
     train_losses: list[float] = field(default_factory=list)  # encoder context, training-split tasks (the
-    # first ACT step's only when the measurement stopped at the trained-decoder gate)
+    # first ACT step's of GATE_TASKS only when the measurement stopped at the trained-decoder gate)
     train_tasks: list[str] = field(default_factory=list)
     heldout_contexts: torch.Tensor | None = None  # (n, P*H) every loaded held-out puzzle
     heldout_context_tasks: list[str] = field(default_factory=list)
@@ -106,12 +128,20 @@ class H7Measurement:
         return ""
 
 
+def default_tasks(model: TRMInterface) -> int:
+    """DEFAULT_TASKS, or LARGE_WIDTH_TASKS for a model of hidden size LARGE_WIDTH or more."""
+    hidden = as_interface(model).hidden_size
+    return LARGE_WIDTH_TASKS if hidden is not None and hidden >= LARGE_WIDTH else DEFAULT_TASKS
+
+
 def measure_h7(
     model: TRMInterface,
     heldout: Sequence[probes.TaskProbe],
     train: Sequence[probes.TaskProbe],
     *,
     steps: int = DEFAULT_STEPS,
+    act_steps: int = DEFAULT_ACT_STEPS,
+    demo_queries: int = DEMO_QUERIES,
     max_demos: int,
     trm_prefixes: Mapping[str, torch.Tensor] | None = None,
     trm_note: str = "",
@@ -126,20 +156,27 @@ def measure_h7(
     (see `no_claim`) stops the measurement before its costly part unless not `require_trained`."""
     model = as_interface(model)
     started = time.perf_counter()
+    act_steps = min(act_steps, model.halt_max_steps)
+    bounds = dict(act_steps=act_steps, demo_queries=demo_queries)
     if why := model.missing("encoder"):
-        return H7Measurement(model.name, steps, math.nan, unsupported=why)
+        return H7Measurement(model.name, steps, math.nan, **bounds, unsupported=why)
     firsts = _first_per_task(heldout)
     train_firsts = _first_per_task(train)[: len(firsts)]  # the same number of samples
-    train_batch = probes.query_batch(train_firsts, max_demos, device=device)
-    # The gate reads the first ACT step only (deep supervision trains every step): an untrained
-    # decoder costs 1/halt_max_steps of an episode, not the measurement.
+    # The gate reads the first ACT step (deep supervision trains every step) of GATE_TASKS
+    # queries: an untrained decoder costs a fraction of one query episode, not the measurement.
     vocab: list[int] = []
-    first_step, _ = probes.episode_scores(model, train_batch, act_steps=1, vocab=vocab)
+    first_step, _ = probes.episode_scores(
+        model, probes.query_batch(train_firsts[:GATE_TASKS], max_demos, device=device), act_steps=1, vocab=vocab
+    )
     chance = probes.chance_loss(vocab[0])
-    gate = H7Measurement(model.name, steps, chance, train_losses=first_step, seconds=time.perf_counter() - started)
+    gate = H7Measurement(
+        model.name, steps, chance, **bounds, train_losses=first_step, seconds=time.perf_counter() - started
+    )
     if require_trained and not gate.trained:
         return gate
-    train_losses, _ = probes.episode_scores(model, train_batch)
+    train_losses, _ = probes.episode_scores(
+        model, probes.query_batch(train_firsts, max_demos, device=device), act_steps=act_steps
+    )
     heldout_ctx = model.first_context(probes.query_batch(heldout, max_demos, device=device))
     train_ctx = model.first_context(probes.query_batch(train, max_demos, device=device))
     index = {id(p): i for i, p in enumerate(heldout)}
@@ -149,15 +186,17 @@ def measure_h7(
     for probe in tqdm(firsts, desc="H7 context headroom", unit="task", disable=not progress, leave=False):
         start = heldout_ctx[index[id(probe)]]
         try:
-            free, first, last = probes.optimise_context(model, probe, start, steps, max_demos, device, seed)
+            free, first, last = probes.optimise_context(
+                model, probe, start, steps, max_demos, device, seed, queries=demo_queries
+            )
         except ContextNotReplaceable as err:
-            return H7Measurement(model.name, steps, chance, unsupported=f"{model.name}: {err}")
+            return H7Measurement(model.name, steps, chance, **bounds, unsupported=f"{model.name}: {err}")
         contexts = [start, free.to(start.dtype)]
         trm = trm_prefixes.get(probe.name) if trm_prefixes else None
         if trm is not None:
             contexts.append(trm.to(device=start.device, dtype=start.dtype))
         batch = probes.query_batch([probe], max_demos, copies=len(contexts), device=device)
-        losses, exact = probes.episode_scores(model, batch, torch.stack(contexts))
+        losses, exact = probes.episode_scores(model, batch, torch.stack(contexts), act_steps=act_steps)
         scores.append(
             TaskScores(
                 probe.task,
@@ -177,6 +216,8 @@ def measure_h7(
         model.name,
         steps,
         chance,
+        act_steps,
+        demo_queries,
         scores,
         train_losses,
         [p.task for p in train_firsts],
@@ -217,6 +258,8 @@ def task_numbers(m: H7Measurement) -> dict[str, float | bool | str]:
     out.update(
         tasks=len(m.tasks),
         steps=m.steps,
+        act_steps=m.act_steps,
+        demo_queries=m.demo_queries,
         chance_loss=m.chance_loss,
         seconds=m.seconds,
         mean_encoder_loss=sum(s.encoder_loss for s in m.tasks) / n,
@@ -242,8 +285,9 @@ def _summary(m: H7Measurement) -> str:
         else f"; (c) TRM embedding not scored: {m.trm_note}"
     )
     return (
-        f"test-query loss over {n} held-out tasks: encoder context {nums['mean_encoder_loss']:.3g} "
-        f"({nums['encoder_exact']}/{n} exact), optimised ({m.steps} steps on the demonstrations) "
+        f"test-query loss after {m.act_steps} ACT steps over {n} held-out tasks: encoder context "
+        f"{nums['mean_encoder_loss']:.3g} ({nums['encoder_exact']}/{n} exact), optimised ({m.steps} steps on "
+        f"{m.demo_queries} demonstrations as queries) "
         f"{nums['mean_optimised_loss']:.3g} ({nums['optimised_exact']}/{n} exact){trm}"
     )
 

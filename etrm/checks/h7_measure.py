@@ -30,13 +30,16 @@ def measure_case(
     prefixes,
     note: str,
     *,
-    tasks: int,
+    tasks: int | None,
     steps: int,
+    act_steps: int = headroom.DEFAULT_ACT_STEPS,
     device: str = "cpu",
     progress: bool = True,
     require_trained: bool = True,
 ) -> H7Case:
-    """`tasks` held-out tasks (two puzzles each) and at least MIN_TRAIN_TASKS training tasks, measured."""
+    """`tasks` held-out tasks (two puzzles each; None: `headroom.default_tasks`, fewer at large
+    widths) and at least MIN_TRAIN_TASKS training tasks, measured."""
+    tasks = headroom.default_tasks(model) if tasks is None else tasks
     heldout = probes.load_task_probes(data_dir, "test", num_tasks=tasks, max_demos=config.max_demos, per_task=2)
     train = probes.load_task_probes(
         data_dir,
@@ -50,6 +53,7 @@ def measure_case(
         heldout,
         train,
         steps=steps,
+        act_steps=act_steps,
         max_demos=config.max_demos,
         trm_prefixes=prefixes,
         trm_note=note,

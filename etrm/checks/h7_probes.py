@@ -3,8 +3,9 @@ chosen context through `TRMInterface.context_replaced`, and a free context optim
 demonstrations (the test-time latent search of Latent Program Networks, used as a probe).
 
 Scores are those of an evaluation episode (`halt_max_steps` ACT steps, as the official
-evaluator runs it): the final step's stablemax cross-entropy, mean over the query's
-labelled tokens (the official loss head's `lm_loss` for one sample), and exact match.
+evaluator runs it, or its first `act_steps`): the last step's stablemax cross-entropy, mean
+over the query's labelled tokens (the official loss head's `lm_loss` for one sample), and
+exact match.
 """
 
 from __future__ import annotations
@@ -134,9 +135,13 @@ def query_batch(
     return {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
 
 
-def demo_batch(probe: TaskProbe, max_demos: int, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Every demonstration as a query (the test query left out), all demonstrations as demos."""
-    return probe_batch(probe, probe.demo_inputs, probe.demo_targets, max_demos, device)
+def demo_batch(
+    probe: TaskProbe, max_demos: int, device: str | torch.device = "cpu", queries: int | None = None
+) -> dict[str, torch.Tensor]:
+    """The first `queries` demonstrations (all for None) as queries, the test query left out;
+    all demonstrations as demos."""
+    rows = slice(None, queries)
+    return probe_batch(probe, probe.demo_inputs[rows], probe.demo_targets[rows], max_demos, device)
 
 
 def episode_scores(
@@ -184,11 +189,13 @@ def optimise_context(
     max_demos: int,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    queries: int | None = None,
 ) -> tuple[torch.Tensor, float, float]:
     """A free context (P, H), started at `start`, after `steps` Adam steps on the model's own
-    loss of the demonstrations as queries, in evaluation mode, one ACT step per Adam step with
-    the carry kept (as training runs). Returns (context, first demo loss, last demo loss)."""
-    batch = demo_batch(probe, max_demos, device)
+    loss of the first `queries` demonstrations as queries (all for None), in evaluation mode,
+    one ACT step per Adam step with the carry kept (as training runs). Returns (context, first
+    demo loss, last demo loss)."""
+    batch = demo_batch(probe, max_demos, device, queries)
     free = torch.nn.Parameter(start.detach().float().clone())
     lr = STEP_FRACTION * float(start.float().square().mean().sqrt().clamp_min(1e-6))
     optimizer = torch.optim.Adam([free], lr=lr)

@@ -1,6 +1,7 @@
 """The H7 measurements on the checkpoint under investigation: held-out and training tasks of
 its dataset, the TRM's puzzle embeddings where the TRM and its dataset are known, bounded by
-`--etrm-h7-tasks` / `--etrm-h7-steps` (`h7-tasks` / `h7-steps` under `etrm investigate`)."""
+`--etrm-h7-tasks` / `--etrm-h7-steps` / `--etrm-h7-act-steps` (`h7-tasks` / `h7-steps` /
+`h7-act-steps` under `etrm investigate`)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,15 @@ def trm_embeddings(artifacts, etrm_source: str, model: TRMInterface) -> tuple[di
 
 
 def build_h7_case(
-    model: TRMInterface, config, artifacts, *, tasks: int, steps: int, source: str, progress: bool = True
+    model: TRMInterface,
+    config,
+    artifacts,
+    *,
+    tasks: int | None,
+    steps: int,
+    act_steps: int,
+    source: str,
+    progress: bool = True,
 ) -> H7Case:
     prefixes, note = trm_embeddings(artifacts, source, model)
     return measure_case(
@@ -46,6 +55,7 @@ def build_h7_case(
         note,
         tasks=tasks,
         steps=steps,
+        act_steps=act_steps,
         device=artifacts.device,
         progress=progress,
     )

@@ -183,8 +183,8 @@ def run_options() -> dict[str, tuple[str, dict[str, Any]]]:
         {
             "metavar": "N",
             "type": _positive_int,
-            "default": 4,
-            "help": "held-out tasks H7's headroom measurement scores (default: 4)",
+            "default": None,
+            "help": "held-out tasks H7's headroom measurement scores (default: 4, 2 from hidden size 256 on)",
         },
     )
     options["etrm_h7_steps"] = (
@@ -194,6 +194,16 @@ def run_options() -> dict[str, tuple[str, dict[str, Any]]]:
             "type": _positive_int,
             "default": 8,
             "help": "optimisation steps of H7's free context per task (default: 8)",
+        },
+    )
+    options["etrm_h7_act_steps"] = (
+        "h7-act-steps",
+        {
+            "metavar": "A",
+            "type": _positive_int,
+            "default": 4,
+            "help": "ACT steps after which H7 scores every context, the same for all (default: 4; halt_max_steps or "
+            "more: the full evaluation episode)",
         },
     )
     return options
