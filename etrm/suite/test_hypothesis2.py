@@ -15,12 +15,18 @@ from etrm.testing.artifacts import TINY
 pytestmark = pytest.mark.hypothesis2
 
 
-# ACT steps run on a checkpoint, and by the controls that show those checks still fail on a
-# broken model. Step 1 resets every sample, step 2 carries: a context carried or cached after a
-# sample's first step starves the encoder from step 2 on, and a decoder that ignores the
-# context ignores it on every step. Each further step is a full recursion at the user's width
-# and dtype (about 1.5 s at the official size on 2 cores) that adds no power.
+# ACT steps the gradient check runs on a checkpoint, and its controls: step 1 resets every
+# sample, step 2 carries, so a context carried or cached after a sample's first step starves the
+# encoder from step 2 on. Each further step is a full recursion at the user's width and dtype
+# (about 1.5 s at the official size on 2 cores) that adds no power.
 STEPS = 2
+# The loss check and its control read one step: a decoder that ignores the context ignores it
+# on every step, so the second step (a second pair of recursions) would add no power.
+LOSS_STEPS = 1
+# One sample on a checkpoint: every check above is per sample (a gradient reaches the encoder
+# through each sample's own context), so a second one doubles the cost at the official width
+# and adds no power; the controls' tiny batch keeps three.
+CHECKPOINT_BATCH = 1
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +36,9 @@ def tiny_batch(artifacts):
 
 @pytest.fixture(scope="module")
 def checkpoint_model_and_batch(checkpoint_model, artifacts):
-    return checkpoint_model.model, artifacts.batch_for(checkpoint_model.config, "etrm_checkpoint", batch_size=2)
+    return checkpoint_model.model, artifacts.batch_for(
+        checkpoint_model.config, "etrm_checkpoint", batch_size=CHECKPOINT_BATCH
+    )
 
 
 @pytest.mark.etrm_self_test
@@ -56,7 +64,7 @@ def test_checkpoint_encoder_gets_gradient_every_act_step(checkpoint_model_and_ba
 
 def test_checkpoint_loss_responds_to_encoder(checkpoint_model_and_batch, record_check):
     head, batch = checkpoint_model_and_batch
-    record_check(h2.check_loss_responds_to_encoder(head, batch, steps=STEPS))
+    record_check(h2.check_loss_responds_to_encoder(head, batch, steps=LOSS_STEPS))
 
 
 def test_training_log_has_healthy_preclip_encoder_norms(artifacts, record_check):
@@ -92,7 +100,7 @@ def test_control_frozen_encoder_is_caught(expect_check_fails):
 
 def test_control_decoder_ignoring_the_context_is_caught(tiny_batch, expect_check_fails):
     head = broken.rebuild_as(tiny_model("etrm-standard"), broken.PrefixIgnoringETRM)
-    expect_check_fails(h2.check_loss_responds_to_encoder(head, tiny_batch, steps=STEPS))
+    expect_check_fails(h2.check_loss_responds_to_encoder(head, tiny_batch, steps=LOSS_STEPS))
 
 
 def test_control_log_with_only_postclip_norms_is_inconclusive(expect_check_fails):
