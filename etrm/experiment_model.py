@@ -87,7 +87,7 @@ def load_decoder_by_name(head: nn.Module, trm_checkpoint) -> dict[str, Any]:
     out) into the head's tensors of the same names; every one of the head's decoder tensors
     must be there at its shape. Returns what `decoder_load_record` reports."""
     from etrm.checkpoints import normalize_key, read_state_dict
-    from etrm.model_code import ModelCodeError
+    from etrm.model_code import ModelCodeError, fit_problems
 
     path = Path(trm_checkpoint)
     saved = {
@@ -101,16 +101,8 @@ def load_decoder_by_name(head: nn.Module, trm_checkpoint) -> dict[str, Any]:
         for k, t in head.state_dict(keep_vars=True).items()
         if k.startswith("model.inner.") and ".puzzle_emb." not in k
     }
-    missing = sorted(set(targets) - set(saved))
-    unexpected = sorted(set(saved) - set(targets))
-    wrong = sorted(k for k in set(saved) & set(targets) if saved[k].shape != targets[k].shape)
-    if missing or unexpected or wrong:
-        parts = [
-            f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
-            for what, keys in (("missing from it", missing), ("not in the model", unexpected), ("shape differs", wrong))
-            if keys
-        ]
-        raise ModelCodeError(f"{path}: its decoder does not fit the model's model.inner: " + "; ".join(parts))
+    if problems := fit_problems(targets, saved):
+        raise ModelCodeError(f"{path}: its decoder does not fit the model's model.inner: {problems}")
     with torch.no_grad():
         for name, tensor in targets.items():
             tensor.copy_(saved[name])

@@ -203,19 +203,23 @@ def load_model_code(
             )
         state[name] = tensor.clone()  # off the memory map: checks perturb weights in place
     head = code.model.head
-    expected = head.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        parts = [
-            f"{what} {len(keys)}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
-            for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong))
-            if keys
-        ]
-        raise ModelCodeError(f"{checkpoint} does not fit {code.model.name}: " + "; ".join(parts))
+    if problems := fit_problems(head.state_dict(), state):
+        raise ModelCodeError(f"{checkpoint} does not fit {code.model.name}: {problems}")
     head.load_state_dict(state, strict=True, assign=True)
     head.to(device)
     return dataclasses.replace(code, checkpoint=checkpoint)
+
+
+def fit_problems(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str:
+    """What keeps `given` from loading strictly into `expected` (missing keys, unexpected ones,
+    shape mismatches, each counted and the first four named), or "" when it loads."""
+    missing, unexpected = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(given) if expected[k].shape != given[k].shape)
+    return "; ".join(
+        f"{what} {len(keys)}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+        for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong))
+        if keys
+    )
 
 
 def _read_config(path: Path) -> dict[str, Any]:
