@@ -179,7 +179,12 @@ def test_verdict_rows_follow_the_rules(checks):
 def test_verdict_is_the_same_under_xdist(checks):
     """The only subprocess run: results must reach the controller through the reports."""
     checks.runpytest_inprocess("-p", "no:cacheprovider", "--etrm-verdict-json", "serial.json")
-    result = checks.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--etrm-verdict-json", "xdist.json")
+    # Hypothesis's and hydra's plugins (1.3 s of imports in each of the three processes) are of
+    # no use to these checks.
+    result = checks.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:hydra_pytest",
+        "-n", "2", "--etrm-verdict-json", "xdist.json",
+    )  # fmt: skip
     result.assert_outcomes(passed=9, failed=3, skipped=3, errors=1)
     assert "2 workers" in result.stdout.str()
     serial, xdist = (json.loads((checks.path / name).read_text()) for name in ("serial.json", "xdist.json"))
