@@ -292,14 +292,21 @@ def _summary(m: H7Measurement) -> str:
     )
 
 
+def _unscorable(m: H7Measurement, hypothesis: str, name: str) -> CheckResult | None:
+    """Inconclusive when the measurement makes no claim (untrained weights) or scored no task."""
+    if m.no_claim:
+        return CheckResult.inconclusive(hypothesis, name, m.no_claim, task_numbers(m) if m.tasks else {})
+    if not m.tasks:
+        return CheckResult.inconclusive(hypothesis, name, "no held-out task to score")
+    return None
+
+
 def check_context_headroom(m: H7Measurement) -> CheckResult:
     """H7 evidence when the optimised context or the TRM's embedding is clearly better than
     the encoder's on at least half of the held-out tasks; inconclusive when nothing steers."""
     name = "context_headroom"
-    if m.no_claim:
-        return CheckResult.inconclusive(H, name, m.no_claim, task_numbers(m) if m.tasks else {})
-    if not m.tasks:
-        return CheckResult.inconclusive(H, name, "no held-out task to score")
+    if unscorable := _unscorable(m, H, name):
+        return unscorable
     nums, steered = task_numbers(m), sum(s.steered for s in m.tasks)
     if steered >= max(1, math.ceil(MIN_STEERED_SHARE * len(m.tasks))):
         return CheckResult.fail(
@@ -339,10 +346,8 @@ def check_decoder_steerable(m: H7Measurement) -> CheckResult:
     held-out tasks. Fails ("cannot be steered") when neither the optimised context nor the
     TRM's embedding beats the encoder's and none solves the tasks."""
     name = "decoder_steerable"
-    if m.no_claim:
-        return CheckResult.inconclusive(STEERING, name, m.no_claim, task_numbers(m) if m.tasks else {})
-    if not m.tasks:
-        return CheckResult.inconclusive(STEERING, name, "no held-out task to score")
+    if unscorable := _unscorable(m, STEERING, name):
+        return unscorable
     nums, steered = task_numbers(m), sum(s.steered for s in m.tasks)
     if steered or _encoder_solves(m):
         how = (
