@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
+
+from etrm.bfloat16 import bfloat16_products_emulated
 
 ENCODER_MODULE = "encoder"
 PROTOCOL = "(carry, loss, metrics, outputs, all_finish) as the official ACTLossHead returns"
@@ -247,7 +249,10 @@ class TRMInterface:
 
     def step(self, carry: Any, batch: dict[str, torch.Tensor], return_keys: Sequence[str] = ()) -> ACTStep:
         """One ACT step, called as the official trainer calls it (keywords only)."""
-        result = self.head(carry=carry, batch=batch, return_keys=list(return_keys))
+        # Foreign code's bfloat16 products at float32 speed on CPUs without bf16 units
+        # (etrm.bfloat16); etrm's own layers do this themselves.
+        with nullcontext() if self.is_etrm else bfloat16_products_emulated():
+            result = self.head(carry=carry, batch=batch, return_keys=list(return_keys))
         if not isinstance(result, tuple) or len(result) != 5:
             got = f"a {len(result)}-tuple" if isinstance(result, tuple) else type(result).__name__
             raise ProtocolError(f"{self.name}: one step returned {got}, expected {PROTOCOL}")

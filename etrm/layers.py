@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from etrm.bfloat16 import emulated_linear, emulating_bfloat16
+
 
 def trunc_normal_init_(tensor: torch.Tensor, std: float = 1.0, lower: float = -2.0, upper: float = 2.0) -> torch.Tensor:
     """JAX-style truncated normal: samples in [lower, upper] standard deviations whose
@@ -79,7 +81,6 @@ class CastedLinear(nn.Module):
     """Linear layer with LeCun truncated-normal init, float32 storage, compute in the input's dtype."""
 
     onednn = True  # where available; see use_onednn_linear
-    emulate_bf16: bool | None = None  # None: decided once from the CPU; see use_emulated_bfloat16
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False):
         super().__init__()
@@ -91,11 +92,8 @@ class CastedLinear(nn.Module):
         bias = None if self.bias is None else _cast(self.bias, x.dtype)
         if self._use_onednn(x):
             return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-        if x.dtype == torch.bfloat16 and x.device.type == "cpu" and _emulating_bf16():
-            # bfloat16 operands, float32 accumulation, one rounding of the result: what a
-            # bfloat16 GEMM computes (CUDA's, oneDNN's), at float32 speed on a CPU without
-            # bfloat16 units, where ATen's own bfloat16 GEMM is 8-20x slower than float32.
-            return F.linear(x.float(), weight.float(), None if bias is None else bias.float()).to(x.dtype)
+        if x.dtype == torch.bfloat16 and x.device.type == "cpu" and emulating_bfloat16():
+            return emulated_linear(x, weight, bias)  # etrm.bfloat16: float32 speed on CPUs without bf16 units
         return F.linear(x, weight, bias)
 
     def _use_onednn(self, x: torch.Tensor) -> bool:
@@ -121,28 +119,6 @@ def use_onednn_linear(enabled: bool = True) -> bool:
     turning it off moves outputs by float32 rounding (~1e-5 relative after a few ACT
     steps; the golden records are taken with it on). Returns the previous setting."""
     previous, CastedLinear.onednn = CastedLinear.onednn, bool(enabled)
-    return previous
-
-
-def native_bfloat16_products() -> bool:
-    """Whether this CPU multiplies bfloat16 natively through oneDNN (AVX-512 with BF16/AMX
-    units, where bfloat16 products are faster than float32); AVX2-only CPUs are not."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def _emulating_bf16() -> bool:
-    if CastedLinear.emulate_bf16 is None:
-        CastedLinear.emulate_bf16 = not native_bfloat16_products()
-    return CastedLinear.emulate_bf16
-
-
-def use_emulated_bfloat16(enabled: bool | None = True) -> bool | None:
-    """Whether bfloat16 CPU products of every CastedLinear run as float32 products of the
-    bfloat16-rounded operands, rounded back to bfloat16 (the same arithmetic as a bfloat16
-    GEMM: results within one bfloat16 rounding of the native kernel's, tests/test_bf16_emulation.py).
-    None (the default) decides from the CPU: emulated where `native_bfloat16_products()` is
-    false. Returns the previous setting."""
-    previous, CastedLinear.emulate_bf16 = CastedLinear.emulate_bf16, enabled
     return previous
 
 

@@ -293,5 +293,5 @@ def test_recursion_vs_the_official_code(benchmark, size, dtype):
             ours_ms=median,
             official_ms=other.median_ms(),
             ours_over_official=median / other.median_ms(),
-            native_bfloat16=__import__("etrm.layers").layers.native_bfloat16_products(),
+            native_bfloat16=__import__("etrm.bfloat16").bfloat16.native_bfloat16_products(),
         )

@@ -1,25 +1,23 @@
 """bfloat16 products on a CPU without bfloat16 units: float32 products of the bfloat16-rounded
-operands, rounded back once (etrm.layers.use_emulated_bfloat16). They must give the native
+operands, rounded back once (etrm.bfloat16). They must give the native
 kernel's results within bfloat16 rounding, in one product and after the recursion, and the same
-gradients where bfloat16 is kept for its faults (a logit of exactly 1.0 in stablemax)."""
+gradients where bfloat16 is kept for its faults (a logit of exactly 1.0 in stablemax). Every
+x86 CPU has a native path to compare with: oneDNN's on AVX-512 BF16, ATen's slow one on AVX2."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from etrm.bfloat16 import bfloat16_products_emulated, native_bfloat16_products, use_emulated_bfloat16
 from etrm.config import tiny_config
 from etrm.data.datasets import fewshot_batch
-from etrm.layers import CastedLinear, native_bfloat16_products, use_emulated_bfloat16
+from etrm.layers import CastedLinear
 from etrm.models import build_model
 from etrm.models.loss import IGNORE_LABEL_ID, stablemax_cross_entropy
 from etrm.testing.artifacts import BUNDLED, fixtures_root
 
 BFLOAT16_STEP = 2.0**-7  # the largest relative spacing of bfloat16 numbers (8 significant bits)
-
-pytestmark = pytest.mark.skipif(
-    not native_bfloat16_products(), reason="this CPU has no native bfloat16 products to compare the emulation with"
-)
 
 
 @pytest.fixture
@@ -92,10 +90,51 @@ def test_stablemax_gradient_at_a_logit_of_one_is_the_same(emulation):
         torch.testing.assert_close(emulated, native, rtol=BFLOAT16_STEP, atol=1e-6)
 
 
-def test_the_cpus_choice_is_native_here_and_can_be_overridden(emulation):
+def test_the_cpus_choice_follows_its_bfloat16_units_and_can_be_overridden(emulation):
     layer = CastedLinear(8, 8)
     x = torch.randn(2, 8).bfloat16()
     emulation(None)
-    assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight.bfloat16()))  # this CPU: native
+    native = torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight.bfloat16()))
+    emulated = torch.equal(layer(x), torch.nn.functional.linear(x.float(), layer.weight.bfloat16().float()).bfloat16())
+    assert native if native_bfloat16_products() else emulated
     emulation(True)
     assert torch.equal(layer(x), torch.nn.functional.linear(x.float(), layer.weight.bfloat16().float()).bfloat16())
+
+
+class _ForeignBlock(torch.nn.Module):
+    """Model code that is not etrm's: a plain bfloat16 nn.Linear and a batched matmul."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(64, 64, bias=True).bfloat16()
+
+    def forward(self, x):
+        h = self.proj(x)
+        return torch.softmax(h @ h.transpose(-1, -2), dim=-1) @ h
+
+
+def test_foreign_code_runs_its_products_emulated_under_the_mode_and_natively_without(emulation):
+    """etrm.interface runs the researcher's model under bfloat16_products_emulated(): its
+    products become float32 products of the same operands, rounded once, gradients included."""
+    torch.manual_seed(0)
+    block = _ForeignBlock()
+    x = torch.randn(3, 20, 64).bfloat16()
+    results = {}
+    for emulated in (False, True):
+        emulation(emulated)
+        block.zero_grad()
+        with bfloat16_products_emulated():
+            out = block(x)
+        out.float().square().sum().backward()
+        results[emulated] = (out, block.proj.weight.grad.clone())
+    emulation(True)
+    with bfloat16_products_emulated():
+        assert torch.equal(
+            block.proj(x),
+            torch.nn.functional.linear(x.float(), block.proj.weight.float(), block.proj.bias.float()).bfloat16(),
+        )
+        y = x.float()
+        assert torch.equal(y @ y.transpose(-1, -2), torch.bmm(y, y.transpose(-1, -2)))  # float32 untouched
+    for native, emulated in zip(results[False], results[True]):
+        assert emulated.dtype == torch.bfloat16
+        torch.testing.assert_close(emulated.float(), native.float(), rtol=4 * BFLOAT16_STEP, atol=1e-2)

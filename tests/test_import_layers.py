@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "etrm",
             "etrm.errors",
             "etrm.bundled",
+            "etrm.bfloat16",
             "etrm.layers",
             "etrm.config",
             "etrm.config_import",

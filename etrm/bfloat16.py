@@ -1,0 +1,93 @@
+"""bfloat16 products on a CPU without bfloat16 units.
+
+There, ATen's bfloat16 GEMM is 8-20x slower than float32 (AVX2 CPUs). A bfloat16 GEMM on
+CUDA or oneDNN multiplies bfloat16 operands with float32 accumulation and rounds the result
+once; the same arithmetic at float32 speed is a float32 product of the (exactly upcast)
+operands, rounded back to bfloat16. Results are within one bfloat16 rounding of the native
+kernel's, for summation order (tests/test_bf16_emulation.py).
+
+etrm's own `CastedLinear` takes that path itself (`emulated_linear`); any other model code,
+the researcher's, runs under `bfloat16_products_emulated()`, a torch function mode that does
+the same for every linear and matrix product, so their code is run unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+_emulate: bool | None = None  # None: decided once from the CPU
+
+
+def native_bfloat16_products() -> bool:
+    """Whether this CPU multiplies bfloat16 natively through oneDNN (AVX-512 with BF16/AMX
+    units, where bfloat16 products are faster than float32); AVX2-only CPUs are not."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def emulating_bfloat16() -> bool:
+    """Whether bfloat16 CPU products are emulated now (see use_emulated_bfloat16)."""
+    global _emulate
+    if _emulate is None:
+        _emulate = not native_bfloat16_products()
+    return _emulate
+
+
+def use_emulated_bfloat16(enabled: bool | None = True) -> bool | None:
+    """Whether bfloat16 CPU products run as float32 products of the bfloat16 operands,
+    rounded back to bfloat16. None (the default) decides from the CPU: emulated where
+    `native_bfloat16_products()` is false. Returns the previous setting."""
+    global _emulate
+    previous, _emulate = _emulate, enabled
+    return previous
+
+
+def emulated_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """F.linear of bfloat16 tensors as a bfloat16 GEMM computes it: float32 accumulation, one rounding."""
+    return F.linear(x.float(), weight.float(), None if bias is None else bias.float()).to(x.dtype)
+
+
+def _is_cpu_bfloat16(value) -> bool:
+    return isinstance(value, torch.Tensor) and value.dtype == torch.bfloat16 and value.device.type == "cpu"
+
+
+class _EmulatedProducts(TorchFunctionMode):
+    """Linear layers and matrix products whose tensor operands are all CPU bfloat16 run in
+    float32 and are rounded back once; everything else runs as called (attention too: ATen's
+    bfloat16 attention is as fast as its float32 one, and accumulates in float32)."""
+
+    PRODUCTS = {
+        F.linear,
+        torch.matmul,
+        torch.mm,
+        torch.bmm,
+        torch.Tensor.matmul,
+        torch.Tensor.__matmul__,
+        torch.Tensor.mm,
+        torch.Tensor.bmm,
+    }
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.PRODUCTS and "out" not in kwargs:
+            tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+            if tensors and all(_is_cpu_bfloat16(t) for t in tensors):
+                upcast = [a.float() if isinstance(a, torch.Tensor) else a for a in args]
+                kw = {k: v.float() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+                return func(*upcast, **kw).to(torch.bfloat16)
+        return func(*args, **kwargs)
+
+
+@contextmanager
+def bfloat16_products_emulated() -> Iterator[None]:
+    """Run the enclosed model code with its bfloat16 CPU products emulated, where
+    `emulating_bfloat16()` says so; otherwise run it as it is."""
+    if not emulating_bfloat16():
+        yield
+        return
+    with _EmulatedProducts():
+        yield
