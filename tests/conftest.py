@@ -4,6 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+# pytester's in-process runs restore sys.modules afterwards, so each re-imports what the plugins
+# import lazily: hypothesis, hydra (blocked out here by addopts, not in a pytester directory),
+# and their dependencies, 3-4 s a run on 2 cores. Imported here, before any run's snapshot, they
+# stay; registered for assertion rewriting first, as the runs' plugin manager expects of them.
+pytest.register_assert_rewrite("hypothesis", "hydra")
+import hydra  # noqa: E402,F401
+import hypothesis  # noqa: E402,F401
+
 # The origin ETRM builder's few-shot build of real ARC-AGI-1 tasks (fixtures/interop/README.md).
 INTEROP_FEWSHOT = "interop/origin/fewshot"
 
