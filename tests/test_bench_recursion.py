@@ -233,8 +233,9 @@ OFFICIAL_CODE = "ETRM_OFFICIAL_TRM"  # a checkout of SamsungSAILMontreal/TinyRec
 
 
 def official_decoder_class():
-    """The official TRM's inner model class, imported from the checkout named by $ETRM_OFFICIAL_TRM
-    (its code is not shipped with etrm); skips with the reason when it cannot be imported."""
+    """The official TRM's inner model class and its config class, imported from the checkout named
+    by $ETRM_OFFICIAL_TRM (its code is not shipped with etrm); skips with the reason when it cannot
+    be imported."""
     import importlib
     import os
     import sys
@@ -249,7 +250,8 @@ def official_decoder_class():
         del sys.modules[name]  # another `models` package (a model-code test's) must not answer
     sys.path.insert(0, root)
     try:
-        return importlib.import_module("models.recursive_reasoning.trm").TinyRecursiveReasoningModel_ACTV1_Inner
+        trm = importlib.import_module("models.recursive_reasoning.trm")
+        return trm.TinyRecursiveReasoningModel_ACTV1_Inner, trm.TinyRecursiveReasoningModel_ACTV1Config
     except ImportError as err:  # its own requirements (pydantic, einops) are the user's to install
         pytest.skip(f"{OFFICIAL_CODE}={root}: the official code does not import here: {err}")
     finally:
@@ -263,11 +265,11 @@ def test_recursion_vs_the_official_code(benchmark, size, dtype):
     (`TinyRecursiveReasoningModel_ACTV1_Inner.forward`, its own checkout) with the same weights,
     timed alternately on the CPU: `extra_info` has ours_ms, official_ms and ours_over_official
     (target: at most 0.7). The outputs are compared first, so the two do the same work."""
-    official_cls = official_decoder_class()
+    official_cls, official_config = official_decoder_class()
     cfg = dataclasses.replace(bench.SIZES[size].config("trm"), forward_dtype=dtype)
     batch_size = bench.SIZES[size].batch
     ours = bench.make_head(cfg, "cpu").model.inner.eval()
-    theirs = official_cls(dataclasses.asdict(cfg) | dict(batch_size=batch_size, H_layers=0)).eval()
+    theirs = official_cls(official_config(**dataclasses.asdict(cfg), batch_size=batch_size, H_layers=0)).eval()
     theirs.load_state_dict(ours.state_dict())
     batch = bench.make_batch(size, cfg, "cpu")
     carry = ours.reset_carry(torch.ones(batch_size, dtype=torch.bool), ours.empty_carry(batch_size, "cpu"))
