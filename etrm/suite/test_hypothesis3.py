@@ -90,8 +90,11 @@ def test_control_nan_for_a_sample_without_demos_is_caught(tiny_batch, expect_che
     expect_check_fails(h3.check_context_finite(head, tiny_batch))
 
 
-def test_control_order_sensitive_encoder_is_caught(tiny_batch, expect_check_fails):
-    head = broken.with_encoder(tiny_model("etrm-standard"), broken.OrderSensitiveEncoder)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_control_order_sensitive_encoder_is_caught(dtype, tiny_batch, expect_check_fails):
+    """In bfloat16 too, where the check allows for bfloat16 summation order: a demo-slot signal of
+    1e-2 (a positional encoding over demos is O(1)) is still far outside it."""
+    head = broken.with_encoder(tiny_model("etrm-standard", forward_dtype=dtype), broken.OrderSensitiveEncoder)
     expect_check_fails(h3.check_demo_order_invariance(head, tiny_batch))
 
 
