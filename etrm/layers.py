@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from etrm.bfloat16 import emulated_linear, emulating_bfloat16
+from etrm.bfloat16 import attention, emulated_linear, emulating_bfloat16
 
 
 def trunc_normal_init_(tensor: torch.Tensor, std: float = 1.0, lower: float = -2.0, upper: float = 2.0) -> torch.Tensor:
@@ -209,7 +209,7 @@ class Attention(nn.Module):
             q, k = qkv[:, :, 0], qkv[:, :, 1]
         # (B, S, H, D) -> (B, H, S, D) views; SDPA's output keeps q's (B, S, H, D) memory
         # order, so merging the heads back below is a view, not a copy.
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), qkv[:, :, 2].transpose(1, 2))
+        out = attention(q.transpose(1, 2), k.transpose(1, 2), qkv[:, :, 2].transpose(1, 2))
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, hidden))
 
 

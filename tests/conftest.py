@@ -1,4 +1,4 @@
-"""Batches shared by the unit tests that run at the official canvas."""
+"""Shared by the unit tests: the plugin imports pytester runs reuse, and the canvas-30 batch."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ import pytest
 # and their dependencies, 3-4 s a run on 2 cores. Imported here, before any run's snapshot, they
 # stay; registered for assertion rewriting first, as the runs' plugin manager expects of them.
 pytest.register_assert_rewrite("hypothesis", "hydra")
-import hydra  # noqa: E402,F401
-import hypothesis  # noqa: E402,F401
+for _plugin_import in ("hypothesis", "hydra"):
+    try:
+        __import__(_plugin_import)
+    except ImportError:  # only a speed-up: without it, pytester runs import what they need
+        pass
 
 # The origin ETRM builder's few-shot build of real ARC-AGI-1 tasks (fixtures/interop/README.md).
 INTEROP_FEWSHOT = "interop/origin/fewshot"

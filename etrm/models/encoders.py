@@ -14,9 +14,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from etrm.bfloat16 import attention
 from etrm.config import ENCODER_TYPES, ConfigError, ModelConfig
 from etrm.layers import (
     CastedEmbedding,
@@ -109,7 +109,7 @@ class SetAttentionLayer(nn.Module):
         d = demos.shape[1]
         heads = lambda t, n: t.view(b, n, self.num_heads, h // self.num_heads).transpose(1, 2)  # noqa: E731
         q, k, v = heads(self.q_proj(queries), p), heads(self.k_proj(demos), d), heads(self.v_proj(demos), d)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+        out = attention(q, k, v, attn_mask=mask[:, None, None, :])
         return self.o_proj(out.transpose(1, 2).reshape(b, p, h))
 
     def forward(self, queries: torch.Tensor, demos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
