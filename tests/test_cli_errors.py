@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from etrm.cli import main
+from etrm.cli import COMMANDS, build_parser, main
 from etrm.data.sources import TaskValidationError
 from etrm.testing.artifacts import BUNDLED, fixtures_root
 
@@ -196,8 +196,19 @@ def test_etrm_debug_lets_the_exception_through(ragged, tmp_path, monkeypatch):
         main(["build-data", "--source", str(ragged), "--out", str(tmp_path / "out")])
 
 
+def _commands(parser) -> list[str]:
+    (subparsers,) = [a for a in parser._actions if a.dest == "command"]
+    return list(subparsers.choices)
+
+
+def test_a_command_imports_only_its_own_module_and_help_lists_every_command():
+    assert _commands(build_parser(["build-data", "--source", "arc1"])) == ["build-data"]
+    assert _commands(build_parser(["inspect", "step_1"])) == ["inspect", "verify-decoder"]  # one module, two commands
+    assert _commands(build_parser(["--help"])) == _commands(build_parser(["no-such-command"])) == list(COMMANDS)
+
+
 def test_the_installed_command_prints_no_traceback(ragged, tmp_path):
-    """Through a real process (one: torch's import costs seconds): the console entry point,
+    """Through a real process (one; `etrm build-data` does not import torch): the console entry point,
     stderr and the exit status. ETRM_DEBUG is tested in-process above."""
     command = [
         str(Path(sys.executable).parent / "etrm"),
