@@ -72,6 +72,30 @@ def test_measurement_is_deterministic(cases):
     assert again.measurement.tasks == cases["bottleneck"].measurement.tasks
 
 
+def test_act_steps_cut_the_episode_short_and_never_run_past_halt_max_steps(monkeypatch):
+    """`--h7-act-steps` bounds H7's cost: scores are taken after that many ACT steps, at most
+    the model's halt_max_steps (the full evaluation episode)."""
+    from etrm.checkpoints import load_model
+
+    head = load_model(fixtures_root() / "h7" / "bottleneck" / "step_final")
+    model = TRMInterface.from_etrm(head)
+    probe = probes.load_task_probes(
+        fixtures_root() / "h7" / "data" / "fewshot", "test", num_tasks=1, max_demos=head.config.max_demos
+    )[0]
+    batch = probes.query_batch([probe], head.config.max_demos)
+    full = model.halt_max_steps
+    assert full >= 2, "the fixture must have more than one ACT step to cut"
+    calls = []
+    step = model.step
+    monkeypatch.setattr(model, "step", lambda *a, **k: calls.append(1) or step(*a, **k))
+    scores = {}
+    for act_steps in (1, None, full + 3):
+        calls.clear()
+        scores[act_steps] = probes.episode_scores(model, batch, act_steps=act_steps)[0]
+        assert len(calls) == (1 if act_steps == 1 else full), act_steps
+    assert scores[None] == scores[full + 3] and scores[1] != pytest.approx(scores[None])
+
+
 def test_free_context_is_what_the_decoder_reads():
     """The hook's replacement reaches the decoder: a shifted context changes the scores."""
     case = known_case("bottleneck", tasks=1, steps=1)
