@@ -5,7 +5,9 @@ wandb (0.31) writes an offline run as one binary `run-<id>.wandb` file, which on
 server (after `wandb sync`) reads back: its Python package has no reader for it. So the
 rows given to `wandb.log` are also written, one JSON object per line with W&B's `_step`,
 to `OUT/wandb-history.jsonl`, the file `--metrics-log` reads as a W&B history (the same
-shape as `run.scan_history()` dumped one row per line).
+shape as `run.scan_history()` dumped one row per line). A resumed run (`--resume`) redoes every
+step after its checkpoint, so the history keeps only the rows before the first step it logs, as
+the metrics log keeps only the records up to the checkpoint.
 """
 
 from __future__ import annotations
@@ -30,18 +32,34 @@ class WandbLog:
         self.run = wandb.init(
             project=project, dir=str(folder), config=config, name=folder.name, reinit="finish_previous"
         )
-        self._history = (folder / HISTORY_FILE).open("a")
+        self._path = folder / HISTORY_FILE
+        self._history = None  # opened at the first record, whose step says what a resumed run redoes
 
     def __call__(self, record: dict[str, Any]) -> None:
         step = record["step"]
         row = {k: v for k, v in record.items() if k != "step" and _loggable(v)}
         self.run.log(row, step=step)
+        if self._history is None:
+            self._history = _open_before(self._path, step)
         self._history.write(json.dumps({"_step": step, **row}) + "\n")
         self._history.flush()
 
     def close(self) -> None:
-        self._history.close()
+        if self._history is not None:
+            self._history.close()
         self.run.finish()
+
+
+def _open_before(path: Path, step: int):
+    """`path` for appending, holding only its rows of steps before `step`."""
+    if path.is_file():
+        kept = [
+            line
+            for line in path.read_text().splitlines(keepends=True)
+            if line.strip() and json.loads(line)["_step"] < step
+        ]
+        path.write_text("".join(kept))
+    return path.open("a")
 
 
 def _loggable(value: Any) -> bool:

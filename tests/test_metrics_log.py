@@ -166,3 +166,22 @@ def test_malformed_logs_name_file_and_line(tmp_path, name, text, match):
     (tmp_path / name).write_text(text)
     with pytest.raises(MetricsLogError, match=match):
         read_metrics_log(tmp_path / name)
+
+
+def test_a_resumed_runs_wandb_history_drops_the_rows_it_redoes(tmp_path, monkeypatch):
+    """Stopped after step 3, checkpointed at 2: the resumed run logs 3 and 4 again, and the
+    history must hold each step once (wandb itself is replaced: its init costs seconds)."""
+    import sys
+    import types
+
+    from etrm.wandb_log import HISTORY_FILE, WandbLog
+
+    run = types.SimpleNamespace(log=lambda row, step: None, finish=lambda: None)
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=lambda **kwargs: run))
+    for steps in (range(0, 4), range(3, 5)):
+        log = WandbLog("p", tmp_path, {})
+        for step in steps:
+            log({"step": step, "train/lm_loss": float(step)})
+        log.close()
+    history = read_metrics_log(tmp_path / HISTORY_FILE)
+    assert [(r["step"], r["train/lm_loss"]) for r in history] == [(s, float(s)) for s in range(5)]
