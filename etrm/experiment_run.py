@@ -25,11 +25,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from etrm.distributed import Processes, from_master, gather_to_master, sum_gradients_hook
+from etrm.metrics_log import cut_log
 from etrm.run_config import RunSettings
 from etrm.run_state import (
     RESUME_FILE,
     check_same_run,
-    cut_log,
     load_resume_state,
     rng_state,
     save_resume_state,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -257,11 +258,26 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def cut_log(path: Path, step: int, key: str = "step") -> None:
+    """Keep a JSON-lines log's records whose `key` is at most `step`, rewritten atomically: a
+    resumed run redoes every step after its checkpoint (which is written after its step's
+    evaluation). `key` is "_step" for a W&B history."""
+    if not path.is_file():
+        return
+    kept = [
+        line for line in path.read_text().splitlines(keepends=True) if line.strip() and json.loads(line)[key] <= step
+    ]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+
+
 __all__ = [
     "MetricsLog",
     "MetricsLogError",
     "ORIGIN_METRIC_NAMES",
     "WANDB_STEP_COLUMNS",
+    "cut_log",
     "eval_record",
     "read_metrics_log",
 ]

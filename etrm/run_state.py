@@ -19,7 +19,6 @@ stopped-and-resumed one then write the same log.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 from pathlib import Path
@@ -154,17 +153,6 @@ def check_same_run(path: Path, saved: dict[str, Any], current: dict[str, Any]) -
     if differ:
         described = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in sorted(differ.items()))
         raise ConfigError(f"{path}: --resume of a different run ({described}); resume with the same settings")
-
-
-def cut_log(log: Path, step: int) -> None:
-    """Keep the metrics log's records up to `step` (a checkpoint is written after its
-    step's evaluation, so everything later is redone by the resumed run)."""
-    if not log.is_file():
-        return
-    kept = [
-        line for line in log.read_text().splitlines(keepends=True) if line.strip() and json.loads(line)["step"] <= step
-    ]
-    _atomic(log, lambda tmp: tmp.write_text("".join(kept)))
 
 
 def _atomic(path: Path, write) -> None:

@@ -17,6 +17,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from etrm.metrics_log import cut_log
+
 HISTORY_FILE = "wandb-history.jsonl"
 
 
@@ -39,8 +41,9 @@ class WandbLog:
         step = record["step"]
         row = {k: v for k, v in record.items() if k != "step" and _loggable(v)}
         self.run.log(row, step=step)
-        if self._history is None:
-            self._history = _open_before(self._path, step)
+        if self._history is None:  # a resumed run's first step: what the stopped run logged from it on goes
+            cut_log(self._path, step - 1, key="_step")
+            self._history = self._path.open("a")
         self._history.write(json.dumps({"_step": step, **row}) + "\n")
         self._history.flush()
 
@@ -48,18 +51,6 @@ class WandbLog:
         if self._history is not None:
             self._history.close()
         self.run.finish()
-
-
-def _open_before(path: Path, step: int):
-    """`path` for appending, holding only its rows of steps before `step`."""
-    if path.is_file():
-        kept = [
-            line
-            for line in path.read_text().splitlines(keepends=True)
-            if line.strip() and json.loads(line)["_step"] < step
-        ]
-        path.write_text("".join(kept))
-    return path.open("a")
 
 
 def _loggable(value: Any) -> bool:

@@ -19,7 +19,7 @@ for _plugin_import in ("hypothesis", "hydra"):
 @pytest.fixture
 def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
     """pytester without the unraisable-exception plugin in its runs: each run's unconfigure
-    collected garbage five times over this process's heap (torch's objects included), 0.25 s a
+    collected garbage over this process's whole heap (torch's objects included), about 0.25 s a
     run and 8.7 s of a serial default run on an AVX2 core. No inner run here tests __del__."""
     monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:unraisableexception")
     return pytester
