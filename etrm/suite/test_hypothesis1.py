@@ -69,8 +69,11 @@ def test_frozen_run_kept_every_decoder_parameter(artifacts, record_check):
 # units are ~14x slower) with one sample and one demo slot for one step, because at canvas
 # 30 a training step's attention backward costs seconds per demo. One step suffices: the
 # first optimizer step already applies the gradient and weight decay a frozen tensor must
-# not get, and the broken trainer (decay still on) is caught on it.
-FREEZING = dict(forward_dtype="float32", max_demos=1)
+# not get, and the broken trainer (decay still on) is caught on it. One H and one L cycle:
+# the recursion depth is how often the same decoder tensors are applied, not which exist or
+# which the optimizer holds, so the step trains the same tensors with 2 L-level applications
+# instead of H_cycles * (L_cycles + 1) (15 at the official 3 x 4).
+FREEZING = dict(forward_dtype="float32", max_demos=1, H_cycles=1, L_cycles=1)
 
 
 def test_frozen_decoder_unchanged_after_training_steps(trm, artifacts, record_check):
