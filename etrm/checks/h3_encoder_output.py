@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from etrm.checks.probes import with_demos
+from etrm.checks.probes import context_of, with_demos
 from etrm.checks.result import CheckResult
 from etrm.interface import TRMInterface, as_interface
 
@@ -20,11 +20,16 @@ H = "hypothesis3"
 SCALE_TOLERANCE = 4.0
 
 
-def check_context_shape_and_dtype(model: TRMInterface, batch: dict[str, torch.Tensor]) -> CheckResult:
+# `context`, in the checks below: `first_context(batch)` when the caller has computed it.
+
+
+def check_context_shape_and_dtype(
+    model: TRMInterface, batch: dict[str, torch.Tensor], context: torch.Tensor | None = None
+) -> CheckResult:
     model = as_interface(model)
     if why := model.missing("encoder", "context_shape"):
         return CheckResult.inconclusive(H, "context_shape_dtype", why)
-    ctx = model.first_context(batch)
+    ctx = context_of(model, batch, context)
     expected = (batch["inputs"].shape[0], model.puzzle_emb_len, model.hidden_size)
     ok = tuple(ctx.shape) == expected and ctx.dtype == getattr(torch, model.forward_dtype)
     return CheckResult.from_condition(
@@ -65,14 +70,17 @@ def prefix_rms(puzzle_emb_weights: torch.Tensor, hidden_size: int, ids: torch.Te
 
 
 def check_context_scale(
-    model: TRMInterface, batch: dict[str, torch.Tensor], reference_rms: float | None
+    model: TRMInterface,
+    batch: dict[str, torch.Tensor],
+    reference_rms: float | None,
+    context: torch.Tensor | None = None,
 ) -> CheckResult:
     """Per-token RMS of the context vs the RMS of the puzzle-embedding prefix the decoder
     was trained with (from the TRM checkpoint). Without a reference: inconclusive."""
     model = as_interface(model)
     if why := model.missing("encoder"):
         return CheckResult.inconclusive(H, "context_scale", why)
-    ctx = model.first_context(batch).float()
+    ctx = context_of(model, batch, context).float()
     rms = float(ctx.square().mean(-1).sqrt().mean())
     if reference_rms is None or reference_rms <= 0:
         return CheckResult.inconclusive(
@@ -105,23 +113,39 @@ def _encode(model: TRMInterface, batch, inputs, labels, mask) -> torch.Tensor:
 ORDER_EPSILONS = 2
 
 
+def demo_permutations(slots: int, trials: int, seed: int = 0) -> list[torch.Tensor]:
+    """`trials` permutations of the demo slots: the slots reversed, then rotated by one, then
+    seeded random ones. Each of the first two moves every sample's valid demos to other slots
+    (reversal keeps only an odd slot count's middle one) and changes their order whenever a
+    sample has two or more, so a slot- or order-dependent encoder is caught on every sample
+    and not by the luck of a draw; the random ones look for anything else."""
+    designed = [torch.arange(slots - 1, -1, -1), torch.arange(1, slots + 1) % slots]
+    gen = torch.Generator().manual_seed(seed)
+    extra = [torch.randperm(slots, generator=gen) for _ in range(max(0, trials - len(designed)))]
+    return (designed + extra)[:trials]
+
+
 def check_demo_order_invariance(
-    model: TRMInterface, batch: dict[str, torch.Tensor], trials: int = 6, seed: int = 0, atol: float = 1e-4
+    model: TRMInterface,
+    batch: dict[str, torch.Tensor],
+    trials: int = 3,
+    seed: int = 0,
+    atol: float = 1e-4,
+    context: torch.Tensor | None = None,
 ) -> CheckResult:
-    """Shuffling the demo slots (valid and padded together) leaves the context unchanged (within
-    `atol`, or for a bfloat16/float16 context within its rounding: ORDER_EPSILONS above), over
-    `trials` random permutations; reports the worst one."""
+    """Permuting the demo slots (valid and padded together; `demo_permutations`) leaves the
+    context unchanged (within `atol`, or for a bfloat16/float16 context within its rounding:
+    ORDER_EPSILONS above), over `trials` permutations; reports the worst one."""
     model = as_interface(model)
     if why := model.missing("encoder"):
         return CheckResult.inconclusive(H, "demo_order_invariance", why)
     d = batch["demo_mask"].shape[1]
-    gen = torch.Generator().manual_seed(seed)
-    context = model.first_context(batch)
+    context = context_of(model, batch, context)
     rtol = ORDER_EPSILONS * torch.finfo(context.dtype).eps if context.dtype in (torch.bfloat16, torch.float16) else 0.0
     base = context.float()
     worst, worst_relative, worst_perm = 0.0, 0.0, list(range(d))
-    for _ in range(trials):
-        perm = torch.randperm(d, generator=gen).to(batch["demo_mask"].device)
+    for perm in demo_permutations(d, trials, seed):
+        perm = perm.to(batch["demo_mask"].device)
         other = _encode(
             model, batch, batch["demo_inputs"][:, perm], batch["demo_labels"][:, perm], batch["demo_mask"][:, perm]
         )
@@ -144,7 +168,11 @@ def check_demo_order_invariance(
 
 
 def check_padding_invariance(
-    model: TRMInterface, batch: dict[str, torch.Tensor], trials: int = 3, seed: int = 0
+    model: TRMInterface,
+    batch: dict[str, torch.Tensor],
+    trials: int = 3,
+    seed: int = 0,
+    context: torch.Tensor | None = None,
 ) -> CheckResult:
     """Random tokens written into padded demo slots leave the context bit-identical."""
     model = as_interface(model)
@@ -152,7 +180,7 @@ def check_padding_invariance(
         return CheckResult.inconclusive(H, "padding_invariance", why)
     gen = torch.Generator().manual_seed(seed)
     pad = ~batch["demo_mask"].bool()
-    base = model.first_context(batch).float()
+    base = context_of(model, batch, context).float()
     worst = 0.0
     for _ in range(trials):
         noise_in = torch.randint(0, 12, batch["demo_inputs"].shape, generator=gen).to(batch["demo_inputs"])

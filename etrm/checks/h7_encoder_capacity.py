@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from etrm.checks.probes import eval_mode
+from etrm.checks.probes import context_of, eval_mode
 from etrm.checks.result import CheckResult
 from etrm.interface import TRMInterface, as_interface
 
@@ -37,12 +37,6 @@ def _pairwise(ctx: torch.Tensor) -> torch.Tensor:
     return torch.cdist(flat, flat)
 
 
-def _first_context(model: TRMInterface, batch: dict[str, torch.Tensor], context: torch.Tensor | None) -> torch.Tensor:
-    # Both checks read the same contexts; a caller that runs both on one large batch computes
-    # them once (`first_context` at the official width costs seconds) and passes them in.
-    return model.first_context(batch) if context is None else context
-
-
 def check_context_varies_across_tasks(
     model: TRMInterface, batch: dict[str, torch.Tensor], tasks: list[str], context: torch.Tensor | None = None
 ) -> CheckResult:
@@ -50,7 +44,7 @@ def check_context_varies_across_tasks(
     model = as_interface(model)
     if why := model.missing("encoder"):
         return CheckResult.inconclusive(H, "context_varies_across_tasks", why)
-    ctx = _first_context(model, batch, context).float()
+    ctx = context_of(model, batch, context).float()
     distinct = sorted(set(tasks))
     if len(distinct) < 2:
         return CheckResult.inconclusive(
@@ -76,7 +70,7 @@ def check_context_agrees_within_task(
     model = as_interface(model)
     if why := model.missing("encoder"):
         return CheckResult.inconclusive(H, "context_agrees_within_task", why)
-    ctx = _first_context(model, batch, context)
+    ctx = context_of(model, batch, context)
     dist = _pairwise(ctx)
     same = torch.tensor([[a == b for b in tasks] for a in tasks])
     off_diag = ~torch.eye(len(tasks), dtype=torch.bool)

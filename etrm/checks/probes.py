@@ -53,9 +53,11 @@ def episode_loss(model: TRMInterface, batch: dict[str, torch.Tensor], steps: int
     return total
 
 
-def context_of(model: TRMInterface, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The context the encoder gives the decoder on a sample's first ACT step (no gradient)."""
-    return as_interface(model).first_context(batch)
+def context_of(model: TRMInterface, batch: dict[str, torch.Tensor], known: torch.Tensor | None = None) -> torch.Tensor:
+    """The context the encoder gives the decoder on a sample's first ACT step (no gradient), or
+    `known` when the caller has it: several checks read the contexts of one batch, and at the
+    official width each `first_context` costs seconds, so a suite fixture computes them once."""
+    return as_interface(model).first_context(batch) if known is None else known
 
 
 def with_demos(

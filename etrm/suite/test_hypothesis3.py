@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from etrm.checks import h3_encoder_output as h3
+from etrm.interface import as_interface
 from etrm.suite import broken
 from etrm.suite.support import TINY_ENCODER_MODELS, tiny_model
 from etrm.testing.artifacts import TINY
@@ -29,7 +30,11 @@ def checkpoint_case(checkpoint_model, artifacts):
     reference = None if weights is None or model.hidden_size is None else h3.prefix_rms(weights, model.hidden_size)
     # One sample (with its several demos): order and padding invariance, shape and scale are per
     # sample, and a second one doubles the encoder's cost at the official width.
-    return model, artifacts.batch_for(checkpoint_model.config, "etrm_checkpoint", batch_size=1), reference
+    batch = artifacts.batch_for(checkpoint_model.config, "etrm_checkpoint", batch_size=1)
+    # Its context, which four checks compare with, computed once (seconds at the official width).
+    interface = as_interface(model)
+    context = None if interface.missing("encoder") else interface.first_context(batch)
+    return model, batch, reference, context
 
 
 @pytest.mark.etrm_self_test
@@ -57,24 +62,24 @@ def test_context_ignores_padded_demo_slots(name, tiny_batch, record_check):
 
 
 def test_checkpoint_context_well_formed(checkpoint_case, record_check):
-    model, batch, _ = checkpoint_case
-    record_check(h3.check_context_shape_and_dtype(model, batch))
+    model, batch, _, context = checkpoint_case
+    record_check(h3.check_context_shape_and_dtype(model, batch, context))
     record_check(h3.check_context_finite(model, batch))
 
 
 def test_checkpoint_context_ignores_demo_order(checkpoint_case, record_check):
-    model, batch, _ = checkpoint_case
-    record_check(h3.check_demo_order_invariance(model, batch))
+    model, batch, _, context = checkpoint_case
+    record_check(h3.check_demo_order_invariance(model, batch, context=context))
 
 
 def test_checkpoint_context_ignores_padded_demo_slots(checkpoint_case, record_check):
-    model, batch, _ = checkpoint_case
-    record_check(h3.check_padding_invariance(model, batch))
+    model, batch, _, context = checkpoint_case
+    record_check(h3.check_padding_invariance(model, batch, context=context))
 
 
 def test_checkpoint_context_scale_matches_the_trained_prefix(checkpoint_case, record_check):
-    model, batch, reference = checkpoint_case
-    record_check(h3.check_context_scale(model, batch, reference))
+    model, batch, reference, context = checkpoint_case
+    record_check(h3.check_context_scale(model, batch, reference, context))
 
 
 # --- negative controls ---------------------------------------------------------------------
