@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,7 +70,11 @@ def test_pytest_args_isolate_the_run_and_forward_options(clean_env, monkeypatch)
     joined = " ".join(argv)
     assert f"-c {os.devnull} --rootdir {Path(etrm.__file__).resolve().parent.parent}" in joined
     assert f"--etrm-trm-checkpoint {clean_env / 'step_5'}" in joined  # absolute: pytest may run elsewhere
-    assert "--etrm-verdict-json /tmp/v.json" in joined and "--etrm-runslow" in joined and argv[-2:] == ["-n", "2"]
+    assert (
+        "--etrm-verdict-json /tmp/v.json" in joined
+        and "--etrm-runslow" in joined
+        and argv[-4:] == ["-n", "2", "--dist", "loadgroup"]
+    )
     assert "--etrm-investigate" in joined  # messages name investigate's flags
     assert "-p etrm.testing.plugin" not in joined  # the entry point loads it; twice would be an error
     monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
@@ -84,7 +90,7 @@ def test_pytest_args_isolate_the_run_and_forward_options(clean_env, monkeypatch)
 def test_workers_default_to_one_per_core_on_the_cpu(monkeypatch, cores, device, workers):
     monkeypatch.setattr(os, "cpu_count", lambda: cores)
     argv = investigate.pytest_args(_parse("--device", device), None)
-    assert (argv[-2:] == ["-n", str(workers)]) if workers else "-n" not in argv
+    assert (argv[-4:] == ["-n", str(workers), "--dist", "loadgroup"]) if workers else "-n" not in argv
     assert "-n" not in investigate.pytest_args(_parse("-n", "0"), None)  # -n 0: in this process
 
 
@@ -188,3 +194,43 @@ def test_etrms_own_regression_runs_on_user_artifacts_only_on_request(
     assert verdict["etrm_self_test_run"] is runs_own
     note = "etrm's own regression tests (its model classes on the bundled fixtures) were not run"
     assert (note in out) is not runs_own and ("--self-test runs them too" in out) is not runs_own
+
+
+GROUPED_SUITE = """
+import os
+import pytest
+from etrm.checks import CheckResult
+
+def _record(record_check, name):
+    record_check(CheckResult.ok("hypothesis7", name, "ran", {"worker": os.environ["PYTEST_XDIST_WORKER"]}))
+
+@pytest.mark.hypothesis7
+@pytest.mark.xdist_group("shared-measurement")
+@pytest.mark.parametrize("i", range(4))
+def test_grouped(record_check, i):
+    _record(record_check, "grouped")
+
+@pytest.mark.hypothesis7
+@pytest.mark.parametrize("i", range(6))
+def test_alone(record_check, i):
+    _record(record_check, "alone")
+"""
+
+
+def test_tests_sharing_a_measurement_run_on_one_worker(clean_env, tmp_path):
+    """pytest 9.2 loses xdist's own loadgroup (pytest-xdist#1386); etrm's scheduler keeps it.
+    The ungrouped tests reaching both workers show that a split would be seen. A subprocess:
+    xdist's workers must import the check package."""
+    package = tmp_path / "pkgs" / "etrm_grouped_suite"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "test_grouped.py").write_text(GROUPED_SUITE)
+    env = os.environ | {"PYTHONPATH": str(package.parent)}
+    cmd = [sys.executable, "-m", "etrm.cli", "investigate", "--suite", package.name, "--verdict-json", "v.json"]
+    run = subprocess.run([*cmd, "-n", "2"], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    workers = {"grouped": set(), "alone": set()}
+    for test in json.loads((clean_env / "v.json").read_text())["tests"]:
+        for check in test["checks"]:
+            workers[check["name"]].add(check["numbers"]["worker"])
+    assert len(workers["grouped"]) == 1 and workers["alone"] == {"gw0", "gw1"}, workers

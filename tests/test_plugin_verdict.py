@@ -9,9 +9,12 @@ from pathlib import Path
 
 import numpy  # noqa: F401
 import pytest
-import torch  # noqa: F401  numpy and torch stay loaded: pytester restores sys.modules after each
 
-# test, and neither can be imported a second time in one process
+# numpy and torch stay loaded: pytester restores sys.modules after each test, and neither can
+# be imported a second time in one process
+import torch  # noqa: F401
+
+from etrm.testing.verdict import plain_nodeid
 
 pytest_plugins = ["pytester"]
 ROOT_CONFTEST = Path(__file__).resolve().parents[1] / "conftest.py"
@@ -23,6 +26,7 @@ import pytest
 from etrm.checks import CheckResult
 
 @pytest.mark.hypothesis1
+@pytest.mark.xdist_group("shared-measurement")
 @pytest.mark.parametrize("layout", ["none", "_orig_mod."])
 def test_decoder_loads(record_check, layout):
     record_check(CheckResult.ok("hypothesis1", "decoder_match", f"12 of 12 equal ({layout})", {"equal": 12}))
@@ -32,6 +36,7 @@ def test_decoder_control(expect_check_fails):
     expect_check_fails(CheckResult.fail("hypothesis1", "decoder_match", "0 of 12 equal under a wrong prefix"))
 
 @pytest.mark.hypothesis2
+@pytest.mark.xdist_group("shared-measurement")
 def test_grad_flow(record_check):
     record_check(CheckResult.fail("hypothesis2", "grad_flow", "3 of 10 encoder params got no gradient", {"zero": 3}))
 
@@ -177,13 +182,15 @@ def test_verdict_rows_follow_the_rules(checks):
 
 
 def test_verdict_is_the_same_under_xdist(checks):
-    """The only subprocess run: results must reach the controller through the reports."""
+    """The only subprocess run: results must reach the controller through the reports. Under
+    `--dist loadgroup` (etrm investigate's), xdist renames grouped tests "id@group"; the verdict
+    names them by their own ids."""
     checks.runpytest_inprocess("-p", "no:cacheprovider", "--etrm-verdict-json", "serial.json")
     # Hypothesis's and hydra's plugins (1.3 s of imports in each of the three processes) are of
     # no use to these checks.
     result = checks.runpytest_subprocess(
         "-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:hydra_pytest",
-        "-n", "2", "--etrm-verdict-json", "xdist.json",
+        "-n", "2", "--dist", "loadgroup", "--etrm-verdict-json", "xdist.json",
     )  # fmt: skip
     result.assert_outcomes(passed=9, failed=3, skipped=3, errors=1)
     assert "2 workers" in result.stdout.str()
@@ -192,6 +199,19 @@ def test_verdict_is_the_same_under_xdist(checks):
     strip = [{k: v for k, v in t.items() if k != "duration"} for t in serial["tests"]]
     assert [{k: v for k, v in t.items() if k != "duration"} for t in xdist["tests"]] == strip
     result.stdout.fnmatch_lines(["*= etrm verdict =*", "hypothesis2 * evidence found *"])
+
+
+@pytest.mark.parametrize(
+    "reported, own",
+    [
+        ("m.py::test_a@shared", "m.py::test_a"),  # xdist's loadgroup rename, where pytest honours it
+        ("m.py::test_a[x]@shared", "m.py::test_a[x]"),
+        ("m.py::test_a[user@host]", "m.py::test_a[user@host]"),  # an "@" of the test's own id stays
+        ("m.py::test_a", "m.py::test_a"),
+    ],
+)
+def test_verdict_names_a_test_by_its_own_id(reported, own):
+    assert plain_nodeid(reported) == own
 
 
 def test_no_table_without_hypothesis_tests(pytester):

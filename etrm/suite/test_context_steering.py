@@ -8,10 +8,12 @@ import pytest
 
 from etrm.checks import h7_headroom
 from etrm.suite.h7_case import known_case
+from etrm.suite.support import XDIST_GROUPS
 
 pytestmark = pytest.mark.context_steering
 
 
+@pytest.mark.xdist_group(XDIST_GROUPS["h7_case"])
 def test_h7_decoder_steerable(h7_case, record_check):
     record_check(h7_headroom.check_decoder_steerable(h7_case.measurement))
 

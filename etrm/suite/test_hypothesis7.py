@@ -14,7 +14,7 @@ from etrm.interface import as_interface
 from etrm.models import build_encoder
 from etrm.suite import broken
 from etrm.suite.h7_case import known_case
-from etrm.suite.support import TINY_ENCODER_MODELS, task_balanced_batch, tiny_model
+from etrm.suite.support import TINY_ENCODER_MODELS, XDIST_GROUPS, task_balanced_batch, tiny_model
 from etrm.testing.artifacts import TINY
 
 pytestmark = pytest.mark.hypothesis7
@@ -55,11 +55,13 @@ def test_context_agrees_within_task(name, tiny_case, record_check):
     record_check(h7.check_context_agrees_within_task(tiny_model(name), *tiny_case))
 
 
+@pytest.mark.xdist_group(XDIST_GROUPS["h7_contexts"])
 def test_checkpoint_context_varies_across_tasks(checkpoint_case, record_check):
     model, batch, tasks, context = checkpoint_case
     record_check(h7.check_context_varies_across_tasks(model, batch, tasks, context=context))
 
 
+@pytest.mark.xdist_group(XDIST_GROUPS["h7_contexts"])
 def test_checkpoint_context_agrees_within_task(checkpoint_case, record_check):
     model, batch, tasks, context = checkpoint_case
     record_check(h7.check_context_agrees_within_task(model, batch, tasks, context=context))
@@ -96,14 +98,17 @@ def test_control_demo_blind_encoder_cannot_separate_rules(expect_check_fails):
 # --- context headroom, generalisation gap, embedding alignment (etrm.checks.h7_headroom) ----
 
 
+@pytest.mark.xdist_group(XDIST_GROUPS["h7_case"])
 def test_h7_context_headroom(h7_case, record_check):
     record_check(h7_headroom.check_context_headroom(h7_case.measurement))
 
 
+@pytest.mark.xdist_group(XDIST_GROUPS["h7_case"])
 def test_h7_generalisation_gap(h7_case, record_check):
     record_check(h7_gen.check_generalisation_gap(h7_case.measurement))
 
 
+@pytest.mark.xdist_group(XDIST_GROUPS["h7_case"])
 def test_h7_embedding_alignment(h7_case, record_check):
     record_check(
         h7_gen.check_embedding_alignment(

@@ -102,6 +102,13 @@ class TestRecord:
         return None
 
 
+def plain_nodeid(reported: str) -> str:
+    """The test's own node id: under `--dist loadgroup` xdist appends "@<group>" to the ids of
+    tests marked `xdist_group` (etrm investigate's runs; etrm.suite.support.XDIST_GROUPS)."""
+    at = reported.rfind("@")
+    return reported[:at] if at > max(reported.rfind("]"), reported.rfind("::")) else reported
+
+
 class VerdictCollector:
     """Accumulates test reports (setup, call, teardown) into `TestRecord`s."""
 
@@ -112,7 +119,8 @@ class VerdictCollector:
         hypotheses = [h for h in HYPOTHESES if h in report.keywords]
         if not hypotheses:
             return
-        rec = self._tests.setdefault(report.nodeid, TestRecord(report.nodeid, hypotheses))
+        nodeid = plain_nodeid(report.nodeid)
+        rec = self._tests.setdefault(nodeid, TestRecord(nodeid, hypotheses))
         # Every phase's report carries the item's cumulative user_properties.
         checks = [dict(value) for name, value in report.user_properties if name == CHECK_PROPERTY]
         if checks:
