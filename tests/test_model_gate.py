@@ -116,7 +116,12 @@ def test_the_gate_fails_each_broken_variant_naming_its_check_and_passes_the_corr
     assert "error" not in {t["outcome"] for t in tests}
 
 
+@pytest.mark.slow
 def test_the_gate_passes_the_correct_model_alone(capsys, monkeypatch, tmp_path):
+    """The README command on a repository holding only the correct model exits 0. Slow: the
+    default run's test_the_gate_fails_each_broken_variant_naming_its_check_and_passes_the_correct_model
+    already runs etrm.yaml through the same command and asserts it fails no check and errors and
+    skips nothing, and test_plugin_investigate's runs hold the exit status to the verdict."""
     repo = tmp_path / "repo"
     shutil.copytree(FOREIGN / "models", repo / "models")
     (repo / "config" / "arch").mkdir(parents=True)

@@ -225,7 +225,12 @@ def test_tests_sharing_a_measurement_run_on_one_worker(clean_env, tmp_path):
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
     (package / "test_grouped.py").write_text(GROUPED_SUITE)
-    env = os.environ | {"PYTHONPATH": str(package.parent)}
+    # Hypothesis's and pytest-benchmark's plugins (1.2 s of imports in each of the three
+    # processes) are of no use to this suite.
+    env = os.environ | {
+        "PYTHONPATH": str(package.parent),
+        "PYTEST_ADDOPTS": "-p no:hypothesispytest -p no:benchmark",
+    }
     cmd = [sys.executable, "-m", "etrm.cli", "investigate", "--suite", package.name, "--verdict-json", "v.json"]
     run = subprocess.run([*cmd, "-n", "2"], env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
