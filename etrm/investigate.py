@@ -123,7 +123,8 @@ def pytest_args(args: argparse.Namespace, verdict_json: str | None) -> list[str]
         # loadgroup: each test its own unit of work, so the few long checks spread over the
         # workers, but the tests marked xdist_group (those sharing a costly measurement of the
         # user's model) on one worker, so that measurement runs once (the scheduler is
-        # etrm.testing.worker_groups': xdist's own loses the groups under pytest 9.2).
+        # etrm.testing.worker_schedule's, which also starts the etrm_costly tests first: xdist's
+        # own loses the groups under pytest 9.2).
         argv += (["-p", "xdist.plugin"] if autoload_off else []) + ["-n", str(workers), "--dist", "loadgroup"]
     return argv
 

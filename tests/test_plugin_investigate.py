@@ -198,11 +198,19 @@ def test_etrms_own_regression_runs_on_user_artifacts_only_on_request(
 
 GROUPED_SUITE = """
 import os
+import time
 import pytest
 from etrm.checks import CheckResult
 
 def _record(record_check, name):
-    record_check(CheckResult.ok("hypothesis7", name, "ran", {"worker": os.environ["PYTEST_XDIST_WORKER"]}))
+    numbers = {"worker": os.environ["PYTEST_XDIST_WORKER"], "started": time.monotonic()}
+    record_check(CheckResult.ok("hypothesis7", name, "ran", numbers))
+
+@pytest.mark.hypothesis7
+@pytest.mark.parametrize("i", range(6))
+def test_alone(record_check, i):
+    _record(record_check, "alone")
+    time.sleep(0.1)  # long enough that the worker done with the group takes some of these
 
 @pytest.mark.hypothesis7
 @pytest.mark.xdist_group("shared-measurement")
@@ -211,16 +219,17 @@ def test_grouped(record_check, i):
     _record(record_check, "grouped")
 
 @pytest.mark.hypothesis7
-@pytest.mark.parametrize("i", range(6))
-def test_alone(record_check, i):
-    _record(record_check, "alone")
+@pytest.mark.etrm_costly
+def test_costly(record_check):
+    _record(record_check, "costly")
 """
 
 
-def test_tests_sharing_a_measurement_run_on_one_worker(clean_env, tmp_path):
+def test_tests_sharing_a_measurement_run_on_one_worker_and_costly_ones_start_first(clean_env, tmp_path):
     """pytest 9.2 loses xdist's own loadgroup (pytest-xdist#1386); etrm's scheduler keeps it.
-    The ungrouped tests reaching both workers show that a split would be seen. A subprocess:
-    xdist's workers must import the check package."""
+    The ungrouped tests reaching both workers show that a split would be seen. The costly test,
+    collected last, starts in the first round of work. A subprocess: xdist's workers must
+    import the check package."""
     package = tmp_path / "pkgs" / "etrm_grouped_suite"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
@@ -234,8 +243,16 @@ def test_tests_sharing_a_measurement_run_on_one_worker(clean_env, tmp_path):
     cmd = [sys.executable, "-m", "etrm.cli", "investigate", "--suite", package.name, "--verdict-json", "v.json"]
     run = subprocess.run([*cmd, "-n", "2"], env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    workers = {"grouped": set(), "alone": set()}
+    workers, started = {"grouped": set(), "alone": set(), "costly": set()}, {}
     for test in json.loads((clean_env / "v.json").read_text())["tests"]:
         for check in test["checks"]:
             workers[check["name"]].add(check["numbers"]["worker"])
+            started.setdefault(check["name"], []).append(check["numbers"]["started"])
     assert len(workers["grouped"]) == 1 and workers["alone"] == {"gw0", "gw1"}, workers
+    # On its worker, the costly test ran before every ungrouped test (collected before it).
+    costly_worker = workers["costly"].pop()
+    assert started["costly"][0] < min(
+        t["checks"][0]["numbers"]["started"]
+        for t in json.loads((clean_env / "v.json").read_text())["tests"]
+        if t["checks"][0]["name"] == "alone" and t["checks"][0]["numbers"]["worker"] == costly_worker
+    ), started

@@ -13,6 +13,7 @@ from etrm.suite.support import XDIST_GROUPS
 pytestmark = pytest.mark.context_steering
 
 
+@pytest.mark.etrm_costly
 @pytest.mark.xdist_group(XDIST_GROUPS["h7_case"])
 def test_h7_decoder_steerable(h7_case, record_check):
     record_check(h7_headroom.check_decoder_steerable(h7_case.measurement))

@@ -76,6 +76,7 @@ def test_frozen_run_kept_every_decoder_parameter(artifacts, record_check):
 FREEZING = dict(forward_dtype="float32", max_demos=1, H_cycles=1, L_cycles=1)
 
 
+@pytest.mark.etrm_costly
 def test_frozen_decoder_unchanged_after_training_steps(trm, artifacts, record_check):
     head = etrm_for(trm, **FREEZING)
     h1.check_decoder_loads_bitwise(head, trm)
@@ -114,6 +115,7 @@ def test_control_drifted_decoder_claimed_frozen_is_caught(artifacts, tmp_path, e
     expect_check_fails(h1.check_decoder_drift_matches_freezing(trm, mislabelled))
 
 
+@pytest.mark.etrm_costly
 def test_control_frozen_decoder_that_still_decays_is_caught(trm, artifacts, expect_check_fails):
     head = etrm_for(trm, **FREEZING)
     h1.check_decoder_loads_bitwise(head, trm)

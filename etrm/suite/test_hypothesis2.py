@@ -57,11 +57,13 @@ def test_checkpoint_encoder_requires_grad(checkpoint_model_and_batch, record_che
     record_check(h2.check_encoder_requires_grad(checkpoint_model_and_batch[0]))
 
 
+@pytest.mark.etrm_costly
 def test_checkpoint_encoder_gets_gradient_every_act_step(checkpoint_model_and_batch, record_check):
     head, batch = checkpoint_model_and_batch
     record_check(h2.check_encoder_gradient_every_step(head, batch, steps=STEPS))
 
 
+@pytest.mark.etrm_costly
 def test_checkpoint_loss_responds_to_encoder(checkpoint_model_and_batch, record_check):
     head, batch = checkpoint_model_and_batch
     record_check(h2.check_loss_responds_to_encoder(head, batch, steps=LOSS_STEPS))

@@ -61,22 +61,26 @@ def test_context_ignores_padded_demo_slots(name, tiny_batch, record_check):
     record_check(h3.check_padding_invariance(tiny_model(name), tiny_batch))
 
 
+@pytest.mark.etrm_costly
 def test_checkpoint_context_well_formed(checkpoint_case, record_check):
     model, batch, _, context = checkpoint_case
     record_check(h3.check_context_shape_and_dtype(model, batch, context))
     record_check(h3.check_context_finite(model, batch))
 
 
+@pytest.mark.etrm_costly
 def test_checkpoint_context_ignores_demo_order(checkpoint_case, record_check):
     model, batch, _, context = checkpoint_case
     record_check(h3.check_demo_order_invariance(model, batch, context=context))
 
 
+@pytest.mark.etrm_costly
 def test_checkpoint_context_ignores_padded_demo_slots(checkpoint_case, record_check):
     model, batch, _, context = checkpoint_case
     record_check(h3.check_padding_invariance(model, batch, context=context))
 
 
+@pytest.mark.etrm_costly
 def test_checkpoint_context_scale_matches_the_trained_prefix(checkpoint_case, record_check):
     model, batch, reference, context = checkpoint_case
     record_check(h3.check_context_scale(model, batch, reference, context))

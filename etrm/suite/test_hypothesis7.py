@@ -55,12 +55,14 @@ def test_context_agrees_within_task(name, tiny_case, record_check):
     record_check(h7.check_context_agrees_within_task(tiny_model(name), *tiny_case))
 
 
+@pytest.mark.etrm_costly
 @pytest.mark.xdist_group(XDIST_GROUPS["h7_contexts"])
 def test_checkpoint_context_varies_across_tasks(checkpoint_case, record_check):
     model, batch, tasks, context = checkpoint_case
     record_check(h7.check_context_varies_across_tasks(model, batch, tasks, context=context))
 
 
+@pytest.mark.etrm_costly
 @pytest.mark.xdist_group(XDIST_GROUPS["h7_contexts"])
 def test_checkpoint_context_agrees_within_task(checkpoint_case, record_check):
     model, batch, tasks, context = checkpoint_case
@@ -98,16 +100,19 @@ def test_control_demo_blind_encoder_cannot_separate_rules(expect_check_fails):
 # --- context headroom, generalisation gap, embedding alignment (etrm.checks.h7_headroom) ----
 
 
+@pytest.mark.etrm_costly
 @pytest.mark.xdist_group(XDIST_GROUPS["h7_case"])
 def test_h7_context_headroom(h7_case, record_check):
     record_check(h7_headroom.check_context_headroom(h7_case.measurement))
 
 
+@pytest.mark.etrm_costly
 @pytest.mark.xdist_group(XDIST_GROUPS["h7_case"])
 def test_h7_generalisation_gap(h7_case, record_check):
     record_check(h7_gen.check_generalisation_gap(h7_case.measurement))
 
 
+@pytest.mark.etrm_costly
 @pytest.mark.xdist_group(XDIST_GROUPS["h7_case"])
 def test_h7_embedding_alignment(h7_case, record_check):
     record_check(

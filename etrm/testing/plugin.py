@@ -39,7 +39,7 @@ from etrm.testing.artifacts import (
 from etrm.testing.gate import UNCHECKED_STATUS, unchecked, unchecked_message
 from etrm.testing.reads import ReadTracker
 from etrm.testing.verdict import CHECK_PROPERTY, CONTROL_PROPERTY, NOT_RUN, VerdictCollector, VerdictTable
-from etrm.testing.worker_groups import WorkerGroups, write_worker_groups
+from etrm.testing.worker_schedule import COSTLY_MARKER, WorkerGroups, order_and_write_groups
 
 MARKERS = {
     "hypothesis1": "H1: does the pretrained TRM decoder load correctly?",
@@ -90,6 +90,10 @@ def pytest_configure(config: pytest.Config) -> None:
     # The suite groups tests that share a costly fixture (pytest-xdist's marker, declared here
     # too so that --strict-markers accepts it where xdist is not installed).
     config.addinivalue_line("markers", "xdist_group(name): run these tests on one xdist worker under --dist loadgroup")
+    config.addinivalue_line(
+        "markers",
+        f"{COSTLY_MARKER}: runs the user's model at its own width (seconds or more); etrm investigate starts it first",
+    )
     prefix = _prefix(config)
     # Resolve artifacts now, so a mistyped path stops the run with one clear error.
     given = {
@@ -124,7 +128,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if own:
             items[:] = [item for item in items if item.get_closest_marker(SELF_TEST_MARKER) is None]
             config.hook.pytest_deselected(items=own)
-    write_worker_groups(config, items)
+    order_and_write_groups(config, items)
     if config.getoption("etrm_runslow"):
         return
     skip_slow = pytest.mark.skip(reason=f"{NOT_RUN}slow check: pass {flag('runslow', _prefix(config))} to run it")

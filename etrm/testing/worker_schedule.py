@@ -1,5 +1,9 @@
-"""Tests marked `xdist_group` run on one xdist worker in `etrm investigate` (`--dist loadgroup`),
-so that a measurement they share (tens of seconds at the official width) is made once.
+"""How `etrm investigate` (`--dist loadgroup`) spreads the suite over its xdist workers.
+
+Tests marked `xdist_group` run on one worker, so that a measurement they share (tens of
+seconds at the official width) is made once. Tests marked `etrm_costly` (they run the user's
+model at its own width: seconds to a minute each) start first, so that the last long check
+does not begin when the other worker is nearly done: the run ends when its slowest worker does.
 
 pytest-xdist's own loadgroup tells its controller a test's group by renaming the test
 "id@group" on the worker. pytest 9.2 ignores that rename (pytest-xdist#1386), and the groups
@@ -19,6 +23,7 @@ from pathlib import Path
 import pytest
 
 MARKER = "xdist_group"
+COSTLY_MARKER = "etrm_costly"
 _FOLDER_KEY = "etrm_group_folder"  # in each worker's workerinput
 
 
@@ -28,13 +33,15 @@ def group_of(item: pytest.Item) -> str | None:
     return "_".join(names) or None
 
 
-def write_worker_groups(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """On a worker handed a folder: write {nodeid: group} for its grouped items. It runs in
+def order_and_write_groups(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On a worker handed a folder: put the costly tests first (every worker collects the same
+    order, as xdist requires) and write {nodeid: group} for the grouped ones. It runs in
     collection, before the worker reports its tests, so the file is there when the controller
-    schedules."""
+    schedules. (The controller keeps this order, but for its own rule of larger groups first.)"""
     folder = getattr(config, "workerinput", {}).get(_FOLDER_KEY)
     if folder is None:
         return
+    items.sort(key=lambda item: item.get_closest_marker(COSTLY_MARKER) is None)  # stable
     groups = {item.nodeid: group for item in items if (group := group_of(item)) is not None}
     (Path(folder) / f"{config.workerinput['workerid']}.json").write_text(json.dumps(groups))
 
@@ -68,6 +75,19 @@ class WorkerGroups:
                     for path in sorted(folder.glob("*.json")):
                         self.groups.update(json.loads(path.read_text()))
                 return self.groups.get(nodeid) or super()._split_scope(nodeid)
+
+            def _reschedule(self, node) -> None:
+                # One unit at a time: a worker holds back its last queued test until it gets
+                # the next (pytest's teardown needs `nextitem`), so one queued test means it is
+                # about to idle. xdist's rule (up to 2 queued tests) queues the next long check
+                # behind the one still running while the other worker runs short ones.
+                if node.shutting_down:
+                    return
+                if not self.workqueue:
+                    node.shutdown()
+                    return
+                if self._pending_of(self.assigned_work[node]) <= 1:
+                    self._assign_work_unit(node)
 
         return GroupScheduling(config, log)
 
