@@ -90,6 +90,12 @@ def pytest_args(args: argparse.Namespace, verdict_json: str | None) -> list[str]
         # hydra-core's pytest plugin (0.3 s of imports per worker) is of no use to the checks.
         "-p",
         "no:hydra_pytest",
+        # pytest's unraisable-exception plugin runs five full garbage collections as each
+        # process ends, to report exceptions raised in __del__ as warnings: with torch and the
+        # user's models in memory, about a second of the run (and 0.3 s a pass in a test
+        # process that runs this command in-process). Nothing here reads those warnings.
+        "-p",
+        "no:unraisableexception",
         "--strict-markers",
         # An empty config and a fixed rootdir: a checkout's pyproject (addopts, testpaths)
         # must not change what an installed `etrm investigate` does.

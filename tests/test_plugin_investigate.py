@@ -210,7 +210,7 @@ def _record(record_check, name):
 @pytest.mark.parametrize("i", range(6))
 def test_alone(record_check, i):
     _record(record_check, "alone")
-    time.sleep(0.1)  # long enough that the worker done with the group takes some of these
+    time.sleep(0.05)  # long enough that the worker done with the group takes some of these
 
 @pytest.mark.hypothesis7
 @pytest.mark.xdist_group("shared-measurement")
