@@ -40,7 +40,7 @@ def tiny_model(name: str, seed: int = 0, **overrides) -> LossHead:
 # The artifacts of a training run: a log read beside them must be the same run's.
 RUN_CHECKPOINTS = ("trm_checkpoint", "etrm_checkpoint")
 # xdist_group names of the tests that share a measurement costing tens of seconds at the official
-# width: `etrm investigate` runs --dist loadgroup, which keeps each group on one worker.
+# width: `etrm investigate` keeps each group on one worker (etrm.testing.worker_schedule).
 XDIST_GROUPS = {
     "h7_case": "etrm-h7-case",  # the headroom, gap and alignment measurement (conftest's h7_case)
     "h7_contexts": "etrm-h7-checkpoint-contexts",  # test_hypothesis7's checkpoint_case

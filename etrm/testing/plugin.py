@@ -39,7 +39,7 @@ from etrm.testing.artifacts import (
 from etrm.testing.gate import UNCHECKED_STATUS, unchecked, unchecked_message
 from etrm.testing.reads import ReadTracker
 from etrm.testing.verdict import CHECK_PROPERTY, CONTROL_PROPERTY, NOT_RUN, VerdictCollector, VerdictTable
-from etrm.testing.worker_schedule import COSTLY_MARKER, WorkerGroups, order_and_write_groups
+from etrm.testing.worker_schedule import COSTLY_MARKER, WorkerSchedule, order_and_write_groups
 
 MARKERS = {
     "hypothesis1": "H1: does the pretrained TRM decoder load correctly?",
@@ -119,7 +119,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):
         config.pluginmanager.register(_VerdictPlugin(config), "etrm-verdict")
         if config.getoption(INVESTIGATE) and config.getoption("dist", None) == "loadgroup":
-            config.pluginmanager.register(WorkerGroups(), "etrm-worker-groups")
+            config.pluginmanager.register(WorkerSchedule(), "etrm-worker-schedule")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -46,7 +46,7 @@ def order_and_write_groups(config: pytest.Config, items: list[pytest.Item]) -> N
     (Path(folder) / f"{config.workerinput['workerid']}.json").write_text(json.dumps(groups))
 
 
-class WorkerGroups:
+class WorkerSchedule:
     """The controller's half: registered by etrm's plugin in `etrm investigate` runs under
     `--dist loadgroup`."""
 
