@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from etrm.parity import BFLOAT16_ROUNDING, ParityError, Reference, first_mismatch
+from etrm.parity import BFLOAT16_STEP, ParityError, Reference, first_mismatch
 
 
 def write_reference(folder, steps, dtype="float32"):
@@ -61,11 +61,26 @@ def test_bfloat16_recursion_outputs_are_judged_against_our_own_rounding_error(tm
     assert first_mismatch([near], ref, exact=exact_noisy, keys=["logits"]) is None
     exact_tight = [{"logits": near["logits"] + noise / 10}]  # the distance is far above our rounding error
     assert "relative RMS distance" in first_mismatch([near], ref, exact=exact_tight, keys=["logits"]).message
-    # Never tighter than one bfloat16 rounding: an exact run equal to ours still allows 2^-8.
-    tiny = {**outputs(1), "logits": truth * (1 + BFLOAT16_ROUNDING / 2)}
+    # Never tighter than one bfloat16 step: an exact run equal to ours still allows 2^-7.
+    tiny = {**outputs(1), "logits": truth * (1 + BFLOAT16_STEP / 2)}
     assert first_mismatch([tiny], ref, exact=[{"logits": tiny["logits"]}], keys=["logits"]) is None
+    wide = {**outputs(1), "logits": truth * (1 + 2 * BFLOAT16_STEP)}  # two steps off everywhere: not rounding
+    assert (
+        "relative RMS distance"
+        in first_mismatch([wide], ref, exact=[{"logits": wide["logits"]}], keys=["logits"]).message
+    )
     with pytest.raises(ParityError, match="pass `exact`"):
         first_mismatch([near], ref, keys=["logits"])
+
+
+def test_two_bfloat16_results_one_step_apart_pass(tmp_path):
+    # Seen on the origin ETRM's Q logit under ATen's AVX2 kernels: -5.0 against the origin's
+    # -5.03125, adjacent bfloat16 values, while our own float32 run rounds to ours.
+    ref = write_reference(tmp_path / "ref", [outputs(1, q_halt_logits=torch.tensor([-5.03125, 2.0]))], "bfloat16")
+    ours = outputs(1, q_halt_logits=torch.tensor([-5.0, 2.0]))
+    assert first_mismatch([ours], ref, exact=[ours], keys=["q_halt_logits"]) is None
+    two_steps = outputs(1, q_halt_logits=torch.tensor([-4.96875, 2.0]))
+    assert first_mismatch([two_steps], ref, exact=[two_steps], keys=["q_halt_logits"]) is not None
 
 
 def test_a_bad_reference_folder_is_named(tmp_path):
