@@ -13,6 +13,7 @@ the same for every linear, matrix product and attention, so their code is run un
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -27,6 +28,16 @@ def native_bfloat16_products() -> bool:
     """Whether this CPU multiplies bfloat16 natively through oneDNN (AVX-512 with BF16/AMX
     units, where bfloat16 products are faster than float32); AVX2-only CPUs are not."""
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+@functools.cache
+def aten_bfloat16_attention_runs() -> bool:
+    """Whether ATen's CPU bfloat16 attention runs here. On a CPU with AMX tiles it packs its
+    operands for AMX with code that only its AVX-512 kernels hold, so with a lower
+    ATEN_CPU_CAPABILITY (avx2, default) it raises "pack_vnni2 is only supported when avx512
+    is supported" for sequences of 64 and more (torch 2.13)."""
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return not amx or torch.backends.cpu.get_cpu_capability() == "AVX512"
 
 
 def emulating_bfloat16() -> bool:
@@ -51,20 +62,32 @@ def emulated_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     return F.linear(x.float(), weight.float(), None if bias is None else bias.float()).to(x.dtype)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *rest, **kwargs) -> torch.Tensor:
-    """F.scaled_dot_product_attention; CPU bfloat16 inputs run in float32 and the result is
-    rounded once where products are emulated. The forward is as fast either way there, but ATen's
-    bfloat16 attention backward is 4.5x slower than float32's on AVX2 (1214 vs 271 ms at seq 916,
-    8 heads of 64), and H2's gradient check and training spend most of their time in it."""
-    if _is_cpu_bfloat16(q) and emulating_bfloat16():
+def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *rest, **kwargs) -> torch.Tensor:
+    """F.scaled_dot_product_attention (same parameter names: the official TRM passes them by
+    keyword); CPU bfloat16 inputs run in float32 and the result is rounded once where products
+    are emulated, or where ATen's bfloat16 kernel cannot run (aten_bfloat16_attention_runs).
+    The forward is as fast either way there, but ATen's bfloat16 attention backward is 4.5x
+    slower than float32's on AVX2 (1214 vs 271 ms at seq 916, 8 heads of 64), and H2's gradient
+    check and training spend most of their time in it."""
+    if _is_cpu_bfloat16(query) and (emulating_bfloat16() or not aten_bfloat16_attention_runs()):
         rest = [a.float() if _is_cpu_bfloat16(a) else a for a in rest]  # a float mask too
         kwargs = {n: a.float() if _is_cpu_bfloat16(a) else a for n, a in kwargs.items()}
-        return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), *rest, **kwargs).to(q.dtype)
-    return F.scaled_dot_product_attention(q, k, v, *rest, **kwargs)
+        out = F.scaled_dot_product_attention(query.float(), key.float(), value.float(), *rest, **kwargs)
+        return out.to(query.dtype)
+    return F.scaled_dot_product_attention(query, key, value, *rest, **kwargs)
 
 
 def _is_cpu_bfloat16(value) -> bool:
     return isinstance(value, torch.Tensor) and value.dtype == torch.bfloat16 and value.device.type == "cpu"
+
+
+class _RoutedAttention(TorchFunctionMode):
+    """Attention through `attention` (float32 where ATen's bfloat16 kernel cannot run); all else as called."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.scaled_dot_product_attention:
+            return attention(*args, **(kwargs or {}))
+        return func(*args, **(kwargs or {}))
 
 
 class _EmulatedProducts(TorchFunctionMode):
@@ -98,9 +121,13 @@ class _EmulatedProducts(TorchFunctionMode):
 @contextmanager
 def bfloat16_products_emulated() -> Iterator[None]:
     """Run the enclosed model code with its bfloat16 CPU products emulated, where
-    `emulating_bfloat16()` says so; otherwise run it as it is."""
-    if not emulating_bfloat16():
-        yield
-        return
-    with _EmulatedProducts():
+    `emulating_bfloat16()` says so, with its attention alone through `attention` where ATen's
+    bfloat16 kernel cannot run, and otherwise as it is."""
+    if emulating_bfloat16():
+        with _EmulatedProducts():
+            yield
+    elif not aten_bfloat16_attention_runs():
+        with _RoutedAttention():
+            yield
+    else:
         yield

@@ -5,11 +5,14 @@ etrm/layers.py keep the official numerics)."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import pytest
 import torch
 import torch.nn.functional as F
 from reference import official_style as ref
 
+from etrm.bfloat16 import aten_bfloat16_attention_runs, bfloat16_products_emulated
 from etrm.config import tiny_config
 from etrm.layers import (
     ONEDNN_MIN_MACS,
@@ -101,7 +104,8 @@ def test_bfloat16_recursion_is_as_close_to_float32_as_the_reference():
         ours_err = (
             ours(carry, batch["inputs"], ours.puzzle_prefix(batch["puzzle_identifiers"]))[1].float() - truth
         ).abs()
-        ref_err = (theirs(carry, batch)[1].float() - truth).abs()
+        with nullcontext() if aten_bfloat16_attention_runs() else bfloat16_products_emulated():
+            ref_err = (theirs(carry, batch)[1].float() - truth).abs()  # its attention as ours where ATen's fails
     assert ours_err.mean() <= 1.25 * ref_err.mean() and ours_err.max() <= 2 * ref_err.max(), (
         f"bfloat16 error vs float32: ours mean {ours_err.mean():.4f} max {ours_err.max():.3f}, "
         f"reference mean {ref_err.mean():.4f} max {ref_err.max():.3f}"

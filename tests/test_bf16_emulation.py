@@ -111,7 +111,9 @@ class _ForeignBlock(torch.nn.Module):
     def forward(self, x):
         h = self.proj(x)
         heads = h.unflatten(-1, (4, 16)).transpose(1, 2)
-        attended = torch.nn.functional.scaled_dot_product_attention(heads, heads, heads).transpose(1, 2).flatten(2)
+        # By keyword, as the official TRM's Attention calls it.
+        attended = torch.nn.functional.scaled_dot_product_attention(query=heads, key=heads, value=heads)
+        attended = attended.transpose(1, 2).flatten(2)
         return torch.softmax(h @ h.transpose(-1, -2), dim=-1) @ h + attended
 
 
