@@ -7,8 +7,10 @@ its checkpoints load without renaming.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +45,46 @@ def _cast(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     # `.to` would also return the same tensor, but skipping the call keeps the
     # hot loop free of dispatch overhead when dtypes already match.
     return weight if weight.dtype == dtype else weight.to(dtype)
+
+
+# The recursion applies each decoder weight 15-30 times per ACT step (H_cycles x (L_cycles + 1)
+# x ...), and outside autograd its cast to the compute dtype is the same tensor every time.
+# A plain global, not a ContextVar, so that torch.compile can read it.
+_shared_casts: dict | None = None
+
+
+@contextlib.contextmanager
+def weight_casts_shared() -> Iterator[None]:
+    """Within the block, each CastedLinear parameter that no gradient must reach (autograd off,
+    or a frozen weight) is cast to the compute dtype once and the cast reused: the weights do not
+    change within one forward. The casts are dropped when the block ends, so a weight changed
+    between forwards (an optimizer step, a load, an edit through `.data`) is always cast afresh."""
+    global _shared_casts
+    if _shared_casts is not None or torch.compiler.is_compiling():
+        yield  # nested: the outer block's casts serve; compiled: Inductor fuses the casts itself
+        return
+    _shared_casts = {}
+    try:
+        yield
+    finally:
+        _shared_casts = None
+
+
+def _cast_param(param: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`param` in `dtype`, from the block's shared casts where `weight_casts_shared` allows."""
+    casts = _shared_casts
+    if (
+        casts is None
+        or param.dtype == dtype
+        or (param.requires_grad and torch.is_grad_enabled())
+        or torch.compiler.is_compiling()
+    ):
+        return _cast(param, dtype)
+    key = (id(param), dtype)  # the module holds the parameter for the whole block, so its id is stable
+    cast = casts.get(key)
+    if cast is None:
+        cast = casts[key] = param.to(dtype)
+    return cast
 
 
 # Multiply-adds from which oneDNN's linear beats F.linear here (measured on 2 AVX-512
@@ -88,8 +130,8 @@ class CastedLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = _cast(self.weight, x.dtype)
-        bias = None if self.bias is None else _cast(self.bias, x.dtype)
+        weight = _cast_param(self.weight, x.dtype)
+        bias = None if self.bias is None else _cast_param(self.bias, x.dtype)
         if self._use_onednn(x):
             return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
         if x.dtype == torch.bfloat16 and x.device.type == "cpu" and emulating_bfloat16():

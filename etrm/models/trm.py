@@ -15,7 +15,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from etrm.config import ModelConfig
-from etrm.layers import CastedEmbedding, CastedLinear, RotaryEmbedding, TransformerBlock, trunc_normal_init_
+from etrm.layers import (
+    CastedEmbedding,
+    CastedLinear,
+    RotaryEmbedding,
+    TransformerBlock,
+    trunc_normal_init_,
+    weight_casts_shared,
+)
 
 DATA_KEYS_TRM = ("inputs", "labels", "puzzle_identifiers")
 
@@ -152,6 +159,10 @@ class TRMDecoder(nn.Module):
     def forward(self, carry: InnerCarry, inputs: torch.Tensor, prefix: torch.Tensor):
         """One ACT step: H_cycles-1 cycles without gradient, the last with gradient.
         Returns (detached carry, logits (B, seq_len, vocab), q_halt (B,), q_continue (B,))."""
+        with weight_casts_shared():  # each weight cast to the compute dtype once per step, not per application
+            return self._recursion(carry, inputs, prefix)
+
+    def _recursion(self, carry: InnerCarry, inputs: torch.Tensor, prefix: torch.Tensor):
         cfg = self.config
         cos_sin = self.rotary_emb() if cfg.pos_encodings == "rope" else None
         x = self.input_embeddings(inputs, prefix)
