@@ -20,9 +20,10 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from etrm.bfloat16 import attention
 from etrm.cli import UsageError
 from etrm.config import ModelConfig, tiny_config
-from etrm.layers import CastedLinear, onednn_linear_available, use_onednn_linear
+from etrm.layers import CastedLinear, onednn_linear_available, use_onednn_linear, weight_casts_shared
 from etrm.models import LossHead, build_model
 from etrm.synthetic import random_batch
 
@@ -241,13 +242,14 @@ def kernel_floor_ms(config: ModelConfig, batch: int, device: str | torch.device 
     isolation on warm inputs, summed and multiplied by the step's block count. No
     implementation of the same recursion on the same kernels can be faster than this
     (element-wise work, RoPE and the norms come on top), so it bounds what a speed target
-    against another implementation can ask."""
-    device = torch.device(device)
+    against another implementation can ask. In the config's forward_dtype, on the routes the
+    model takes (bfloat16 emulation, attention), each weight cast once as in a step."""
+    device, dtype = torch.device(device), getattr(torch, config.forward_dtype)
     h, s, heads, inter = config.hidden_size, config.full_seq_len, config.num_heads, config.swiglu_width
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, s, h, generator=gen).to(device)
-    hidden = torch.randn(batch, s, inter, generator=gen).to(device)
-    q, k, v = (torch.randn(batch, heads, s, h // heads, generator=gen).to(device) for _ in range(3))
+    x = torch.randn(batch, s, h, generator=gen).to(device, dtype)
+    hidden = torch.randn(batch, s, inter, generator=gen).to(device, dtype)
+    q, k, v = (torch.randn(batch, heads, s, h // heads, generator=gen).to(device, dtype) for _ in range(3))
     layers = {
         name: CastedLinear(fan_in, fan_out).to(device)
         for name, fan_in, fan_out in (("qkv", h, 3 * h), ("o", h, h), ("gate_up", h, 2 * inter), ("down", inter, h))
@@ -255,8 +257,8 @@ def kernel_floor_ms(config: ModelConfig, batch: int, device: str | torch.device 
     calls = {
         name: (lambda layer=layer, inp=(hidden if name == "down" else x): layer(inp)) for name, layer in layers.items()
     }
-    calls["attention"] = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)
-    with torch.no_grad():
+    calls["attention"] = lambda: attention(q, k, v)
+    with torch.no_grad(), weight_casts_shared():
         times = alternate(calls, repeat, device=device)
     blocks = config.H_cycles * (config.L_cycles + 1) * config.L_layers
     return blocks * sum(median_ms(t) for t in times.values())

@@ -264,7 +264,9 @@ def test_recursion_vs_the_official_code(benchmark, size, dtype):
     """Our inference recursion step (benchmarked) against the official TRM code's
     (`TinyRecursiveReasoningModel_ACTV1_Inner.forward`, its own checkout) with the same weights,
     timed alternately on the CPU: `extra_info` has ours_ms, official_ms and ours_over_official
-    (target: at most 0.7). The outputs are compared first, so the two do the same work."""
+    (target: at most 0.7), and the step's kernel floor (bench.kernel_floor_ms, the projections and
+    attention alone) over the official time: the least ratio any implementation on the same
+    kernels can reach. The outputs are compared first, so the two do the same work."""
     official_cls, official_config = official_decoder_class()
     cfg = dataclasses.replace(bench.SIZES[size].config("trm"), forward_dtype=dtype)
     batch_size = bench.SIZES[size].batch
@@ -288,6 +290,7 @@ def test_recursion_vs_the_official_code(benchmark, size, dtype):
     other = Companion(official_step, "cpu")
     median = run(benchmark, ours_step, "cpu", size, setup=other)
     if median is not None:
+        floor = bench.kernel_floor_ms(cfg, batch_size)
         benchmark.extra_info.update(
             size=size,
             dtype=dtype,
@@ -295,5 +298,7 @@ def test_recursion_vs_the_official_code(benchmark, size, dtype):
             ours_ms=median,
             official_ms=other.median_ms(),
             ours_over_official=median / other.median_ms(),
+            kernel_floor_ms=floor,
+            floor_over_official=floor / other.median_ms(),
             native_bfloat16=__import__("etrm.bfloat16").bfloat16.native_bfloat16_products(),
         )
