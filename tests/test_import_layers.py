@@ -39,7 +39,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("checkpoints", ("etrm.checkpoints",)),
     ("data", ("etrm.data",)),
     ("evaluation", ("etrm.evaluation",)),
-    ("training", ("etrm.ema", "etrm.diagnostics", "etrm.inference", "etrm.training")),
+    ("training", ("etrm.ema", "etrm.diagnostics", "etrm.inference", "etrm.training_config", "etrm.training")),
     ("interface", ("etrm.interface", "etrm.model_code")),
     ("checks", ("etrm.checks",)),
     ("run", ("etrm.run_config", "etrm.run_state", "etrm.experiment_run", "etrm.experiment_model")),
