@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -124,11 +125,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown model config key(s) {unknown}; valid keys: {sorted(known)}")
-        return cls(**data)
+        return from_known_keys(cls, data, source, "model config")
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -155,6 +152,15 @@ class ModelConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of config keys")
         return cls.from_dict(data, source=str(path))
+
+
+def from_known_keys(cls: type, data: Mapping[str, Any], source: str, kind: str) -> Any:
+    """cls(**data) for a config dataclass, with a key it does not know named as an error."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown {kind} key(s) {unknown}; valid keys: {sorted(known)}")
+    return cls(**data)
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

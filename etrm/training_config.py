@@ -7,10 +7,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
-from etrm.config import ConfigError
+from etrm.config import ConfigError, from_known_keys
 
 OPTIMIZER_LAYOUTS = ("single", "split")
 
@@ -90,11 +90,7 @@ class TrainingConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "training config") -> TrainingConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown training config key(s) {unknown}; valid keys: {sorted(known)}")
-        return cls(**data)
+        return from_known_keys(cls, data, source, "training config")
 
 
 def official_trm_recipe(**overrides: Any) -> TrainingConfig:
