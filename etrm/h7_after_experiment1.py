@@ -25,7 +25,10 @@ def add_options(p: argparse.ArgumentParser) -> None:
         "puzzle embeddings (default: its all_config.yaml's data_paths)",
     )
     p.add_argument(
-        "--h7-tasks", type=int, metavar="N", help="held-out tasks H7 scores (default: 4, 2 from hidden size 256 on)"
+        "--h7-tasks", type=int, metavar="N", help="held-out tasks H7 scores (default: 8, 5 from hidden size 256 on)"
+    )
+    p.add_argument(
+        "--h7-alpha", type=float, default=0.05, metavar="ALPHA", help="the level of H7's tests (default: 0.05)"
     )
     p.add_argument("--h7-steps", type=int, default=8, metavar="K", help="H7's free-context steps (default: 8)")
     p.add_argument(
@@ -80,6 +83,7 @@ def h7_records(args: argparse.Namespace, trm: Path, head, label: str) -> list:
             steps=args.h7_steps,
             act_steps=args.h7_act_steps,
             device=args.device,
+            alpha=args.h7_alpha,
         )
     m = case.measurement
     results = [

@@ -30,13 +30,17 @@ import torch
 from torch import nn
 
 from etrm.bfloat16 import bfloat16_products_emulated
+from etrm.encoder_output import (  # noqa: F401 (re-exported: the adapter's errors and rules)
+    ContextNotReplaceable,
+    ProtocolError,
+    ReplayedEncoder,
+    batch_size_of,
+    context_tensor,
+    with_context,
+)
 
 ENCODER_MODULE = "encoder"
 PROTOCOL = "(carry, loss, metrics, outputs, all_finish) as the official ACTLossHead returns"
-
-
-class ProtocolError(TypeError):
-    """The model lacks part of the protocol; the message names the part."""
 
 
 class ACTStep(NamedTuple):
@@ -49,89 +53,6 @@ class ACTStep(NamedTuple):
 
 class _Captured(Exception):
     """Raised by the context hook to stop a step once the encoder has answered."""
-
-
-def context_tensor(
-    output: Any, *, batch_size: int, puzzle_emb_len: int | None, hidden_size: int | None
-) -> torch.Tensor:
-    """The context in an encoder's output, by this rule, first match wins:
-    1. the output is a tensor;
-    2. it has a tensor attribute or key `context` (etrm's and the origin's EncoderOutput,
-       ModelOutput-like dicts);
-    3. it has a `get_context()` method returning a tensor (the origin's recurrent
-       encoder carries, whose z_e / z_e_H both have the context's shape);
-    4. of its fields (dataclass fields, tuple items, mapping values), the one tensor of
-       shape (B, puzzle_emb_len, hidden); none or several is an error naming them."""
-    if isinstance(output, torch.Tensor):
-        return output
-    named = output.get("context") if isinstance(output, Mapping) else getattr(output, "context", None)
-    if isinstance(named, torch.Tensor):
-        return named
-    if callable(getattr(output, "get_context", None)):
-        found = output.get_context()
-        if isinstance(found, torch.Tensor):
-            return found
-    fields = _fields(output)
-    shape = (batch_size, puzzle_emb_len, hidden_size)
-    matches = [k for k, v in fields.items() if isinstance(v, torch.Tensor) and tuple(v.shape) == shape]
-    if len(matches) == 1:
-        return fields[matches[0]]
-    seen = {k: tuple(v.shape) for k, v in fields.items() if isinstance(v, torch.Tensor)}
-    raise ProtocolError(
-        f"encoder output {type(output).__name__}: no tensor, 'context' or get_context(), and "
-        f"{len(matches) or 'no'} field(s) of shape {shape} ({matches or seen}): cannot tell the context"
-    )
-
-
-class ContextNotReplaceable(ProtocolError):
-    """The encoder's output holds its context in a way a hook cannot swap (e.g. only behind
-    `get_context()`); checks that need a free context are inconclusive on such a model."""
-
-
-def with_context(
-    output: Any, context: torch.Tensor, *, batch_size: int, puzzle_emb_len: int | None, hidden_size: int | None
-) -> Any:
-    """`output` with its context (found by `context_tensor`'s rule) replaced by `context`,
-    everything else unchanged: what a forward hook returns to substitute the context."""
-    if isinstance(output, torch.Tensor):
-        return context
-    if isinstance(output, Mapping) and isinstance(output.get("context"), torch.Tensor):
-        replaced = {**output, "context": context}
-        return replaced if type(output) is dict else type(output)(replaced)
-    if isinstance(getattr(output, "context", None), torch.Tensor):
-        if dataclasses.is_dataclass(output) and not isinstance(output, type):
-            return dataclasses.replace(output, context=context)
-        if isinstance(output, tuple) and hasattr(output, "_replace"):  # a NamedTuple
-            return output._replace(context=context)
-        raise ContextNotReplaceable(
-            f"encoder output {type(output).__name__}: its 'context' attribute is neither a "
-            "dataclass field nor a NamedTuple field, so a hook cannot replace it"
-        )
-    if callable(getattr(output, "get_context", None)):
-        raise ContextNotReplaceable(
-            f"encoder output {type(output).__name__} gives its context only through "
-            "get_context(), which a hook cannot replace"
-        )
-    fields = _fields(output)
-    shape = (batch_size, puzzle_emb_len, hidden_size)
-    matches = [k for k, v in fields.items() if isinstance(v, torch.Tensor) and tuple(v.shape) == shape]
-    if len(matches) != 1 or not isinstance(output, tuple):
-        raise ContextNotReplaceable(
-            f"encoder output {type(output).__name__}: no single replaceable context field of shape {shape}"
-        )
-    items = list(output)
-    items[int(matches[0][1:-1])] = context
-    return type(output)(*items) if hasattr(output, "_fields") else type(output)(items)
-
-
-def _fields(output: Any) -> dict[str, Any]:
-    if dataclasses.is_dataclass(output) and not isinstance(output, type):
-        return {f.name: getattr(output, f.name) for f in dataclasses.fields(output)}
-    if isinstance(output, Mapping):
-        return {str(k): v for k, v in output.items()}
-    if isinstance(output, (tuple, list)):
-        return {f"[{i}]": v for i, v in enumerate(output)}
-    return {}
 
 
 def find_encoder(head: nn.Module, name: str = ENCODER_MODULE) -> tuple[str, nn.Module] | None:
@@ -157,7 +78,8 @@ class TRMInterface:
     encoder submodule (None: a TRM, or a model the checks cannot see an encoder in);
     `decoder` a module whose tensors are the decoder's (default: every head tensor
     outside the encoder). `puzzle_emb_len`, `hidden_size` and `forward_dtype` describe the
-    context the decoder expects; `etrm_model` is set for etrm's own models only, for the
+    context the decoder expects, `context_rms` the RMS its encoder's output is normalised to
+    (None: not declared); `etrm_model` is set for etrm's own models only, for the
     checks that need their internals."""
 
     def __init__(
@@ -174,6 +96,7 @@ class TRMInterface:
         etrm_model: nn.Module | None = None,
         name: str | None = None,
         encoder_name: str = ENCODER_MODULE,
+        context_rms: float | None = None,
     ):
         self.name = name or type(head).__name__
         if not isinstance(head, nn.Module):
@@ -188,6 +111,7 @@ class TRMInterface:
         self.halt_exploration_prob = halt_exploration_prob
         self.etrm_model = etrm_model
         self.encoder_name = encoder_name
+        self.context_rms = context_rms
 
     @classmethod
     def from_etrm(cls, head: nn.Module) -> TRMInterface:
@@ -204,6 +128,7 @@ class TRMInterface:
             halt_exploration_prob=cfg.halt_exploration_prob,
             etrm_model=model,
             name=f"etrm {type(model).__name__}",
+            context_rms=1.0,  # every etrm encoder ends in an RMS norm without a gain
         )
 
     # --- capabilities ------------------------------------------------------------------------
@@ -320,24 +245,26 @@ class TRMInterface:
         return captured[0]
 
     @contextmanager
-    def context_replaced(self, replace: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[TRMInterface]:
+    def context_replaced(self, replace: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[ReplayedEncoder]:
         """While active, the encoder's output reaches the decoder with its context replaced
-        by `replace(context)` (same shape), through a forward hook that returns the new
-        output. Gradient flows into what `replace` returns whenever it is enabled where the
-        context manager was entered, even if the model runs its encoder without autograd."""
+        by `replace(context)` (same shape). Gradient flows into what `replace` returns whenever
+        it is enabled where the context manager was entered, even if the model runs its encoder
+        without autograd. The encoder submodule is swapped for a `ReplayedEncoder` for the
+        duration, so it runs only when its inputs change (once per task in a context search);
+        a model that calls its encoder by another route still gets the replacement, through a
+        forward hook on the encoder itself. Yields the stand-in (its `runs` counts the encoder's runs)."""
         if self.encoder is None:
             raise ProtocolError(self.missing("encoder"))
         grad = torch.is_grad_enabled()
 
-        def hook(_module, _args, output):
+        def substitute(output, args):
             with torch.set_grad_enabled(grad):
                 old = context_tensor(
                     output,
-                    batch_size=_batch_size(_args, output),
+                    batch_size=batch_size_of(args, output),
                     puzzle_emb_len=self.puzzle_emb_len,
                     hidden_size=self.hidden_size,
                 )
-                size = old.shape[0]
                 new = replace(old)
                 if tuple(new.shape) != tuple(old.shape):
                     raise ProtocolError(
@@ -347,16 +274,34 @@ class TRMInterface:
                 return with_context(
                     output,
                     new.to(old.dtype),
-                    batch_size=size,
+                    batch_size=old.shape[0],
                     puzzle_emb_len=self.puzzle_emb_len,
                     hidden_size=self.hidden_size,
                 )
 
-        handle = self.encoder.register_forward_hook(hook)
+        stand_in = ReplayedEncoder(self.encoder, substitute)
+        place = self._encoder_place()
+        # Calls that bypass the stand-in get the replacement here; the stand-in's own call gets None
+        # (its output unchanged), since it substitutes the context into the output it replays.
+        handle = self.encoder.register_forward_hook(
+            lambda _m, args, output: None if stand_in.calling else substitute(output, args)
+        )
+        if place is not None:
+            setattr(*place, stand_in)
         try:
-            yield self
+            yield stand_in
         finally:
+            if place is not None:
+                setattr(*place, self.encoder)
             handle.remove()
+
+    def _encoder_place(self) -> tuple[nn.Module, str] | None:
+        """(parent module, attribute) holding the encoder in the head; None if it is not a submodule."""
+        for parent in self.head.modules():
+            for name, child in parent.named_children():
+                if child is self.encoder:
+                    return parent, name
+        return None
 
     # --- parameters --------------------------------------------------------------------------
     def encoder_parameters(self) -> list[tuple[str, nn.Parameter]]:
@@ -376,15 +321,6 @@ class TRMInterface:
 
     def __repr__(self) -> str:
         return f"TRMInterface({self.name}, encoder={'yes' if self.has_encoder else 'no'}, etrm={self.is_etrm})"
-
-
-def _batch_size(args: tuple, output: Any) -> int | None:
-    """Samples in an encoder call: the leading size of its first tensor argument."""
-    first = next((a for a in args if isinstance(a, torch.Tensor)), None)
-    if first is not None:
-        return int(first.shape[0])
-    found = output if isinstance(output, torch.Tensor) else None
-    return None if found is None else int(found.shape[0])
 
 
 def as_interface(model: Any) -> TRMInterface:

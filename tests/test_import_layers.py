@@ -40,7 +40,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("data", ("etrm.data",)),
     ("evaluation", ("etrm.evaluation",)),
     ("training", ("etrm.ema", "etrm.diagnostics", "etrm.inference", "etrm.training_config", "etrm.training")),
-    ("interface", ("etrm.interface", "etrm.model_code")),
+    ("interface", ("etrm.encoder_output", "etrm.interface", "etrm.model_code")),
     ("checks", ("etrm.checks",)),
     ("run", ("etrm.run_config", "etrm.run_state", "etrm.experiment_run", "etrm.experiment_model")),
     ("testing", ("etrm.testing",)),

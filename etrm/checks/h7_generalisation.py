@@ -23,8 +23,9 @@ from pathlib import Path
 
 import torch
 
+from etrm.checks import h7_statistics as stats
 from etrm.checks.h7_encoder_capacity import MIN_RELATIVE_SPREAD
-from etrm.checks.h7_headroom import MIN_STEERED_SHARE, H, H7Measurement
+from etrm.checks.h7_headroom import H, H7Measurement
 from etrm.checks.result import CheckResult
 
 GAP_RATIO = 1.5  # held-out loss this many times the training loss: a gap
@@ -98,7 +99,20 @@ def check_generalisation_gap(m: H7Measurement) -> CheckResult:
         f"; {confusion:.0%} of {counted} held-out puzzles lie nearer another task's context than their own "
         f"augmentations' (memorising from {MAX_CONFUSION:.0%})"
     )
-    memorises = ratio >= GAP_RATIO and confusion >= MAX_CONFUSION
+    p_value = stats.greater_test(heldout, m.train_losses)
+    numbers.update(p_value=p_value, alpha=m.alpha, test="one-sided Mann-Whitney U, held-out above training losses")
+    least = 1 / math.comb(len(heldout) + len(m.train_losses), len(heldout))
+    if least > m.alpha:
+        return CheckResult.inconclusive(
+            H,
+            name,
+            f"{facts}; {len(heldout)} held-out and {len(m.train_losses)} training tasks cannot reach significance "
+            f"(the least p-value of a Mann-Whitney test on them is {least:.3g} > alpha {m.alpha:g}): pass "
+            "--h7-tasks 4 or more",
+            numbers,
+        )
+    facts += f"; held-out losses above training ones: Mann-Whitney p = {p_value:.3g} (alpha {m.alpha:g})"
+    memorises = ratio >= GAP_RATIO and confusion >= MAX_CONFUSION and p_value <= m.alpha
     return CheckResult.from_condition(
         H,
         name,
@@ -152,7 +166,8 @@ def check_embedding_alignment(
     # Contexts unlike the embeddings are a weakness only where the embeddings steer the decoder better.
     scored = [s for s in m.tasks if s.trm_loss is not None]
     trm_better = sum(s.better(s.trm_loss, s.trm_exact) for s in scored)
-    off = held < MIN_R2 and trm_better >= max(1, math.ceil(MIN_STEERED_SHARE * len(scored)))
+    p_value = stats.sign_test(trm_better, len(scored))
+    off = held < MIN_R2 and p_value <= m.alpha
     return CheckResult.from_condition(
         H,
         name,
@@ -160,7 +175,7 @@ def check_embedding_alignment(
         f"a ridge map from encoder contexts to the TRM's puzzle embeddings, fitted on {len(train)} training puzzles "
         f"(R^2 {fit:.2f}), gives R^2 {held:.2f} on {len(test)} held-out puzzles (aligned from {MIN_R2:g}); the TRM's "
         f"embedding is clearly better than the encoder's context on {trm_better} of {len(scored)} tasks "
-        f"(a weakness from {MIN_STEERED_SHARE:.0%})"
+        f"(one-sided sign test p = {p_value:.3g}; a weakness where significant at alpha {m.alpha:g})"
         + (": the encoder's contexts miss what the decoder reads" if off else ""),
         {
             "train_r2": fit,
@@ -168,6 +183,8 @@ def check_embedding_alignment(
             "train_puzzles": len(train),
             "heldout_puzzles": len(test),
             "trm_better_tasks": trm_better,
+            "p_value": p_value,
+            "alpha": m.alpha,
         },
     )
 

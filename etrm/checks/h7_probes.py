@@ -1,6 +1,7 @@
 """What the H7 measurements run on: one task's demonstrations and test query, scored with a
-chosen context through `TRMInterface.context_replaced`, and a free context optimised on the
-demonstrations (the test-time latent search of Latent Program Networks, used as a probe).
+chosen context through `TRMInterface.context_replaced`, and a free context searched on the
+demonstrations (`etrm.checks.context_search`, the test-time latent search of Latent Program
+Networks, used as a probe).
 
 Scores are those of an evaluation episode (`halt_max_steps` ACT steps, as the official
 evaluator runs it, or its first `act_steps`): the last step's stablemax cross-entropy, mean
@@ -19,11 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from etrm.interface import ProtocolError, TRMInterface
-from etrm.models.loss import IGNORE_LABEL_ID, stablemax_cross_entropy
-
-# The free context's Adam step, as a fraction of the starting context's RMS: small steps.
-STEP_FRACTION = 0.05
+from etrm.checks import context_search as search
+from etrm.interface import TRMInterface
+from etrm.models.loss import IGNORE_LABEL_ID
 
 
 @dataclass(frozen=True)
@@ -161,19 +160,10 @@ def episode_scores(
             for _ in range(min(act_steps or model.halt_max_steps, model.halt_max_steps)):
                 step = model.step(carry, batch, return_keys=("logits",))
                 carry = step.carry
-    logits = step.outputs.get("logits") if hasattr(step.outputs, "get") else None
-    if not isinstance(logits, torch.Tensor) or tuple(logits.shape[:2]) != tuple(labels.shape):
-        raise ProtocolError(
-            f"{model.name}: a step's outputs hold no 'logits' of shape {tuple(labels.shape)} + "
-            "(vocab,) when asked with return_keys=['logits']"
-        )
+    logits = search.step_logits(step, labels, model.name)
     if vocab is not None:  # the caller's list receives the logits' vocabulary size
         vocab.append(int(logits.shape[-1]))
-    valid = labels != IGNORE_LABEL_ID
-    counts = valid.sum(-1).clamp_min(1)
-    losses = stablemax_cross_entropy(logits, labels).sum(-1) / counts
-    exact = ((logits.argmax(-1) == labels) | ~valid).all(-1) & valid.any(-1)
-    return [float(x) for x in losses], [bool(x) for x in exact]
+    return search.sample_losses(logits, labels)
 
 
 def chance_loss(vocab: int) -> float:
@@ -187,29 +177,13 @@ def optimise_context(
     start: torch.Tensor,
     steps: int,
     max_demos: int,
+    scale: search.SearchScale | None,
     device: str | torch.device = "cpu",
     seed: int = 0,
     queries: int | None = None,
-) -> tuple[torch.Tensor, float, float]:
-    """A free context (P, H), started at `start`, after `steps` Adam steps on the model's own
-    loss of the first `queries` demonstrations as queries (all for None), in evaluation mode,
-    one ACT step per Adam step with the carry kept (as training runs). Returns (context, first
-    demo loss, last demo loss)."""
+) -> search.SearchResult:
+    """One task's free context (1, P, H), started at `start`, searched (`etrm.checks.context_search`)
+    on its first `queries` demonstrations as queries (all for None), all of them as demos."""
     batch = demo_batch(probe, max_demos, device, queries)
-    free = torch.nn.Parameter(start.detach().float().clone())
-    lr = STEP_FRACTION * float(start.float().square().mean().sqrt().clamp_min(1e-6))
-    optimizer = torch.optim.Adam([free], lr=lr)
-    losses = []
-    size = batch["inputs"].shape[0]
-    with torch.random.fork_rng(devices=[]), model.mode(training=False), torch.enable_grad():
-        torch.manual_seed(seed)
-        with model.context_replaced(lambda old: free.to(old.dtype).unsqueeze(0).expand(size, -1, -1)):
-            carry = model.initial_carry(batch)
-            for _ in range(steps):
-                step = model.step(carry, batch)
-                carry = step.carry
-                optimizer.zero_grad()
-                step.loss.backward()  # no gradient reaching the context leaves it where it is
-                optimizer.step()
-                losses.append(float(step.loss.detach()) / size)
-    return free.detach(), losses[0] if losses else math.nan, losses[-1] if losses else math.nan
+    owners = torch.zeros(batch["inputs"].shape[0], dtype=torch.long)
+    return search.search_contexts(model, batch, start.unsqueeze(0), owners, steps, scale, seed)

@@ -69,5 +69,6 @@ def h7_case(checkpoint_model, artifacts, pytestconfig) -> etrm.suite.h7_case.H7C
         tasks=pytestconfig.getoption("etrm_h7_tasks"),
         steps=pytestconfig.getoption("etrm_h7_steps"),
         act_steps=pytestconfig.getoption("etrm_h7_act_steps"),
+        alpha=pytestconfig.getoption("etrm_h7_alpha"),
         source=artifacts.source("etrm_checkpoint"),
     )

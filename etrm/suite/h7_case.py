@@ -1,7 +1,7 @@
 """The H7 measurements on the checkpoint under investigation: held-out and training tasks of
 its dataset, the TRM's puzzle embeddings where the TRM and its dataset are known, bounded by
-`--etrm-h7-tasks` / `--etrm-h7-steps` / `--etrm-h7-act-steps` (`h7-tasks` / `h7-steps` /
-`h7-act-steps` under `etrm investigate`)."""
+`--etrm-h7-tasks` / `--etrm-h7-steps` / `--etrm-h7-act-steps` / `--etrm-h7-alpha` (`h7-tasks` /
+`h7-steps` / `h7-act-steps` / `h7-alpha` under `etrm investigate`)."""
 
 from __future__ import annotations
 
@@ -44,6 +44,7 @@ def build_h7_case(
     steps: int,
     act_steps: int,
     source: str,
+    alpha: float,
     progress: bool = True,
 ) -> H7Case:
     prefixes, note = trm_embeddings(artifacts, source, model)
@@ -58,6 +59,7 @@ def build_h7_case(
         act_steps=act_steps,
         device=artifacts.device,
         progress=progress,
+        alpha=alpha,
     )
 
 
@@ -66,7 +68,7 @@ KNOWN_CASES = {"bottleneck": ("trm", True), "context_blind": ("trm_no_context", 
 
 
 @functools.cache  # measured once per process: several controls read each case
-def known_case(name: str, *, tasks: int = 4, steps: int = 8) -> H7Case:
+def known_case(name: str, *, tasks: int = 8, steps: int = 8) -> H7Case:
     """A bundled case whose answer is known by construction, measured as a user's checkpoint is."""
     import pytest
 

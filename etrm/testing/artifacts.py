@@ -184,7 +184,8 @@ def run_options() -> dict[str, tuple[str, dict[str, Any]]]:
             "metavar": "N",
             "type": _positive_int,
             "default": None,
-            "help": "held-out tasks H7's headroom measurement scores (default: 4, 2 from hidden size 256 on)",
+            "help": "held-out tasks H7's headroom measurement scores (default: 8, 5 from hidden size 256 on; the sign "
+            "test needs 5 to reach alpha 0.05)",
         },
     )
     options["etrm_h7_steps"] = (
@@ -206,7 +207,28 @@ def run_options() -> dict[str, tuple[str, dict[str, Any]]]:
             "more: the full evaluation episode)",
         },
     )
+    options["etrm_h7_alpha"] = (
+        "h7-alpha",
+        {
+            "metavar": "ALPHA",
+            "type": _probability,
+            "default": 0.05,
+            "help": "the level of H7's tests across tasks (default: 0.05); its intervals are at 1 - ALPHA",
+        },
+    )
     return options
+
+
+def _probability(text: str) -> float:
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a level between 0 and 1, got {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:
