@@ -187,6 +187,10 @@ def check_context_headroom(m: H7Measurement) -> CheckResult:
             f"test queries exactly; another context is {_statistics(m)}; {_summary(m)}",
             nums,
         )
+    if blocked := _absence_blocked(m):
+        return CheckResult.inconclusive(
+            H, name, f"not significant, and {blocked}; {_statistics(m)}; {_summary(m)}", nums
+        )
     if not nums["tasks_steered"]:
         return CheckResult.inconclusive(
             H,
@@ -194,10 +198,6 @@ def check_context_headroom(m: H7Measurement) -> CheckResult:
             f"no context tried does clearly better or solves the tasks, so the encoder cannot be judged by "
             f"them (see context_steering); {_statistics(m)}; {_summary(m)}",
             nums,
-        )
-    if blocked := _absence_blocked(m):
-        return CheckResult.inconclusive(
-            H, name, f"not significant, and {blocked}; {_statistics(m)}; {_summary(m)}", nums
         )
     return CheckResult.ok(H, name, f"little headroom: another context is {_statistics(m)}; {_summary(m)}", nums)
 

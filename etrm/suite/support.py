@@ -44,6 +44,7 @@ RUN_CHECKPOINTS = ("trm_checkpoint", "etrm_checkpoint")
 XDIST_GROUPS = {
     "h7_case": "etrm-h7-case",  # the headroom, gap and alignment measurement (conftest's h7_case)
     "h7_contexts": "etrm-h7-checkpoint-contexts",  # test_hypothesis7's checkpoint_case
+    "h7_known": "etrm-h7-known-cases",  # the bundled known-answer cases the H7 controls measure (known_case)
 }
 
 

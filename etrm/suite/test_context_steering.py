@@ -19,6 +19,7 @@ def test_h7_decoder_steerable(h7_case, record_check):
     record_check(h7_headroom.check_decoder_steerable(h7_case.measurement))
 
 
+@pytest.mark.xdist_group(XDIST_GROUPS["h7_known"])
 def test_control_context_blind_decoder_cannot_be_steered(expect_check_fails):
     """Its decoder was trained with an all-zero context (a TRM with puzzle_emb_ndim 0)."""
     expect_check_fails(h7_headroom.check_decoder_steerable(known_case("context_blind").measurement))

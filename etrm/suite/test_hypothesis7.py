@@ -127,11 +127,13 @@ def bottleneck_case():
     return known_case("bottleneck")
 
 
+@pytest.mark.xdist_group(XDIST_GROUPS["h7_known"])
 def test_control_bottleneck_encoder_leaves_headroom(bottleneck_case, expect_check_fails):
     """Trained through a demo-blind wrapper, the encoder cannot carry the rule: H7 evidence."""
     expect_check_fails(h7_headroom.check_context_headroom(bottleneck_case.measurement))
 
 
+@pytest.mark.xdist_group(XDIST_GROUPS["h7_known"])
 def test_control_bottleneck_encoder_is_off_the_embeddings(bottleneck_case, expect_check_fails):
     case = bottleneck_case
     expect_check_fails(
@@ -139,6 +141,7 @@ def test_control_bottleneck_encoder_is_off_the_embeddings(bottleneck_case, expec
     )
 
 
+@pytest.mark.xdist_group(XDIST_GROUPS["h7_known"])
 def test_control_context_blind_decoder_gives_no_headroom_evidence(expect_check_fails):
     """A decoder trained on an all-zero context: no context steers it, which is not H7 evidence."""
     expect_check_fails(h7_headroom.check_context_headroom(known_case("context_blind").measurement), "inconclusive")
