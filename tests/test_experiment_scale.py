@@ -280,3 +280,56 @@ def test_wandb_offline_history_reads_back_as_the_metrics_log(whole_run, tmp_path
     assert [r["step"] for r in history] == [r["step"] for r in ours]
     numbers = [{k: v for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)} for r in ours]
     assert_same_metrics([{k: r[k] for k in n} for r, n in zip(history, numbers)], numbers)
+
+
+@pytest.fixture(scope="module")
+def early_halting_trm(tmp_path_factory):
+    """The bundled TRM with its Q head made to halt at once: q_halt's weights zeroed and its bias
+    +5, so q_halt = 5 > 0 on every input (the decoder is frozen: it stays so), and half the
+    samples explore (halt_exploration_prob 0.5). A sample then runs a second or third ACT step
+    only when its exploration draw holds it, so each step's train/count and train/steps are the
+    torch RNG's draws. The bundled TRM (q_halt near -5) always runs its 3 steps, which any draws
+    allow, so there a resume that lost the RNG state still wrote the same log."""
+    import json
+
+    import torch
+    import yaml
+
+    folder = tmp_path_factory.mktemp("early_halting_trm")
+    state = torch.load(TRM, map_location="cpu", weights_only=True)
+    state["_orig_mod.model.inner.q_head.weight"][0].zero_()
+    state["_orig_mod.model.inner.q_head.bias"][0] = 5.0
+    torch.save(state, folder / TRM.name)
+    config = yaml.safe_load((TRM.parent / "all_config.yaml").read_text())
+    config["arch"]["halt_exploration_prob"] = 0.5
+    (folder / "all_config.yaml").write_text(yaml.safe_dump(config))
+    meta = json.loads((TRM.parent / f"{TRM.name}.etrm.json").read_text())
+    meta["model_config"]["halt_exploration_prob"] = 0.5
+    (folder / f"{TRM.name}.etrm.json").write_text(json.dumps(meta))
+    return folder / TRM.name
+
+
+def test_a_resumed_run_whose_log_depends_on_exploration_draws_writes_the_same_log(
+    early_halting_trm, tmp_path, monkeypatch, no_plots
+):
+    """Stopped after step 3 (checkpoint at 2) and resumed: the log must equal the uninterrupted
+    run's, which holds only if the resumed ranks draw what they would have drawn."""
+    from etrm.training import Trainer
+
+    short = ("--steps", "4", "--eval-every", "100")  # after TINY: these win
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    assert experiment1(whole, *short, trm=early_halting_trm) == 0
+    counts = [r["train/count"] for r in read_metrics_log(whole / "metrics.jsonl") if "train/count" in r]
+    assert any(c < 2 for c in counts[2:]), counts  # after the checkpoint, exploration held a sample
+    step = Trainer.step
+
+    def killed_after_3(self, batch):
+        if self.step_count == 3:
+            raise KeyboardInterrupt
+        return step(self, batch)
+
+    monkeypatch.setattr(Trainer, "step", killed_after_3)
+    assert experiment1(stopped, *short, trm=early_halting_trm) == 130
+    monkeypatch.setattr(Trainer, "step", step)
+    assert experiment1(stopped, *short, "--resume", trm=early_halting_trm) == 0
+    assert (stopped / "metrics.jsonl").read_text() == (whole / "metrics.jsonl").read_text()
