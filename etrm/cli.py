@@ -17,6 +17,7 @@ import importlib
 import os
 import sys
 
+from etrm import __version__
 from etrm.errors import UsageError  # the commands raise it as etrm.cli.UsageError too
 
 # Subcommand -> the module providing it, in the order `etrm --help` lists them. Only the named
@@ -25,12 +26,13 @@ from etrm.errors import UsageError  # the commands raise it as etrm.cli.UsageErr
 COMMANDS = {
     "investigate": "etrm.investigate",
     "build-data": "etrm.data.build",
-    "evaluate": "etrm.inference",
+    "evaluate": "etrm.evaluate_command",
     "score": "etrm.evaluation.score",
     "inspect": "etrm.checkpoints",
     "verify-decoder": "etrm.checkpoints",
     "bench": "etrm.bench",
     "experiment1": "etrm.experiment",
+    "compare": "etrm.compare",
 }
 COMMAND_MODULES = list(dict.fromkeys(COMMANDS.values()))
 DEBUG_ENV = "ETRM_DEBUG"

@@ -6,6 +6,12 @@ It runs `pytest --pyargs etrm.suite` in isolation from any checkout's configurat
 behaves the same from a wheel as from the repository. Exit status: pytest's, i.e. 0
 when no check failed and 1 when some did; a missing artifact or a `-m` that selects
 no check is a usage error (2), an unusable metrics log for the report 1.
+
+With `--baseline OLD.json` (an earlier run's `--verdict-json`) the changes against it follow
+the table, one a line, and the status is the baseline gate's: 1 when this run has evidence, an
+error or a number past its tolerance that the baseline lacks, 0 otherwise, even where the
+baseline's evidence remains (docs/compare.md). A baseline that cannot be read is a usage error
+(2), reported before any check runs.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from etrm.checks.result import HYPOTHESES
 from etrm.cli import UsageError
 from etrm.errors import int_at_least
 from etrm.testing.artifacts import CLI_PREFIX, OPTIONS, Artifacts, add_artifact_options, plugin_args
-from etrm.testing.plugin import INVESTIGATE_FLAG
+from etrm.testing.plugin import BASELINE_FLAG, INVESTIGATE_FLAG
 
 DEFAULT_SELECTION = " or ".join(HYPOTHESES)
 SUITE = "etrm.suite"
@@ -63,6 +69,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("-k", dest="keyword", metavar="EXPR", help="pytest -k expression on test names, e.g. checkpoint")
     p.add_argument("--report", metavar="DIR", help="write DIR/report.md with the verdict and metric plots")
+    p.add_argument(
+        "--baseline",
+        metavar="OLD.json",
+        help="an earlier run's --verdict-json: list what changed after the table, and exit 1 only on new "
+        "evidence, a new error or a number worse than its tolerance",
+    )
     p.add_argument(
         "-n",
         dest="workers",
@@ -121,6 +133,8 @@ def pytest_args(args: argparse.Namespace, verdict_json: str | None) -> list[str]
     argv += plugin_args({**vars(args), "etrm_verdict_json": verdict_json})
     if args.keyword:
         argv += ["-k", args.keyword]
+    if getattr(args, "baseline", None):
+        argv += [BASELINE_FLAG, str(Path(args.baseline).expanduser().resolve())]
     autoload_off = bool(os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"))
     if autoload_off:  # else the pytest11 entry point loads it; loading it twice is an error
         argv += ["-p", "etrm.testing.plugin"]
@@ -162,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
     # The plugin resolves them again inside pytest; here a mistyped path is one error line
     # of this command (etrm.cli.main) before any check runs.
     artifacts = Artifacts.resolve(_given(args), device=args.etrm_device, prefix=CLI_PREFIX)
+    if args.baseline:
+        _check_baseline(Path(args.baseline).expanduser())
     with tempfile.TemporaryDirectory(prefix="etrm-investigate-") as tmp:
         # The report needs the verdict: ask pytest for the JSON even when the user did not.
         verdict_json = args.etrm_verdict_json or (str(Path(tmp) / "verdict.json") if args.report else None)
@@ -176,6 +192,18 @@ def run(args: argparse.Namespace) -> int:
         if args.report and status in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
             _write_report(args, artifacts, Path(verdict_json))
     return status
+
+
+def _check_baseline(path: Path) -> None:
+    """Read the baseline once before pytest starts, so a bad one is this command's one error line."""
+    from etrm.testing.verdict import read_verdict_json
+
+    try:
+        read_verdict_json(path)
+    except OSError as err:
+        raise UsageError(f"--baseline {path}: {err.strerror or err}") from None
+    except ValueError as err:
+        raise UsageError(f"--baseline {err}") from None
 
 
 def _write_report(args: argparse.Namespace, artifacts: Artifacts, verdict_json: Path) -> None:

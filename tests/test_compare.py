@@ -1,0 +1,221 @@
+"""`etrm compare` and `etrm investigate --baseline` on real runs (docs/compare.md).
+
+The cases are trained here, once per module: the bundled TRM's decoder, frozen, with an ETRM
+encoder trained for a few steps on the bundled few-shot data (Experiment 1), as
+`fixtures/make_checkpoints.py` makes the bundled frozen ETRM. Why each answer is true:
+- "clean" (seed 0) and "seed1" train the correct ETRM: gradients reach the encoder, so H2 has no
+  evidence, and another seed changes no decisive number past its tolerance;
+- "detached" trains `etrm.suite.broken.DetachedEncoderETRM`, whose context is detached before the
+  decoder reads it: the encoder gets no gradient, so its logged pre-clip norms are 0 (H2
+  evidence, check encoder_norm_preclip_in_log) and the run is scenario B (stuck) where the clean
+  one is C.
+The investigations read only the runs' metrics logs (-k training_log / frozen_decoder_run), so
+each takes a fraction of a second; the checkpoint-level runs are in test_compare_slow.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from contextlib import redirect_stderr, redirect_stdout
+from io import StringIO
+from pathlib import Path
+
+import pytest
+
+from etrm.bundled import fixtures_root
+from etrm.cli import main
+from etrm.testing.verdict import JSON_VERSION, VerdictJSONError, read_verdict_json
+
+STEPS = 20  # at 10 the clean seed-0 loss has not fallen enough yet to tell C from B
+SELECTION = ["-m", "hypothesis2 or experiment1", "-k", "training_log or frozen_decoder_run", "-n", "0"]
+
+
+def train(out: Path, seed: int, detached: bool) -> Path:
+    """An Experiment 1 run (frozen bundled TRM decoder) into `out`: metrics.jsonl and step_final."""
+    import torch
+
+    from etrm.checkpoints import save_checkpoint
+    from etrm.checks.experiment1 import run_frozen_decoder_experiment
+    from etrm.models import LossHead
+    from etrm.suite.broken import DetachedEncoderETRM
+
+    torch.set_num_threads(1)
+    out.mkdir(parents=True)
+    trainer = run_frozen_decoder_experiment(
+        fixtures_root() / "checkpoints" / "trm" / "step_final",
+        fixtures_root() / "data" / "fewshot",
+        out / "metrics.jsonl",
+        steps=STEPS,
+        eval_every=STEPS // 2,
+        batch_size=8,
+        seed=seed,
+        progress=False,
+        model_factory=(lambda config: LossHead(DetachedEncoderETRM(config))) if detached else None,
+        max_eval_groups=1,
+    )
+    save_checkpoint(out / "step_final", trainer.head, step=STEPS, training_config=trainer.config.to_dict())
+    return out
+
+
+def etrm(*argv: str) -> tuple[int, str]:
+    """`etrm ARGV` in this process: (exit status, stdout + stderr)."""
+    text = StringIO()
+    with redirect_stdout(text), redirect_stderr(text):
+        status = main(list(argv))
+    return status, text.getvalue()
+
+
+def investigate(run: Path, *extra: str) -> tuple[int, str]:
+    return etrm("investigate", *SELECTION, "--metrics-log", str(run / "metrics.jsonl"), *extra)
+
+
+def changes_section(out: str) -> list[str]:
+    """The lines --baseline prints after the verdict table, up to the gate's line."""
+    lines = out[out.index("etrm changes against the baseline") :].splitlines()
+    end = next(i for i, line in enumerate(lines) if line.startswith("etrm baseline gate"))
+    return lines[: end + 1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """name -> run folder, with the run's verdict JSON beside it as `<folder>.json`."""
+    root = tmp_path_factory.mktemp("compare")
+    made = {
+        "clean": train(root / "clean", seed=0, detached=False),
+        "seed1": train(root / "seed1", seed=1, detached=False),
+        "detached": train(root / "detached", seed=0, detached=True),
+    }
+    for name, folder in made.items():
+        status, out = investigate(folder, "--verdict-json", str(root / f"{name}.json"))
+        assert status == (1 if name == "detached" else 0), out
+    return made
+
+
+def verdict(runs, name: str) -> Path:
+    return runs[name].with_suffix(".json")
+
+
+def test_a_detached_context_against_the_clean_run_fails_the_gate_with_h2_new_evidence(runs):
+    status, out = investigate(runs["detached"], "--baseline", str(verdict(runs, "clean")))
+    assert status == 1, out
+    section = changes_section(out)
+    assert any(
+        line.startswith("hypothesis2: new evidence: encoder_norm_preclip_in_log (etrm/suite/test_hypothesis2.py::")
+        for line in section
+    ), section
+    assert "experiment1: worse: C -> B" in section
+    assert section[-1].startswith("etrm baseline gate failed: 2 change(s) for the worse (new evidence, worse)")
+    # etrm compare flags the same row, and reports rather than gates.
+    status, out = etrm("compare", str(verdict(runs, "clean")), str(verdict(runs, "detached")))
+    assert status == 0
+    assert re.search(r"^hypothesis2 +no evidence: \S+ +evidence found: \S+ \[NEW EVIDENCE\]$", out, re.M), out
+
+
+def test_the_clean_run_against_itself_and_another_seed_flags_nothing(runs):
+    for other in ("clean", "seed1"):
+        status, out = investigate(runs[other], "--baseline", str(verdict(runs, "clean")))
+        section = changes_section(out)
+        assert status == 0, out
+        assert "no change" in section and section[-1].startswith("etrm baseline gate passed"), section
+    status, out = etrm("compare", str(verdict(runs, "clean")), str(verdict(runs, "seed1")), "--labels", "s0,s1")
+    assert status == 0 and "[" not in out.split("s1 against s0:")[0], out
+    assert "s1 against s0:\n  no change" in out
+
+
+def test_old_evidence_alone_passes_the_gate(runs):
+    """The detached run against itself: its evidence is old, so nothing got worse (exit 0)."""
+    status, out = investigate(runs["detached"], "--baseline", str(verdict(runs, "detached")))
+    assert status == 0, out
+    assert "etrm baseline gate passed: nothing got worse than the baseline; 1 check(s) still fail" in out
+
+
+def test_four_runs_render_a_table_and_plots_that_read_back(runs, tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib.image
+
+    jsons = [str(verdict(runs, n)) for n in ("clean", "seed1", "detached", "clean")]
+    report = tmp_path / "report"
+    status, out = etrm("compare", *jsons, "--labels", "main,F1,F2,F2_again", "--report", str(report))
+    assert status == 0, out
+    md = (report / "compare.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| hypothesis2 |"))  # the grid comes first
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[0] == "hypothesis2" and len(cells) == 5
+    assert cells[1].startswith("no evidence: ") and cells[2].startswith("no evidence: ")
+    assert cells[3].startswith("evidence found: ") and cells[3].endswith("[NEW EVIDENCE]")
+    assert cells[4].startswith("no evidence: ") and "[" not in cells[4]
+    assert (
+        "| experiment1 | C: encoder trains but useless | C: encoder trains but useless | B: encoder stuck [WORSE] |"
+        in md
+    )
+    grid = matplotlib.image.imread(report / "verdict_grid.png")[..., :3]
+    colours = {tuple(int(round(c * 255)) for c in pixel) for pixel in grid.reshape(-1, 3)[::7]}
+    assert (0xF4, 0xA6, 0xA6) in colours and (0xB7, 0xE1, 0xB0) in colours  # evidence red, no-evidence green
+    # The experiment1 runs themselves: their scenarios and the overlaid curves.
+    status, out = etrm(
+        "compare", *(str(runs[n]) for n in ("clean", "seed1", "detached")), "--report", str(report / "x")
+    )
+    assert status == 0, out
+    table = out[out.index("experiment1 runs:") :].splitlines()
+    assert [line.split()[0] for line in table[2:5]] == ["clean", "seed1", "detached"]
+    assert "B: encoder stuck" in table[4] and "0 (pre-clip)" in table[4] and "C: encoder trains" in table[2]
+    curves = matplotlib.image.imread(report / "x" / "experiment1_curves.png")
+    assert curves.shape[0] > 300 and curves.shape[1] > 800 and curves[..., :3].std() > 0.05
+
+
+def test_the_verdict_json_identifies_what_it_investigated(runs, tmp_path):
+    """A run that reads a checkpoint records its sha256 and saved model config; and the command."""
+    checkpoint = runs["clean"] / "step_final"
+    out = tmp_path / "v.json"
+    status, text = etrm(
+        "investigate", "-m", "hypothesis2", "-k", "checkpoint_encoder_requires_grad", "-n", "0",
+        "--etrm-checkpoint", str(checkpoint), "--verdict-json", str(out),
+    )  # fmt: skip
+    assert status == 0, text
+    data = json.loads(out.read_text())
+    assert data["version"] == JSON_VERSION == 4
+    ident = data["identity"]
+    entry = next(a for a in ident["artifacts"] if a["name"] == "etrm_checkpoint" and a["source"] == "user")
+    assert entry["path"] == str(checkpoint.resolve())
+    assert entry["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert entry["model_config"]["hidden_size"] == 32 and entry["model_config"]["model_type"] == "etrm"
+    # The process's command line (here pytest's) and the suite's own arguments (etrm investigate's translation).
+    assert ident["command"].split()[0] in ("pytest", "__main__.py", "python", "pytest-xdist")
+    assert f"--etrm-etrm-checkpoint {checkpoint.resolve()}" in ident["pytest_args"]
+    assert ident["device"] == "cpu" and ident["device_name"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", ident["started"])
+    # Against the clean run's log-only baseline: the note on the other artifacts comes first.
+    status, text = etrm(
+        "investigate", "-m", "hypothesis2", "-k", "checkpoint_encoder_requires_grad", "-n", "0",
+        "--etrm-checkpoint", str(runs["seed1"] / "step_final"), "--baseline", str(out),
+    )  # fmt: skip
+    section = changes_section(text)
+    assert status == 0 and section[1].startswith("note: other weights or code of the same config: etrm_checkpoint")
+
+
+def test_a_previous_version_is_read_and_other_versions_or_malformed_json_are_one_line_errors(runs, tmp_path):
+    data = json.loads(verdict(runs, "clean").read_text())
+    old = tmp_path / "v3.json"  # version 3: the same JSON without the identity block
+    old.write_text(json.dumps({k: v for k, v in data.items() if k != "identity"} | {"version": 3}))
+    status, out = etrm("compare", str(old), str(verdict(runs, "clean")))
+    assert status == 0 and "records no identity (a verdict JSON before version 4)" in out, out
+    assert read_verdict_json(old).identity == {}
+    older = tmp_path / "v2.json"
+    older.write_text(json.dumps(data | {"version": 2}))
+    broken = tmp_path / "broken.json"
+    broken.write_text(verdict(runs, "clean").read_text()[:-40])
+    for path, message in (
+        (older, f"{older}: verdict JSON version 2 cannot be read by etrm (it reads versions 3, 4)"),
+        (broken, f"{broken}: not valid JSON (line "),
+    ):
+        with pytest.raises(VerdictJSONError, match=re.escape(message)):
+            read_verdict_json(path)
+        status, out = etrm("compare", str(path), str(verdict(runs, "clean")))
+        assert status == 1 and out.startswith(f"etrm compare: error: {message}") and out.count("\n") == 1, out
+        status, out = investigate(runs["clean"], "--baseline", str(path))  # refused before any check runs
+        assert status == 2 and out.startswith(f"etrm investigate: error: --baseline {message}"), out
+        assert "etrm verdict" not in out and out.count("\n") == 1
+    status, out = etrm("compare", str(tmp_path / "missing.json"))
+    assert status == 2 and "missing.json: not found" in out
