@@ -17,7 +17,6 @@ import importlib
 import os
 import sys
 
-from etrm import __version__
 from etrm.errors import UsageError  # the commands raise it as etrm.cli.UsageError too
 
 # Subcommand -> the module providing it, in the order `etrm --help` lists them. Only the named
@@ -26,7 +25,7 @@ from etrm.errors import UsageError  # the commands raise it as etrm.cli.UsageErr
 COMMANDS = {
     "investigate": "etrm.investigate",
     "build-data": "etrm.data.build",
-    "evaluate": "etrm.evaluate_command",
+    "evaluate": "etrm.inference",
     "score": "etrm.evaluation.score",
     "inspect": "etrm.checkpoints",
     "verify-decoder": "etrm.checkpoints",
