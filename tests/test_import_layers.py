@@ -54,6 +54,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "etrm.report",
             "etrm.bench",
             "etrm.investigate",
+            "etrm.compare",
+            "etrm.compare_report",
             "etrm.experiment",
             "etrm.cli",
             "etrm.__main__",
