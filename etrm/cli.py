@@ -17,6 +17,7 @@ import importlib
 import os
 import sys
 
+from etrm import __version__
 from etrm.errors import UsageError  # the commands raise it as etrm.cli.UsageError too
 
 # Subcommand -> the module providing it, in the order `etrm --help` lists them. Only the named
@@ -41,9 +42,16 @@ USAGE_STATUS, CONTENT_STATUS = 2, 1
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser of the command `argv` names, or of every command (for help and usage errors)."""
     parser = argparse.ArgumentParser(prog="etrm", description="TRM/ETRM reference package and investigation suite")
+    parser.add_argument("--version", action="version", version=f"etrm {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     named = next((a for a in argv or [] if not a.startswith("-")), None)
-    for name in [COMMANDS[named]] if named in COMMANDS else COMMAND_MODULES:
+    if named in COMMANDS:
+        modules = [COMMANDS[named]]
+    elif "--version" in (argv or []):
+        modules = []  # the version needs no command module (most import torch)
+    else:
+        modules = COMMAND_MODULES
+    for name in modules:
         importlib.import_module(name).add_parser(subparsers)
     _name_commands(parser)
     return parser
