@@ -1,5 +1,5 @@
-"""The researcher's model code as a CI gate without checkpoints: the README's CI command, as
-written there, on tests/foreign_repo (configs laid out like the origin's config/arch/), and the
+"""The researcher's model code as a CI gate without checkpoints: the documented CI command
+(docs/model-code.md, and the README's copy), as written there, on tests/foreign_repo (configs laid out like the origin's config/arch/), and the
 config reading and CI sizing behind it (etrm.arch_config, etrm.model_code.build_model_at_size)."""
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from etrm.model_code import ModelCodeError, build_model_at_size
 from etrm.testing.artifacts import BUNDLED, ArtifactError, Artifacts
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+GATE_DOCS = README.parent / "docs" / "model-code.md"  # the workflow and tox recipes
 FOREIGN = Path(__file__).resolve().parent / "foreign_repo"
 ARCH_DIR = FOREIGN / "config" / "arch"
 DATA = fixtures_root() / BUNDLED["data_dir"]
@@ -59,8 +60,8 @@ MODEL_CODE_CONTROLS = 2  # its negative controls, which run once
 
 
 def readme_commands() -> dict[str, str]:
-    """The gate command of the README's GitHub Actions workflow and of its tox environment."""
-    text = README.read_text()
+    """The gate command of the documented GitHub Actions workflow and of its tox environment."""
+    text = GATE_DOCS.read_text()
     workflow = re.findall(r"^\s*- run: (etrm investigate .*)$", text, re.M)
     tox = re.findall(r"^commands = (etrm investigate .*)$", text, re.M)
     assert len(workflow) == 1 and len(tox) == 1, (workflow, tox)
@@ -80,6 +81,8 @@ def test_the_readme_gives_one_gate_command_for_github_actions_and_tox():
     commands = readme_commands()
     assert commands["workflow"] == commands["tox"]
     assert "--model-code . --model-config config/arch/" in commands["workflow"]
+    # The README shows the same command, with the workflow's one thread.
+    assert f"OMP_NUM_THREADS=1 {commands['workflow']}\n" in README.read_text()
 
 
 def test_the_gate_fails_each_broken_variant_naming_its_check_and_passes_the_correct_model(

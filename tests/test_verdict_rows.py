@@ -1,6 +1,6 @@
 """How a verdict row combines its tests, over every combination of outcomes, and what the
 row says was read; both on records made by the real plugin, and the read line on the real
-suite run on a user's artifacts (README "How to read a row")."""
+suite run on a user's artifacts (docs/hypotheses.md, "How to read a row")."""
 
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def records(tmp_path_factory) -> dict[str, TestRecord]:
 
 
 def documented_verdict(kinds: set[str]) -> str:
-    """README "How to read a row", first match wins."""
+    """docs/hypotheses.md, "How to read a row": first match wins."""
     kinds = {"not_run" if k == "control_not_run" else k for k in kinds}  # listed like a check not run
     if "fail" in kinds:
         return EVIDENCE  # only a check gives evidence, whatever else happened
