@@ -219,3 +219,30 @@ def test_a_previous_version_is_read_and_other_versions_or_malformed_json_are_one
         assert "etrm verdict" not in out and out.count("\n") == 1
     status, out = etrm("compare", str(tmp_path / "missing.json"))
     assert status == 2 and "missing.json: not found" in out
+
+
+@pytest.mark.slow
+def test_checkpoint_level_investigations_gate_the_detached_run_and_pass_another_seed(runs, tmp_path):
+    """The same runs investigated as a user would: checkpoint, metrics log and data, every H2 check
+    (its decisive number, the checkpoint's smallest encoder gradient norm, included) and experiment1."""
+    data = str(fixtures_root() / "data" / "fewshot")
+
+    def full(name: str, *extra: str) -> tuple[int, str]:
+        folder = runs[name]
+        return etrm(
+            "investigate", "-m", "hypothesis2 or experiment1", "-n", "0", "--etrm-checkpoint",
+            str(folder / "step_final"), "--metrics-log", str(folder / "metrics.jsonl"), "--data", data, *extra,
+        )  # fmt: skip
+
+    baseline = tmp_path / "clean.json"
+    status, out = full("clean", "--verdict-json", str(baseline))
+    assert status == 0, out
+    status, out = full("detached", "--baseline", str(baseline))
+    section = changes_section(out)
+    assert status == 1 and any(
+        line.startswith("hypothesis2: new evidence: encoder_norm_preclip_in_log") for line in section
+    )
+    status, out = full("seed1", "--baseline", str(baseline))
+    section = changes_section(out)
+    assert status == 0 and section[-2:] == ["no change", section[-1]], section
+    assert section[1].startswith("note: other weights or code of the same config: etrm_checkpoint"), section
