@@ -26,7 +26,7 @@ from etrm.errors import UsageError  # the commands raise it as etrm.cli.UsageErr
 COMMANDS = {
     "investigate": "etrm.investigate",
     "build-data": "etrm.data.build",
-    "evaluate": "etrm.inference",
+    "evaluate": "etrm.evaluate_command",
     "score": "etrm.evaluation.score",
     "inspect": "etrm.checkpoints",
     "verify-decoder": "etrm.checkpoints",

@@ -89,7 +89,8 @@ __all__ = ["EVALUATOR_OUTPUT_KEYS", "Evaluator", "evaluate", "run_episode"]
 # --- command line -------------------------------------------------------------------------------
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers):
+    """Registers `etrm evaluate` and returns its parser (`etrm.evaluate_command` adds the search's flags)."""
     p = subparsers.add_parser(
         "evaluate",
         help="pass@K of a checkpoint on a built dataset's test split",
@@ -110,6 +111,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--save-dir", default=None, help="write submission.json here")
     p.set_defaults(func=_evaluate_command)
+    return p
 
 
 def _evaluate_command(args) -> int:

@@ -42,6 +42,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("training", ("etrm.ema", "etrm.diagnostics", "etrm.inference", "etrm.training_config", "etrm.training")),
     ("interface", ("etrm.encoder_output", "etrm.interface", "etrm.model_code")),
     ("checks", ("etrm.checks",)),
+    # pass@K with a test-time context search: the evaluator over the checks' search
+    ("search-evaluation", ("etrm.evaluation_search",)),
     ("run", ("etrm.run_config", "etrm.run_state", "etrm.experiment_run", "etrm.experiment_model")),
     ("testing", ("etrm.testing",)),
     # the H7 measurement after a run reports through the verdict table
@@ -52,6 +54,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         (
             "etrm.report_h7",
             "etrm.report",
+            "etrm.evaluate_command",
             "etrm.bench",
             "etrm.investigate",
             "etrm.compare",
