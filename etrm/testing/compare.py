@@ -141,11 +141,11 @@ def identity_notes(
     for name in MODEL_ARTIFACTS + DATA_ARTIFACTS:
         if name not in base and name not in ours:
             continue
-        what = "model" if name in MODEL_ARTIFACTS else "data"
+        what = "a different model" if name in MODEL_ARTIFACTS else "different data"
         if name not in base or name not in ours:
             side = "this run" if name in ours else baseline_name
             notes.append(
-                f"note: a different {what}: only {side} investigated {name} ({(ours if name in ours else base)[name]['path']})"
+                f"note: {what}: only {side} investigated {name} ({(ours if name in ours else base)[name]['path']})"
             )
             continue
         a, b = base[name], ours[name]
@@ -155,7 +155,7 @@ def identity_notes(
         digest = next((k for k in ("sha256", "fingerprint") if a.get(k) and b.get(k) and a[k] != b[k]), None)
         if digest:
             # Same config, other bytes: a retrained or edited model (or a rebuilt dataset).
-            kind = f"a different {what}" if config or what == "data" else "other weights or code of the same config"
+            kind = what if config or name in DATA_ARTIFACTS else "other weights or code of the same config"
             notes.append(
                 f"note: {kind}: {name} {a['path']} ({digest} {a[digest][:12]}) in {baseline_name}, "
                 f"{b['path']} ({digest} {b[digest][:12]}) here"
@@ -167,14 +167,12 @@ def identity_notes(
 
 
 def _subjects(identity: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Artifact name -> entry of what the run investigated: the user's artifact of that name when
-    there is one, else the bundled one."""
-    chosen: dict[str, dict[str, Any]] = {}
-    for entry in identity.get("artifacts", []):
-        name = entry.get("name")
-        if name and (name not in chosen or entry.get("source") == "user"):
-            chosen[name] = entry
-    return chosen
+    """Artifact name -> entry of what the run investigated: the user's artifacts when it had any,
+    else the bundled ones."""
+    entries = [e for e in identity.get("artifacts", []) if e.get("name")]
+    # With artifacts of the user's, the bundled ones are what the controls read, not the subject.
+    yours = [e for e in entries if e.get("source") == "user"]
+    return {e["name"]: e for e in (yours or entries)}
 
 
 def _config_difference(a: Any, b: Any) -> str:
