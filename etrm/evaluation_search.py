@@ -373,12 +373,12 @@ def evaluate_with_search(
 
 def record_fields(evaluation: SearchEvaluation) -> dict[str, float | int]:
     """The metrics-log fields of a search evaluation, beside an evaluation record's `eval/*`:
-    `eval/searched/ARC/pass@K` (a curve on the accuracy plot) and the search's `search/*` cost."""
+    `eval/searched/ARC/pass@K` (a curve on the accuracy plot) and the search's `search/*` numbers;
+    no seconds, so a resumed or repeated run logs the same lines."""
     fields: dict[str, float | int] = {f"eval/searched/{k}": float(v) for k, v in evaluation.searched.metrics.items()}
     fields.update(
         {
             "search/steps": evaluation.steps,
-            "search/seconds_per_puzzle": evaluation.seconds_per_puzzle,
             "search/puzzles": evaluation.puzzles,
             "search/puzzles_lowered": evaluation.lowered,
             "search/demo_loss_start": evaluation.demo_loss[0],

@@ -90,6 +90,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="also run the comparison with the decoder training (its own log in OUT/unfrozen)",
     )
     p.add_argument("--seed", type=int, help="seed of the model, sampler and exploration (default: 0)")
+    p.add_argument(
+        "--eval-context-search",
+        type=_positive,
+        metavar="K",
+        help="each evaluation also scores contexts searched K steps on each test puzzle's demonstrations "
+        "(eval/searched/ARC/pass@K, docs/context-search.md)",
+    )
     from etrm.h7_after_experiment1 import add_options
 
     add_options(p)
@@ -237,6 +244,7 @@ def _run_one(args, settings, build, described, trm, label: str, folder: Path, fr
             compile_model=args.compile,
             extra_log=_wandb(args, folder, settings, processes),
             run_record={"run/model": described["model"]},
+            eval_context_search=args.eval_context_search,
         )
         if processes.master:
             print(f"etrm experiment1: {label}: {trainer.timings.summary()}", flush=True)

@@ -79,6 +79,7 @@ def build_user_model(root, config_file: Path, trm_checkpoint, data_dir) -> Built
         decoder_load_record(report),
         config_file=Path(config_file),
         max_demos=code.max_demos,
+        interface=model,
     )
 
 

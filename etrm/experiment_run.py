@@ -50,6 +50,7 @@ class BuiltModel:
     model_config: Any = None  # etrm's ModelConfig; None for a user's model
     config_file: Path | None = None  # a user's model: the all_config.yaml it was built from
     max_demos: int = 10
+    interface: Any = None  # a user's model behind etrm.interface.TRMInterface (etrm's: None, built when needed)
 
 
 class DataPosition:
@@ -125,9 +126,12 @@ def run_experiment(
     progress: bool = True,
     extra_log: Callable[[dict], None] | None = None,
     run_record: dict[str, Any] | None = None,
+    eval_context_search: int | None = None,
 ):
     """Train and evaluate one run into `out` (metrics.jsonl and checkpoints on rank 0).
-    Returns the trainer. `extra_log` also receives every record on rank 0 (W&B)."""
+    Returns the trainer. `extra_log` also receives every record on rank 0 (W&B).
+    `eval_context_search` K: each evaluation also scores contexts searched K steps on each
+    test puzzle's demonstrations (`etrm.evaluation_search`), in the same record."""
     from etrm.data.datasets import FewShotPuzzleDataset, load_metadata
     from etrm.evaluation import ArcEvaluator
     from etrm.inference import evaluate
@@ -217,8 +221,9 @@ def run_experiment(
         started = time.perf_counter()
         # Its own bar: an evaluation (halt_max_steps ACT steps per batch) can outlast many training steps.
         result = evaluate(trainer.eval_head(), eval_set, evaluator, progress=progress and master)
+        searched = _searched_record(built, head, data_dir, eval_context_search, settings, processes)
         if result is not None:
-            write(eval_record(trainer.step_count, result))
+            write({**eval_record(trainer.step_count, result), **searched})
         timings.eval_s.append(time.perf_counter() - started)
 
     timings = Timings()
@@ -263,6 +268,28 @@ def run_experiment(
             extra_log.close()
     trainer.timings = timings
     return trainer
+
+
+def _searched_record(built: BuiltModel, head: nn.Module, data_dir, steps: int | None, settings, processes) -> dict:
+    """The context search's fields of an evaluation record ({} without a search, and on ranks but 0)."""
+    if not steps:
+        return {}
+    from etrm.evaluation_search import evaluate_with_search, record_fields
+    from etrm.interface import TRMInterface
+
+    with unwrapped_encoder(head) as raw:
+        model = built.interface or TRMInterface.from_etrm(raw)
+        evaluation = evaluate_with_search(
+            model,
+            data_dir,
+            steps,
+            max_demos=built.max_demos,
+            max_groups=settings.max_eval_groups,
+            seed=settings.seed,
+            processes=processes,
+            progress=False,
+        )
+    return record_fields(evaluation) if evaluation is not None else {}
 
 
 @dataclass

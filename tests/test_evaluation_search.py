@@ -169,6 +169,21 @@ def test_the_search_cannot_raise_a_decoder_that_ignores_its_context():
 
 
 @pytest.mark.slow
+def test_experiment1_logs_the_searched_pass_at_k_beside_each_evaluation(tmp_path):
+    from etrm.metrics_log import read_metrics_log
+
+    trm = fixtures_root() / BUNDLED["trm_checkpoint"]
+    args = ["experiment1", "--trm-checkpoint", str(trm), "--data", str(FEWSHOT), "--out", str(tmp_path)]
+    args += ["--steps", "4", "--batch-size", "2", "--eval-every", "2", "--max-eval-groups", "1"]
+    assert main([*args, "--eval-context-search", "2"]) == 0
+    evals = [r for r in read_metrics_log(tmp_path / "metrics.jsonl") if "eval/ARC/pass@1" in r]
+    assert [r["step"] for r in evals] == [0, 2, 4]
+    for record in evals:
+        assert {"eval/searched/ARC/pass@1", "eval/searched/ARC/pass@2", "search/steps"} <= set(record)
+        assert record["search/steps"] == 2 and record["search/puzzles"] == 4
+
+
+@pytest.mark.slow
 def test_two_torchrun_ranks_give_the_totals_of_one_process(tmp_path):
     args = ["evaluate", "--checkpoint", str(ETRM), "--data", str(FEWSHOT), "--context-search", "4", "--json"]
     args += ["--search-batch", "3"]
