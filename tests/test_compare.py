@@ -78,23 +78,34 @@ def changes_section(out: str) -> list[str]:
     return lines[: end + 1]
 
 
+SEEDS = {"clean": (0, False), "seed1": (1, False), "detached": (0, True)}  # name -> (seed, detached)
+
+
+class TrainedRuns(dict):
+    """name -> run folder, trained and investigated on first use (the verdict JSON beside it as
+    `<folder>.json`): the default run trains only the clean and detached runs (about a second each
+    after the first's imports); seed1 serves the slow tests."""
+
+    def __init__(self, root: Path):
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, name: str) -> Path:
+        seed, detached = SEEDS[name]
+        folder = train(self.root / name, seed=seed, detached=detached)
+        status, out = investigate(folder, "--verdict-json", str(self.root / f"{name}.json"))
+        assert status == (1 if detached else 0), out
+        self[name] = folder
+        return folder
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    """name -> run folder, with the run's verdict JSON beside it as `<folder>.json`."""
-    root = tmp_path_factory.mktemp("compare")
-    made = {
-        "clean": train(root / "clean", seed=0, detached=False),
-        "seed1": train(root / "seed1", seed=1, detached=False),
-        "detached": train(root / "detached", seed=0, detached=True),
-    }
-    for name, folder in made.items():
-        status, out = investigate(folder, "--verdict-json", str(root / f"{name}.json"))
-        assert status == (1 if name == "detached" else 0), out
-    return made
+def runs(tmp_path_factory) -> TrainedRuns:
+    return TrainedRuns(tmp_path_factory.mktemp("compare"))
 
 
 def verdict(runs, name: str) -> Path:
-    return runs[name].with_suffix(".json")
+    return runs[name].with_suffix(".json")  # trains the run if it was not yet
 
 
 def test_a_detached_context_against_the_clean_run_fails_the_gate_with_h2_new_evidence(runs):
@@ -113,12 +124,17 @@ def test_a_detached_context_against_the_clean_run_fails_the_gate_with_h2_new_evi
     assert re.search(r"^hypothesis2 +no evidence: \S+ +evidence found: \S+ \[NEW EVIDENCE\]$", out, re.M), out
 
 
-def test_the_clean_run_against_itself_and_another_seed_flags_nothing(runs):
-    for other in ("clean", "seed1"):
-        status, out = investigate(runs[other], "--baseline", str(verdict(runs, "clean")))
-        section = changes_section(out)
-        assert status == 0, out
-        assert "no change" in section and section[-1].startswith("etrm baseline gate passed"), section
+def test_the_clean_run_against_itself_flags_nothing(runs):
+    status, out = investigate(runs["clean"], "--baseline", str(verdict(runs, "clean")))
+    section = changes_section(out)
+    assert status == 0 and "no change" in section and section[-1].startswith("etrm baseline gate passed"), out
+
+
+@pytest.mark.slow
+def test_the_clean_run_against_a_rerun_with_another_seed_flags_nothing(runs):
+    status, out = investigate(runs["seed1"], "--baseline", str(verdict(runs, "clean")))
+    section = changes_section(out)
+    assert status == 0 and "no change" in section and section[-1].startswith("etrm baseline gate passed"), out
     status, out = etrm("compare", str(verdict(runs, "clean")), str(verdict(runs, "seed1")), "--labels", "s0,s1")
     assert status == 0 and "[" not in out.split("s1 against s0:")[0], out
     assert "s1 against s0:\n  no change" in out
@@ -135,7 +151,7 @@ def test_four_runs_render_a_table_and_plots_that_read_back(runs, tmp_path):
     pytest.importorskip("matplotlib")
     import matplotlib.image
 
-    jsons = [str(verdict(runs, n)) for n in ("clean", "seed1", "detached", "clean")]
+    jsons = [str(verdict(runs, n)) for n in ("clean", "clean", "detached", "detached")]
     report = tmp_path / "report"
     status, out = etrm("compare", *jsons, "--labels", "main,F1,F2,F2_again", "--report", str(report))
     assert status == 0, out
@@ -145,22 +161,20 @@ def test_four_runs_render_a_table_and_plots_that_read_back(runs, tmp_path):
     assert cells[0] == "hypothesis2" and len(cells) == 5
     assert cells[1].startswith("no evidence: ") and cells[2].startswith("no evidence: ")
     assert cells[3].startswith("evidence found: ") and cells[3].endswith("[NEW EVIDENCE]")
-    assert cells[4].startswith("no evidence: ") and "[" not in cells[4]
+    assert cells[4] == cells[3]  # the same run again: the same changes against the baseline
     assert (
-        "| experiment1 | C: encoder trains but useless | C: encoder trains but useless | B: encoder stuck [WORSE] |"
-        in md
+        "| experiment1 | C: encoder trains but useless | C: encoder trains but useless | B: encoder stuck [WORSE] "
+        "| B: encoder stuck [WORSE] |" in md
     )
     grid = matplotlib.image.imread(report / "verdict_grid.png")[..., :3]
     colours = {tuple(int(round(c * 255)) for c in pixel) for pixel in grid.reshape(-1, 3)[::7]}
     assert (0xF4, 0xA6, 0xA6) in colours and (0xB7, 0xE1, 0xB0) in colours  # evidence red, no-evidence green
     # The experiment1 runs themselves: their scenarios and the overlaid curves.
-    status, out = etrm(
-        "compare", *(str(runs[n]) for n in ("clean", "seed1", "detached")), "--report", str(report / "x")
-    )
+    status, out = etrm("compare", *(str(runs[n]) for n in ("clean", "detached")), "--report", str(report / "x"))
     assert status == 0, out
     table = out[out.index("experiment1 runs:") :].splitlines()
-    assert [line.split()[0] for line in table[2:5]] == ["clean", "seed1", "detached"]
-    assert "B: encoder stuck" in table[4] and "0 (pre-clip)" in table[4] and "C: encoder trains" in table[2]
+    assert [line.split()[0] for line in table[2:4]] == ["clean", "detached"]
+    assert "B: encoder stuck" in table[3] and "0 (pre-clip)" in table[3] and "C: encoder trains" in table[2]
     curves = matplotlib.image.imread(report / "x" / "experiment1_curves.png")
     assert curves.shape[0] > 300 and curves.shape[1] > 800 and curves[..., :3].std() > 0.05
 
@@ -189,7 +203,7 @@ def test_the_verdict_json_identifies_what_it_investigated(runs, tmp_path):
     # Against the clean run's log-only baseline: the note on the other artifacts comes first.
     status, text = etrm(
         "investigate", "-m", "hypothesis2", "-k", "checkpoint_encoder_requires_grad", "-n", "0",
-        "--etrm-checkpoint", str(runs["seed1"] / "step_final"), "--baseline", str(out),
+        "--etrm-checkpoint", str(runs["detached"] / "step_final"), "--baseline", str(out),
     )  # fmt: skip
     section = changes_section(text)
     assert status == 0 and section[1].startswith("note: other weights or code of the same config: etrm_checkpoint")
