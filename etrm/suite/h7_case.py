@@ -64,7 +64,14 @@ def build_h7_case(
 
 
 # The bundled known-answer cases (fixtures/make_h7_cases.py): case -> (its TRM, encoder demo-blind).
-KNOWN_CASES = {"bottleneck": ("trm", True), "context_blind": ("trm_no_context", False)}
+# A case folder with an etrm.suite.h7_encoders.ENCODER_FILE is wrapped by the encoder saved there.
+KNOWN_CASES = {
+    "bottleneck": ("trm", True),
+    "context_blind": ("trm_no_context", False),
+    "memoriser": ("trm", False),
+    "aligned": ("trm", False),
+    "rule_solver": ("trm", False),
+}
 
 
 @functools.cache  # measured once per process: several controls read each case
@@ -75,6 +82,7 @@ def known_case(name: str, *, tasks: int = 8, steps: int = 8) -> H7Case:
     from etrm.bundled import fixtures_root
     from etrm.checkpoints import load_model
     from etrm.suite.broken import DemoBlindEncoder, with_encoder
+    from etrm.suite.h7_encoders import ENCODER_FILE, wrap_saved
     from etrm.testing.verdict import NOT_RUN
 
     root = fixtures_root() / "h7"
@@ -84,6 +92,8 @@ def known_case(name: str, *, tasks: int = 8, steps: int = 8) -> H7Case:
     head = load_model(root / name / "step_final")
     if demo_blind:  # trained through this wrapper, saved without it
         head = with_encoder(head, DemoBlindEncoder)
+    if (root / name / ENCODER_FILE).is_file():  # an encoder of etrm.suite.h7_encoders, saved beside it
+        head = wrap_saved(head, root / name)
     config = head.config
     prefixes, note = gen.trm_puzzle_prefixes(
         root / trm_name / "step_final", root / "data" / "trm", config.puzzle_emb_len, config.hidden_size
