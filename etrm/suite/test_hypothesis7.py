@@ -142,6 +142,13 @@ def test_control_bottleneck_encoder_is_off_the_embeddings(bottleneck_case, expec
 
 
 @pytest.mark.xdist_group(XDIST_GROUPS["h7_known"])
+def test_control_memorising_encoder_shows_a_generalisation_gap(expect_check_fails):
+    """Trained with a context per training puzzle, picked by a hash of its demos: new demos land
+    on a training puzzle's context, fitted on training queries and wrong for new tasks."""
+    expect_check_fails(h7_gen.check_generalisation_gap(known_case("memoriser").measurement))
+
+
+@pytest.mark.xdist_group(XDIST_GROUPS["h7_known"])
 def test_control_context_blind_decoder_gives_no_headroom_evidence(expect_check_fails):
     """A decoder trained on an all-zero context: no context steers it, which is not H7 evidence."""
     expect_check_fails(h7_headroom.check_context_headroom(known_case("context_blind").measurement), "inconclusive")
