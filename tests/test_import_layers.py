@@ -20,6 +20,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "core",
         (
             "etrm",
+            "etrm.moved",
             "etrm.errors",
             "etrm.bundled",
             "etrm.bfloat16",

@@ -1,0 +1,27 @@
+"""Modules that moved into a subsystem package: importing the old name fails with one line
+that names the new one, instead of a bare ModuleNotFoundError (or a silent second copy).
+
+Add an entry when a module moves; `etrm/__init__.py` installs the finder."""
+
+from __future__ import annotations
+
+import importlib.abc
+import sys
+
+# old module name -> new module name
+MOVED: dict[str, str] = {}
+
+
+class MovedModuleFinder(importlib.abc.MetaPathFinder):
+    """Raises for the old names in MOVED; every other import is left to the next finder."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        new = MOVED.get(fullname)
+        if new is None:
+            return None
+        raise ModuleNotFoundError(f"{fullname} moved to {new}: import it from there", name=fullname)
+
+
+def install() -> None:
+    if not any(isinstance(finder, MovedModuleFinder) for finder in sys.meta_path):
+        sys.meta_path.insert(0, MovedModuleFinder())
