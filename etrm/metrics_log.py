@@ -105,6 +105,45 @@ def eval_record(step: int, result: Any) -> dict[str, Any]:
     return record
 
 
+def context_search_evaluations(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each evaluation that also scored searched contexts (`etrm experiment1
+    --eval-context-search K` logs `eval/searched/ARC/pass@K` beside `eval/ARC/pass@K`): its step,
+    the search's steps and puzzles, and pass@K with the encoder's contexts and the searched ones,
+    named as `etrm evaluate --context-search K --json` names them."""
+    found = []
+    for record in records:
+        searched = _pass_at_k(record, "eval/searched/ARC/")
+        if searched:
+            found.append(
+                {
+                    "step": record["step"],
+                    "steps": record.get("search/steps"),
+                    "puzzles": record.get("search/puzzles"),
+                    "puzzles_lowered": record.get("search/puzzles_lowered"),
+                    "encoder": _pass_at_k(record, "eval/ARC/"),
+                    "searched": searched,
+                }
+            )
+    return found
+
+
+def context_search_block(path: str | Path | None) -> dict[str, Any]:
+    """The verdict JSON's `context_search`: the log's path and its context-search evaluations;
+    {} without a log or without such evaluations. An unreadable log is left to the checks that
+    read it, whose error names it."""
+    if path is None:
+        return {}
+    try:
+        evaluations = context_search_evaluations(read_metrics_log(path))
+    except (OSError, MetricsLogError):
+        return {}
+    return {"metrics_log": str(path), "evaluations": evaluations} if evaluations else {}
+
+
+def _pass_at_k(record: Mapping[str, Any], prefix: str) -> dict[str, float]:
+    return {k[len(prefix) :]: float(v) for k, v in record.items() if k.startswith(prefix + "pass@")}
+
+
 def read_metrics_log(path: str | Path) -> list[dict[str, Any]]:
     """Every record of a metrics log in any of the module's formats, in file order."""
     path = Path(path)

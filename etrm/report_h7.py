@@ -1,6 +1,8 @@
 """The report's H7 section: per held-out task, the test-query loss with (a) the encoder's
 context, (b) the optimised one and (c) the TRM's embedding, and the generalisation gap, read
-from the checks recorded in the verdict (`context_headroom`, `generalisation_gap`)."""
+from the checks recorded in the verdict (`context_headroom`, `generalisation_gap`); and ARC
+pass@K with and without a test-time context search, where the metrics log measured it (the
+verdict's `context_search`)."""
 
 from __future__ import annotations
 
@@ -30,15 +32,38 @@ def per_task(numbers: dict) -> dict[str, dict[str, float]]:
     return tasks
 
 
+def context_search_lines(block: dict) -> list[str]:
+    """A table of each logged evaluation's pass@K with the encoder's contexts and the searched ones."""
+    evaluations = block.get("evaluations") or []
+    if not evaluations:
+        return []
+    ks = sorted({k for e in evaluations for k in e["searched"]}, key=lambda k: int(k.split("@")[1]))
+    head = [f"encoder {k}" for k in ks] + [f"searched {k}" for k in ks]
+    md = [
+        f"ARC pass@K with a test-time context search ({evaluations[-1]['steps']} steps on each test "
+        f"puzzle's demonstrations, never its query), from `{block['metrics_log']}`:",
+        "",
+        "| step | " + " | ".join(head) + " | puzzles lowered |",
+        "|---:|" + "---:|" * (len(head) + 1),
+    ]
+    for e in evaluations:
+        values = [e["encoder"].get(k) for k in ks] + [e["searched"][k] for k in ks]
+        shown = " | ".join("–" if v is None else f"{v:.4g}" for v in values)
+        md.append(f"| {e['step']} | {shown} | {e['puzzles_lowered']} of {e['puzzles']} |")
+    return [*md, ""]
+
+
 def h7_section(verdict: VerdictTable | None, out_dir: Path, plots_missing: str) -> list[str]:
     """Markdown lines (and the figure, with matplotlib; else the `plots_missing` note); none when no
     headroom was measured."""
+    searched = context_search_lines(verdict.context_search if verdict else {})
     headroom, gap = recorded(verdict, "context_headroom"), recorded(verdict, "generalisation_gap")
     if headroom is None or not per_task(headroom):
-        return []
+        return ["## Hypothesis 7: context headroom", "", *searched] if searched else []
     md = [
         "## Hypothesis 7: context headroom",
         "",
+        *searched,
         f"{headroom['tasks']} held-out tasks, {headroom['steps']} optimisation steps, scored after "
         f"{headroom.get('act_steps', 'all')} ACT steps; "
         f"(c): {headroom['trm_embedding']}.",

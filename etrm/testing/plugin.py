@@ -32,6 +32,7 @@ from pathlib import Path
 import pytest
 
 from etrm.checks.result import CheckResult
+from etrm.metrics_log import context_search_block
 from etrm.testing.artifacts import (
     CLI_PREFIX,
     OPTIONS,
@@ -272,6 +273,7 @@ class _VerdictPlugin:
             self.started,
             self.config.invocation_params.args,
         )
+        table.context_search = context_search_block(self.config.stash[_ARTIFACTS_KEY].metrics_log)
         return table
 
     def pytest_terminal_summary(self, terminalreporter) -> None:

@@ -30,7 +30,9 @@ the user's model, the bundled data for the controls: both are listed). In a run 
 user artifacts, a row decided without reading any of them is marked `bundled_only`.
 
 The JSON (`--verdict-json`) holds `version`, `identity` (what was investigated, see
-`etrm.testing.identity`), `rows` and `tests`; `read_verdict_json` reads it back with one-line
+`etrm.testing.identity`), `context_search` (the metrics log's evaluations with a test-time context
+search: `metrics_log`, and per evaluation `step`, `steps`, `puzzles`, `puzzles_lowered`, and
+`encoder` / `searched` mapping `pass@K` to its value; `{}` when none), `rows` and `tests`; `read_verdict_json` reads it back with one-line
 errors naming the file (`VerdictJSONError`).
 """
 
@@ -54,7 +56,8 @@ EVIDENCE, NO_EVIDENCE, INCONCLUSIVE, ERROR = "evidence found", "no evidence", "i
 PIPELINE_FAILED = "pipeline failed"
 BUNDLED_ONLY = "bundled fixtures only"
 # 4: the "identity" block (etrm.testing.identity): what the run investigated. A version-3 file is
-# the same without it and is read with an empty identity; any other version is refused.
+# the same without it and is read with an empty identity; any other version is refused. The
+# optional "context_search" block came within version 4: a file without it reads as {}.
 JSON_VERSION = 4
 READABLE_VERSIONS = (3, 4)
 # How the row's "read:" line names a source, in this order.
@@ -193,6 +196,9 @@ class VerdictTable:
     rows: list[HypothesisRow]
     tests: list[TestRecord]
     identity: dict[str, Any] = field(default_factory=dict)  # what the run investigated; {} before version 4
+    # pass@K with and without a test-time context search, from the metrics log's evaluations
+    # (`etrm.metrics_log.context_search_evaluations`); {} where none was measured or before it existed
+    context_search: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -211,6 +217,7 @@ class VerdictTable:
         return {
             "version": JSON_VERSION,
             "identity": self.identity,
+            "context_search": self.context_search,
             "rows": [asdict(r) for r in self.rows],
             "tests": [asdict(t) for t in self.tests],
         }
@@ -231,6 +238,7 @@ class VerdictTable:
                 [HypothesisRow(**r) for r in data["rows"]],
                 [TestRecord(**t) for t in data["tests"]],
                 dict(data.get("identity") or {}),
+                dict(data.get("context_search") or {}),
             )
         except KeyError as err:
             raise VerdictJSONError(f"{source}: verdict JSON version {version} has no {err.args[0]!r}") from None
