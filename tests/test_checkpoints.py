@@ -120,9 +120,11 @@ def test_known_buffer_names_match_the_modules():
 # --- loading a pretrained decoder -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_compiled_stand_in_has_torch_compiles_layout_and_loads_alike(tmp_path, trm_state):
-    """The one test here that wraps with real torch.compile (importing dynamo costs ~3 s per
-    process); the others use CompiledLayout, held to it here."""
+    """The one test here that wraps with real torch.compile; the others use CompiledLayout, held
+    to it here. Slow: importing dynamo costs 1-3.5 s in the worker that runs it, and the default
+    run loads real `_orig_mod.` checkpoints saved by the official trainer (tests/test_interop_*)."""
     head = seeded_head("etrm", seed=1)
     real, stand_in = torch.compile(head), CompiledLayout(head)
     assert list(stand_in.state_dict()) == list(real.state_dict())
