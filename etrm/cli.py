@@ -25,7 +25,7 @@ from etrm.errors import UsageError  # the commands raise it as etrm.cli.UsageErr
 # and `etrm investigate` need not wait for before their first line.
 COMMANDS = {
     "investigate": "etrm.investigate",
-    "build-data": "etrm.data.build",
+    "build-data": "etrm.data.build_command",
     "evaluate": "etrm.evaluate_command",
     "score": "etrm.evaluation.score",
     "inspect": "etrm.checkpoints",
