@@ -20,8 +20,8 @@ is an error naming the puzzle, never a score.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,20 +162,6 @@ def run_episode(model: TRMInterface, batch: Batch, contexts: torch.Tensor | None
             "halted: the model's evaluation-mode halting is broken"
         )
     return {k: step.outputs[k].detach().cpu() for k in EVALUATOR_OUTPUT_KEYS}
-
-
-@contextmanager
-def _weights_without_grad(module: torch.nn.Module) -> Iterator[None]:
-    """The search needs gradient for its contexts only: weights that need none are not
-    differentiated (faster), and a training run's .grad is left untouched."""
-    trainable = [p for p in module.parameters() if p.requires_grad]
-    for p in trainable:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in trainable:
-            p.requires_grad_(True)
 
 
 def _exact_rows(outputs: dict[str, torch.Tensor], batch: Batch) -> int:
@@ -331,8 +317,7 @@ def evaluate_with_search(
         cpu_queries, queries, owners, found, found_owners, starts = prepared(chunk)
         if not rows:  # Adam's one-time import (torch._dynamo, ~1.5 s) is no puzzle's cost
             torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
-        with _weights_without_grad(model.head):
-            result = search.search_contexts(model, found, starts, found_owners.to(processes.device), steps, scale, seed)
+        result = search.search_contexts(model, found, starts, found_owners.to(processes.device), steps, scale, seed)
         search_s += result.seconds
         lowered += sum(result.lowered)
         loss_start, loss_searched = loss_start + sum(result.start_loss), loss_searched + sum(result.searched_loss)

@@ -160,6 +160,20 @@ def test_the_encoder_runs_once_per_search_and_gives_the_same_context(monkeypatch
     assert replayed.searched_loss == pytest.approx(every_step.searched_loss, rel=1e-5)
 
 
+def test_the_search_leaves_the_models_weights_and_their_gradients_as_they_were():
+    """Only the contexts are differentiated: no weight gains a .grad (a user's training state is
+    untouched, and the backward skips the weight gradients), and requires_grad comes back."""
+    head = load_model(H7 / "bottleneck" / "step_final")
+    for p in head.parameters():
+        p.requires_grad_(True)
+    model = TRMInterface.from_etrm(head)
+    probe = probes.load_task_probes(H7 / "data" / "fewshot", "test", num_tasks=1, max_demos=3)[0]
+    start = model.first_context(probes.query_batch([probe], 3))[0]
+    result = probes.optimise_context(model, probe, start, 3, 3, search.search_scale(model), queries=2)
+    assert result.lowered == [True]  # it searched
+    assert all(p.grad is None and p.requires_grad for p in head.parameters())
+
+
 def test_a_recurrent_encoder_still_runs_when_its_inputs_change():
     """ETRMTRM's encoder reads its previous context: new inputs every step, so it is run, not replayed."""
     from etrm.config import tiny_config

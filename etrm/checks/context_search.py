@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -144,9 +145,9 @@ def search_contexts(
         return (free[owners] if fixed[0] is None else fixed[0]).to(old.dtype)  # each sample its own context
 
     # One stand-in for the whole search, so the encoder runs once for these inputs, not once per step.
-    with torch.random.fork_rng(devices=[]), model.mode(training=False), torch.enable_grad():
+    with torch.random.fork_rng(devices=[]), model.mode(training=False), _weights_without_grad(model.head):
         torch.manual_seed(seed)
-        with model.context_replaced(replace) as encoder:
+        with torch.enable_grad(), model.context_replaced(replace) as encoder:
             before = _first_step_losses(model, batch)
             if scale is not None and steps > 0:
                 fixed[0] = None
@@ -169,6 +170,20 @@ def search_contexts(
         encoder.runs,
         time.perf_counter() - started,
     )
+
+
+@contextmanager
+def _weights_without_grad(module: torch.nn.Module) -> Iterator[None]:
+    """The search needs gradient for its contexts only: the model's weights are not
+    differentiated (about a third of each backward), and their .grad is left as it was."""
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
 
 
 def _per_owner(losses: list[float], owners: torch.Tensor, n: int) -> list[float]:
