@@ -20,7 +20,10 @@ import sys
 from pathlib import Path
 
 from etrm.config import FORWARD_DTYPES
+from etrm.errors import int_at_least
 from etrm.experiment_run import LOG_NAME
+
+POSITIVE = int_at_least(1)
 
 UNFROZEN_DIR = "unfrozen"
 INTERRUPTED = 130  # the shell's status for a SIGINT-terminated command
@@ -48,24 +51,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="the origin's experiment config (e.g. config/cfg_test_frozen_decoder"
         ".yaml), composed through its defaults by hydra; the flags below override it",
     )
-    p.add_argument("--steps", type=_positive, help="training steps (default: the config's epochs, else 200)")
+    p.add_argument("--steps", type=POSITIVE, help="training steps (default: the config's epochs, else 200)")
     p.add_argument(
         "--global-batch-size",
         "--batch-size",
         dest="global_batch_size",
-        type=_positive,
+        type=POSITIVE,
         help="global batch over all processes, as the origin's global_batch_size (default: 8)",
     )
-    p.add_argument("--eval-every", type=_positive, metavar="K", help="evaluate every K steps (default: steps / 4)")
+    p.add_argument("--eval-every", type=POSITIVE, metavar="K", help="evaluate every K steps (default: steps / 4)")
     p.add_argument(
         "--checkpoint-every",
-        type=_positive,
+        type=POSITIVE,
         metavar="K",
         help="write OUT/step_N and the resume state every K steps (always at the end)",
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--max-train-groups", type=_positive, metavar="N", help="train on the first N tasks only")
-    p.add_argument("--max-eval-groups", type=_positive, metavar="N", help="evaluate the first N test tasks only")
+    p.add_argument("--max-train-groups", type=POSITIVE, metavar="N", help="train on the first N tasks only")
+    p.add_argument("--max-eval-groups", type=POSITIVE, metavar="N", help="evaluate the first N test tasks only")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument(
         "--forward-dtype",
@@ -92,7 +95,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="seed of the model, sampler and exploration (default: 0)")
     p.add_argument(
         "--eval-context-search",
-        type=_positive,
+        type=POSITIVE,
         metavar="K",
         help="each evaluation also scores contexts searched K steps on each test puzzle's demonstrations "
         "(eval/searched/ARC/pass@K, docs/context-search.md)",
@@ -101,13 +104,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     add_options(p)
     p.set_defaults(func=run)
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -244,7 +240,7 @@ def _run_one(args, settings, build, described, trm, label: str, folder: Path, fr
             compile_model=args.compile,
             extra_log=_wandb(args, folder, settings, processes),
             run_record={"run/model": described["model"]},
-            eval_context_search=args.eval_context_search,
+            eval_extra=_context_search(args.eval_context_search, args.data, settings, processes),
         )
         if processes.master:
             print(f"etrm experiment1: {label}: {trainer.timings.summary()}", flush=True)
@@ -259,6 +255,31 @@ def _run_one(args, settings, build, described, trm, label: str, folder: Path, fr
         head = unwrap_module(trainer.head) if trainer is not None and frozen else None  # for --then-h7
         _finish(args, settings, trm, described["model"], label, folder, interrupted, processes, head)
     return INTERRUPTED if interrupted else 0
+
+
+def _context_search(steps: int | None, data_dir, settings, processes):
+    """`eval_extra` for the loop: each evaluation also scores contexts searched `steps`
+    steps on each test puzzle's demonstrations (None without --eval-context-search)."""
+    if not steps:
+        return None
+
+    def searched(built, model) -> dict:
+        from etrm.evaluation_search import evaluate_with_search, record_fields
+        from etrm.interface import TRMInterface
+
+        evaluation = evaluate_with_search(
+            built.interface or TRMInterface.from_etrm(model),
+            data_dir,
+            steps,
+            max_demos=built.max_demos,
+            max_groups=settings.max_eval_groups,
+            seed=settings.seed,
+            processes=processes,
+            progress=False,
+        )
+        return record_fields(evaluation) if evaluation is not None else {}
+
+    return searched
 
 
 def _wandb(args, folder: Path, settings, processes):

@@ -21,12 +21,13 @@ from etrm.experiment_run import BuiltModel
 USER_OUTPUT_KEYS = ("logits", "preds", "q_halt_logits", "context")
 
 
-def build_etrm(trm_checkpoint, config) -> BuiltModel:
+def build_etrm(trm_checkpoint, config, model_factory=None) -> BuiltModel:
+    """etrm's ETRM for `config` (or `model_factory(config)`, e.g. a wrapped encoder) with
+    the TRM checkpoint's decoder loaded."""
     from etrm.checkpoints import load_pretrained_decoder
-    from etrm.checks.experiment1 import decoder_load_record
     from etrm.models import build_model
 
-    head = build_model(config)
+    head = (model_factory or build_model)(config)
     report = load_pretrained_decoder(head, trm_checkpoint)
     return BuiltModel(head, decoder_load_record(report), model_config=config, max_demos=config.max_demos)
 
@@ -55,7 +56,6 @@ class OfficialHeadAdapter(nn.Module):
 
 def build_user_model(root, config_file: Path, trm_checkpoint, data_dir) -> BuiltModel:
     """The user's model of `config_file` (an all_config.yaml-style file) with the TRM decoder."""
-    from etrm.checks.experiment1 import decoder_load_record
     from etrm.model_code import ModelCodeError, build_model_code
 
     code = build_model_code(root, config_file, data_dir)
@@ -114,3 +114,22 @@ def load_decoder_by_name(head: nn.Module, trm_checkpoint) -> dict[str, Any]:
         loaded_buffers=[k for k in targets if k not in params],
         config_status="unverified (a user's model: settings not compared)",
     )
+
+
+def decoder_load_record(report) -> dict:
+    """A step-0 metrics-log record of a `DecoderLoadReport`, for the H1 log check."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(report.path, "rb") as f:  # identifies the checkpoint wherever it is moved
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return {
+        "step": 0,
+        "pretrained_decoder/checkpoint": report.path.name,
+        "pretrained_decoder/sha256": digest.hexdigest(),
+        "pretrained_decoder/params_loaded": len(report.loaded_params),
+        "pretrained_decoder/params_missing": len(report.missing_params),
+        "pretrained_decoder/buffers_loaded": len(report.loaded_buffers),
+        "pretrained_decoder/config": report.config_status,
+    }

@@ -116,28 +116,38 @@ def wrap_encoder(head: nn.Module, processes: Processes) -> None:
 def run_experiment(
     build: Callable[[], BuiltModel],
     data_dir: str | Path,
-    out: Path,
+    out: Path | None,
     settings: RunSettings,
     *,
-    processes: Processes,
+    processes: Processes | None = None,
+    metrics_log: Path | None = None,
     frozen: bool = True,
     resume: bool = False,
     compile_model: bool = False,
     progress: bool = True,
     extra_log: Callable[[dict], None] | None = None,
     run_record: dict[str, Any] | None = None,
-    eval_context_search: int | None = None,
+    eval_extra: Callable[[BuiltModel, nn.Module], dict] | None = None,
 ):
-    """Train and evaluate one run into `out` (metrics.jsonl and checkpoints on rank 0).
-    Returns the trainer. `extra_log` also receives every record on rank 0 (W&B).
-    `eval_context_search` K: each evaluation also scores contexts searched K steps on each
-    test puzzle's demonstrations (`etrm.evaluation_search`), in the same record."""
+    """Train and evaluate one run: Experiment 1's only loop, which `etrm experiment1`, the
+    suite and the fixture generators all run. The log goes to `metrics_log` (default
+    `out/metrics.jsonl`), checkpoints into `out` (none when `out` is None); rank 0 writes.
+    `processes` defaults to one process on the CPU. Returns the trainer.
+    The test split is evaluated before the first step (the pretrained decoder with the
+    untrained encoder), every `settings.interval` steps and after the last.
+    `extra_log` also receives every record on rank 0 (W&B). `eval_extra(built, model)`
+    adds fields to each evaluation record (the command's context search), `model` being
+    the head with its encoder out of DDP."""
     from etrm.data.datasets import FewShotPuzzleDataset, load_metadata
     from etrm.evaluation import ArcEvaluator
     from etrm.inference import evaluate
     from etrm.metrics_log import MetricsLog, eval_record
     from etrm.training import Trainer, TrainingConfig
 
+    if processes is None:
+        processes = Processes(0, 1, torch.device("cpu"))
+    if out is None and (resume or metrics_log is None):
+        raise ValueError("a run without a folder (out=None) needs a metrics_log and cannot resume")
     master, device = processes.master, processes.device
     torch.manual_seed(settings.seed)  # the same model on every rank
     built = build()
@@ -179,7 +189,7 @@ def run_experiment(
         **shard,
     )
     evaluator = ArcEvaluator.from_data_dir(data_dir)
-    log_path = out / LOG_NAME
+    log_path = Path(metrics_log) if metrics_log is not None else out / LOG_NAME
     trainer = Trainer(
         torch.compile(head) if compile_model else head,
         recipe,
@@ -221,7 +231,10 @@ def run_experiment(
         started = time.perf_counter()
         # Its own bar: an evaluation (halt_max_steps ACT steps per batch) can outlast many training steps.
         result = evaluate(trainer.eval_head(), eval_set, evaluator, progress=progress and master)
-        searched = _searched_record(built, head, data_dir, eval_context_search, settings, processes)
+        searched = {}
+        if eval_extra is not None:
+            with unwrapped_encoder(head) as raw:
+                searched = eval_extra(built, raw)
         if result is not None:
             write({**eval_record(trainer.step_count, result), **searched})
         timings.eval_s.append(time.perf_counter() - started)
@@ -258,7 +271,8 @@ def run_experiment(
             step = trainer.step_count
             if step % settings.interval == 0 or step == settings.steps:
                 run_evaluation()
-            if (settings.checkpoint_every and step % settings.checkpoint_every == 0) or step == settings.steps:
+            due = (settings.checkpoint_every and step % settings.checkpoint_every == 0) or step == settings.steps
+            if out is not None and due:
                 _checkpoint(out, trainer, built, batches, processes, same_run)
         bar.close()
     finally:
@@ -268,28 +282,6 @@ def run_experiment(
             extra_log.close()
     trainer.timings = timings
     return trainer
-
-
-def _searched_record(built: BuiltModel, head: nn.Module, data_dir, steps: int | None, settings, processes) -> dict:
-    """The context search's fields of an evaluation record ({} without a search, and on ranks but 0)."""
-    if not steps:
-        return {}
-    from etrm.evaluation_search import evaluate_with_search, record_fields
-    from etrm.interface import TRMInterface
-
-    with unwrapped_encoder(head) as raw:
-        model = built.interface or TRMInterface.from_etrm(raw)
-        evaluation = evaluate_with_search(
-            model,
-            data_dir,
-            steps,
-            max_demos=built.max_demos,
-            max_groups=settings.max_eval_groups,
-            seed=settings.seed,
-            processes=processes,
-            progress=False,
-        )
-    return record_fields(evaluation) if evaluation is not None else {}
 
 
 @dataclass

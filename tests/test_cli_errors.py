@@ -122,7 +122,7 @@ def test_build_data_refuses_an_occupied_out_before_augmenting(tmp_path, capsys, 
         (["investigate", "-n", "-1"], "argument -n: must be at least 0, got -1"),
         (
             ["experiment1", "--trm-checkpoint", str(TRM), "--data", str(FEWSHOT), "--out", "o", "--steps", "0"],
-            "argument --steps: must be a positive integer, got 0",
+            "argument --steps: must be at least 1, got 0",
         ),
     ],
 )

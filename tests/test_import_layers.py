@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "etrm.layers",
             "etrm.config",
             "etrm.config_import",
+            "etrm.trainer_config_keys",
             "etrm.optim",
             "etrm.metrics_log",
             "etrm.synthetic",
@@ -42,10 +43,11 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("evaluation", ("etrm.evaluation",)),
     ("training", ("etrm.ema", "etrm.diagnostics", "etrm.inference", "etrm.training_config", "etrm.training")),
     ("interface", ("etrm.encoder_output", "etrm.interface", "etrm.model_code")),
+    # Experiment 1's one loop, below the checks: the suite's run and the command's are the same
+    ("run", ("etrm.run_config", "etrm.run_state", "etrm.experiment_model", "etrm.experiment_run")),
     ("checks", ("etrm.checks",)),
     # pass@K with a test-time context search: the evaluator over the checks' search
     ("search-evaluation", ("etrm.evaluation_search",)),
-    ("run", ("etrm.run_config", "etrm.run_state", "etrm.experiment_run", "etrm.experiment_model")),
     ("testing", ("etrm.testing",)),
     # the H7 measurement after a run reports through the verdict table
     ("after-run", ("etrm.h7_after_experiment1",)),

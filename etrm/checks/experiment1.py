@@ -242,92 +242,43 @@ def run_frozen_decoder_experiment(
     seed: int = 0,
     progress: bool = True,
     device: str = "cpu",
-    eval_at_start: bool = False,
     max_train_groups: int | None = None,
     max_eval_groups: int | None = None,
-    train_epochs: int | None = None,
     model_factory=None,
 ):
-    """The investigation's Experiment 1 at any size: ETRM with the TRM checkpoint's decoder,
-    frozen for the whole run (or not, for comparison), the encoder trained with its own
-    optimizer group (lr 3e-4, gradients clipped at 1.0, pre- and post-clip norms logged),
-    evaluated every `eval_every` steps (and before the first with `eval_at_start`) on the
-    test split; metrics go to `metrics_log`. The model is `model_factory(config)` (default
-    `etrm.models.build_model`) for `config` (default `experiment_config_for_data`).
-    `train_epochs` bounds the sampler's pre-drawn epochs (default: enough for `steps`).
-    Returns the trainer (its `head` is the trained model)."""
+    """The investigation's Experiment 1 at any size, in one process: ETRM with the TRM
+    checkpoint's decoder, frozen for the whole run (or not, for comparison), the encoder
+    trained with its own optimizer group (lr 3e-4, gradients clipped at 1.0, pre- and
+    post-clip norms logged), the test split evaluated before the first step, every
+    `eval_every` steps and after the last; metrics go to `metrics_log`, no checkpoints.
+    It runs `etrm experiment1`'s own loop (`etrm.experiment_run.run_experiment`), so the
+    same settings sample the same batches and write the same log. The model is
+    `model_factory(config)` (default `etrm.models.build_model`) for `config` (default
+    `experiment_config_for_data`). Returns the trainer (its `head` is the trained model)."""
     import torch
 
-    from etrm.checkpoints import load_pretrained_decoder
-    from etrm.data.datasets import FewShotPuzzleDataset, load_metadata
-    from etrm.evaluation import ArcEvaluator
-    from etrm.inference import evaluate
-    from etrm.metrics_log import MetricsLog, eval_record
-    from etrm.models import build_model
-    from etrm.training import TrainingConfig, train
+    from etrm.distributed import Processes
+    from etrm.experiment_model import build_etrm
+    from etrm.experiment_run import run_experiment
+    from etrm.run_config import RunSettings
 
     config = model_config or experiment_config_for_data(trm_checkpoint, data_dir)
-    torch.manual_seed(seed)
-    head = (model_factory or build_model)(config)
-    report = load_pretrained_decoder(head, trm_checkpoint)
-    head.to(device)
-    if train_epochs is None:  # every task group gives at least one row per epoch
-        groups = min(load_metadata(data_dir, "train").total_groups, max_train_groups or math.inf)
-        train_epochs = math.ceil(steps * batch_size / max(1, groups)) + 1
-    train_set = FewShotPuzzleDataset(
-        data_dir,
-        "train",
-        batch_size,
-        max_demos=config.max_demos,
-        seed=seed,
-        epochs=train_epochs,
-        max_groups=max_train_groups,
-    )
-    eval_set = FewShotPuzzleDataset(
-        data_dir, "test", batch_size, max_demos=config.max_demos, test_mode=True, max_groups=max_eval_groups
-    )
-    evaluator = ArcEvaluator.from_data_dir(data_dir)
-    recipe = TrainingConfig(
-        lr=lr,
-        encoder_lr_scale=1.0,
-        warmup_steps=min(10, steps),
+    settings = RunSettings(
+        steps=steps,
         global_batch_size=batch_size,
-        freeze_decoder_steps=steps + 1 if freeze_decoder else 0,
-        grad_clip_norm=1.0,
-        total_steps=steps,
+        eval_every=eval_every,
+        lr=lr,
         seed=seed,
+        max_train_groups=max_train_groups,
+        max_eval_groups=max_eval_groups,
     )
-    with MetricsLog(metrics_log) as log:
-        log.write(decoder_load_record(report))  # investigation Test 1.1: the log says what was loaded
-        if eval_at_start:  # the baseline: the pretrained decoder with the untrained encoder
-            log.write(eval_record(0, evaluate(head, eval_set, evaluator, progress=False)))
-        return train(
-            head,
-            train_set,
-            recipe,
-            steps=steps,
-            metrics_log=log,
-            eval_every=eval_every,
-            eval_dataset=eval_set,
-            evaluator=evaluator,
-            progress=progress,
-        )
-
-
-def decoder_load_record(report) -> dict:
-    """A step-0 metrics-log record of a `DecoderLoadReport`, for the H1 log check."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(report.path, "rb") as f:  # identifies the checkpoint wherever it is moved
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            digest.update(chunk)
-    return {
-        "step": 0,
-        "pretrained_decoder/checkpoint": report.path.name,
-        "pretrained_decoder/sha256": digest.hexdigest(),
-        "pretrained_decoder/params_loaded": len(report.loaded_params),
-        "pretrained_decoder/params_missing": len(report.missing_params),
-        "pretrained_decoder/buffers_loaded": len(report.loaded_buffers),
-        "pretrained_decoder/config": report.config_status,
-    }
+    return run_experiment(
+        lambda: build_etrm(trm_checkpoint, config, model_factory),
+        data_dir,
+        None,
+        settings,
+        processes=Processes(0, 1, torch.device(device)),
+        metrics_log=Path(metrics_log),
+        frozen=freeze_decoder,
+        progress=progress,
+    )
