@@ -31,7 +31,7 @@ COMMANDS = {
     "inspect": "etrm.checkpoints",
     "verify-decoder": "etrm.checkpoints",
     "bench": "etrm.bench",
-    "experiment1": "etrm.experiment",
+    "experiment1": "etrm.experiment1.command",
     "compare": "etrm.compare",
 }
 COMMAND_MODULES = list(dict.fromkeys(COMMANDS.values()))

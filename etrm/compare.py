@@ -33,7 +33,7 @@ from etrm.testing.compare import Change, changes, identity_notes
 from etrm.testing.decisive import DECISIVE, decisive_value
 from etrm.testing.verdict import VerdictTable, read_verdict_json
 
-LOG_NAME = "metrics.jsonl"  # etrm.experiment_run.LOG_NAME (that module imports torch)
+LOG_NAME = "metrics.jsonl"  # etrm.experiment1.loop.LOG_NAME (that module imports torch)
 # Short tags a later run's cell carries for its changes against the baseline.
 TAGS = {"new evidence": "NEW EVIDENCE", "evidence gone": "evidence gone", "worse": "WORSE", "better": "better"}
 TAGS |= {"new error": "NEW ERROR", "verdict": "changed"}

@@ -45,7 +45,7 @@ def _command(args) -> int:
         if needs or args.search_batch is not None:
             raise UsageError(f"{(needs or ['--search-batch'])[0]} needs --context-search K")
         return args.inference_func(args)
-    from etrm import distributed
+    from etrm.experiment1 import distributed
 
     if args.device == "cuda":
         import torch

@@ -32,8 +32,8 @@ from tqdm.auto import tqdm
 
 from etrm.checks import context_search as search
 from etrm.checks.h7_probes import TaskProbe, demo_batch
-from etrm.distributed import Processes, gather_to_master
 from etrm.evaluation import ArcEvaluator, EvaluationError, EvaluationResult
+from etrm.experiment1.distributed import Processes, gather_to_master
 from etrm.inference import EVALUATOR_OUTPUT_KEYS
 from etrm.interface import ProtocolError, TRMInterface
 from etrm.models.loss import IGNORE_LABEL_ID

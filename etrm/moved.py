@@ -9,7 +9,17 @@ import importlib.abc
 import sys
 
 # old module name -> new module name
-MOVED: dict[str, str] = {}
+MOVED: dict[str, str] = {
+    # Experiment 1's run: one package (issue 38)
+    "etrm.experiment": "etrm.experiment1.command",
+    "etrm.experiment_model": "etrm.experiment1.model",
+    "etrm.experiment_run": "etrm.experiment1.loop",
+    "etrm.run_config": "etrm.experiment1.settings",
+    "etrm.run_state": "etrm.experiment1.state",
+    "etrm.distributed": "etrm.experiment1.distributed",
+    "etrm.wandb_log": "etrm.experiment1.wandb_log",
+    "etrm.h7_after_experiment1": "etrm.experiment1.h7_followup",
+}
 
 
 class MovedModuleFinder(importlib.abc.MetaPathFinder):

@@ -1,5 +1,5 @@
 """DDP's gradient scale, in the default run: the trainer divides the loss by the *global* batch,
-so the encoder's DDP hook (etrm.distributed.sum_gradients_hook, registered by
+so the encoder's DDP hook (etrm.experiment1.distributed.sum_gradients_hook, registered by
 experiment_run.wrap_encoder) must sum the ranks' gradients. DDP's own reduction averages,
 which would leave each rank with 1/world_size of the whole batch's gradient.
 
@@ -18,8 +18,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from etrm.config import tiny_config
-from etrm.distributed import Processes
-from etrm.experiment_run import wrap_encoder
+from etrm.experiment1.distributed import Processes
+from etrm.experiment1.loop import wrap_encoder
 from etrm.models import build_model
 from etrm.synthetic import random_batch
 

@@ -129,7 +129,7 @@ def test_etrm_investigate_audits_the_runs_own_checkpoint(whole_run, tmp_path):
 def test_the_origin_config_composes_through_its_defaults_and_maps_onto_the_run():
     pytest.importorskip("hydra", reason="hydra-core (the test extra) composes origin configs")
     from etrm.data.layout import load_metadata
-    from etrm.run_config import settings_from_config
+    from etrm.experiment1.settings import settings_from_config
 
     composed = settings_from_config(ORIGIN_CONFIG, FEWSHOT)
     meta = load_metadata(FEWSHOT, "train")
@@ -227,9 +227,13 @@ def test_two_gloo_ranks_under_torchrun_log_what_one_process_logs(whole_run, tmp_
 
 
 def test_a_global_batch_that_does_not_split_over_the_ranks_is_refused(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from etrm.experiment1.distributed import Processes
+
     monkeypatch.setattr(
-        "etrm.distributed.start",
-        lambda device: __import__("etrm.distributed").distributed.Processes(0, 4, __import__("torch").device("cpu")),
+        "etrm.experiment1.distributed.start",
+        lambda device: Processes(0, 4, torch.device("cpu")),
     )
     assert experiment1(tmp_path, "--batch-size", "6") == 2
     assert "--global-batch-size 6 does not split over 4 processes" in capsys.readouterr().err

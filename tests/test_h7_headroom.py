@@ -230,7 +230,7 @@ def test_h7_options_reach_the_plugin_from_investigate():
 def _experiment_args(**extra):
     import argparse
 
-    from etrm import experiment
+    from etrm.experiment1 import command as experiment
 
     parser = argparse.ArgumentParser(prog="etrm")
     experiment.add_parser(parser.add_subparsers())
@@ -250,7 +250,7 @@ def _experiment_args(**extra):
 
 
 def test_after_scenario_c_experiment1_says_how_to_measure_the_headroom():
-    from etrm.h7_after_experiment1 import hint
+    from etrm.experiment1.h7_followup import hint
 
     args = _experiment_args()
     text = hint(args, args.trm_checkpoint, Path("/tmp/x/step_30"))
@@ -263,8 +263,8 @@ def test_then_h7_records_join_the_experiment1_report(tmp_path):
     """Slow (a measurement); test_bottleneck_encoder_gives_h7_evidence_and_a_steerable_decoder covers
     the measurement by default. The bundled Experiment 1 run, its TRM data given."""
     from etrm.checkpoints import load_model
-    from etrm.experiment import _verdict
-    from etrm.h7_after_experiment1 import h7_records
+    from etrm.experiment1.command import _verdict
+    from etrm.experiment1.h7_followup import h7_records
 
     head = load_model(fixtures_root() / BUNDLED["etrm_frozen_checkpoint"])
     args = _experiment_args(trm_data=fixtures_root() / "data" / "trm", h7_tasks=2, h7_steps=2)

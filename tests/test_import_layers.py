@@ -33,8 +33,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "etrm.synthetic",
             "etrm.parity",
             "etrm.arch_config",
-            "etrm.distributed",
-            "etrm.wandb_log",
+            "etrm.experiment1",  # the package itself: a docstring only
+            "etrm.experiment1.distributed",
+            "etrm.experiment1.wandb_log",
         ),
     ),
     ("models", ("etrm.models",)),
@@ -44,13 +45,13 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("training", ("etrm.ema", "etrm.diagnostics", "etrm.inference", "etrm.training_config", "etrm.training")),
     ("interface", ("etrm.encoder_output", "etrm.interface", "etrm.model_code")),
     # Experiment 1's one loop, below the checks: the suite's run and the command's are the same
-    ("run", ("etrm.run_config", "etrm.run_state", "etrm.experiment_model", "etrm.experiment_run")),
+    ("run", ("etrm.experiment1.settings", "etrm.experiment1.state", "etrm.experiment1.model", "etrm.experiment1.loop")),
     ("checks", ("etrm.checks",)),
     # pass@K with a test-time context search: the evaluator over the checks' search
     ("search-evaluation", ("etrm.evaluation_search",)),
     ("testing", ("etrm.testing",)),
     # the H7 measurement after a run reports through the verdict table
-    ("after-run", ("etrm.h7_after_experiment1",)),
+    ("after-run", ("etrm.experiment1.h7_followup",)),
     ("suite", ("etrm.suite",)),
     (
         "commands",
@@ -62,7 +63,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "etrm.investigate",
             "etrm.compare",
             "etrm.compare_report",
-            "etrm.experiment",
+            "etrm.experiment1.command",
             "etrm.cli",
             "etrm.__main__",
         ),

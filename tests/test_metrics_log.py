@@ -174,7 +174,7 @@ def test_a_resumed_runs_wandb_history_drops_the_rows_it_redoes(tmp_path, monkeyp
     import sys
     import types
 
-    from etrm.wandb_log import HISTORY_FILE, WandbLog
+    from etrm.experiment1.wandb_log import HISTORY_FILE, WandbLog
 
     run = types.SimpleNamespace(log=lambda row, step: None, finish=lambda: None)
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=lambda **kwargs: run))

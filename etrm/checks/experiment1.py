@@ -251,16 +251,16 @@ def run_frozen_decoder_experiment(
     trained with its own optimizer group (lr 3e-4, gradients clipped at 1.0, pre- and
     post-clip norms logged), the test split evaluated before the first step, every
     `eval_every` steps and after the last; metrics go to `metrics_log`, no checkpoints.
-    It runs `etrm experiment1`'s own loop (`etrm.experiment_run.run_experiment`), so the
+    It runs `etrm experiment1`'s own loop (`etrm.experiment1.loop.run_experiment`), so the
     same settings sample the same batches and write the same log. The model is
     `model_factory(config)` (default `etrm.models.build_model`) for `config` (default
     `experiment_config_for_data`). Returns the trainer (its `head` is the trained model)."""
     import torch
 
-    from etrm.distributed import Processes
-    from etrm.experiment_model import build_etrm
-    from etrm.experiment_run import run_experiment
-    from etrm.run_config import RunSettings
+    from etrm.experiment1.distributed import Processes
+    from etrm.experiment1.loop import run_experiment
+    from etrm.experiment1.model import build_etrm
+    from etrm.experiment1.settings import RunSettings
 
     config = model_config or experiment_config_for_data(trm_checkpoint, data_dir)
     settings = RunSettings(

@@ -113,7 +113,7 @@ def write_composed(folder: Path, doc: dict[str, Any], processes) -> Path:
     it): a user's model is built from it, and its checkpoints are audited with it."""
     import yaml
 
-    from etrm.distributed import from_master
+    from etrm.experiment1.distributed import from_master
 
     path = folder / "all_config.yaml"
     if processes.master:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from etrm.experiment_run import BuiltModel
+from etrm.experiment1.loop import BuiltModel
 
 # What a user's loss head is asked to return each step (the official trainer passes return_keys).
 USER_OUTPUT_KEYS = ("logits", "preds", "q_halt_logits", "context")

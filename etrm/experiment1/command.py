@@ -21,7 +21,7 @@ from pathlib import Path
 
 from etrm.config import FORWARD_DTYPES
 from etrm.errors import int_at_least
-from etrm.experiment_run import LOG_NAME
+from etrm.experiment1.loop import LOG_NAME
 
 POSITIVE = int_at_least(1)
 
@@ -100,7 +100,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="each evaluation also scores contexts searched K steps on each test puzzle's demonstrations "
         "(eval/searched/ARC/pass@K, docs/context-search.md)",
     )
-    from etrm.h7_after_experiment1 import add_options
+    from etrm.experiment1.h7_followup import add_options
 
     add_options(p)
     p.set_defaults(func=run)
@@ -108,7 +108,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """The command on every rank (torchrun) or in the one process."""
-    from etrm import distributed
+    from etrm.experiment1 import distributed
 
     if args.device == "cuda":
         _require_cuda()
@@ -130,7 +130,7 @@ def _require_cuda() -> None:
 
 def _run(args: argparse.Namespace, processes) -> int:
     from etrm.cli import UsageError
-    from etrm.run_config import RunSettings, settings_from_config
+    from etrm.experiment1.settings import RunSettings, settings_from_config
 
     composed = settings_from_config(args.config, args.data) if args.config else None
     trm = args.trm_checkpoint or (composed and composed.trm_checkpoint)
@@ -179,7 +179,7 @@ def _run(args: argparse.Namespace, processes) -> int:
 
 def _check_out(runs, resume: bool) -> None:
     from etrm.cli import UsageError
-    from etrm.run_state import RESUME_FILE
+    from etrm.experiment1.state import RESUME_FILE
 
     if resume:
         missing = [str(folder / RESUME_FILE) for _, folder, _ in runs if not (folder / RESUME_FILE).is_file()]
@@ -199,15 +199,15 @@ def _builder(args, composed, trm, processes):
 
     dtype = {"forward_dtype": args.forward_dtype} if args.forward_dtype else {}
     if args.model_code:
-        from etrm.experiment_model import build_user_model
-        from etrm.run_state import write_composed
+        from etrm.experiment1.model import build_user_model
+        from etrm.experiment1.state import write_composed
 
         config_file = write_composed(Path(args.out), composed.doc, processes)
         return (lambda: build_user_model(args.model_code, config_file, trm, args.data)), {
             "model": f"{composed.doc['arch'].get('name')} from {args.model_code}"
         }
-    from etrm.experiment_model import build_etrm
-    from etrm.run_config import model_overrides
+    from etrm.experiment1.model import build_etrm
+    from etrm.experiment1.settings import model_overrides
 
     # Bad content (a TRM-layout build, a canvas the checkpoint was not trained on, a decoder
     # that does not load) raises etrm's errors, which `etrm.cli.main` prints as one line.
@@ -218,7 +218,7 @@ def _builder(args, composed, trm, processes):
 
 
 def _run_one(args, settings, build, described, trm, label: str, folder: Path, frozen: bool, processes) -> int:
-    from etrm.experiment_run import run_experiment
+    from etrm.experiment1.loop import run_experiment
 
     interrupted, trainer = False, None
     if processes.master:
@@ -285,7 +285,7 @@ def _context_search(steps: int | None, data_dir, settings, processes):
 def _wandb(args, folder: Path, settings, processes):
     if not (args.wandb_project and processes.master):
         return None
-    from etrm.wandb_log import WandbLog
+    from etrm.experiment1.wandb_log import WandbLog
 
     return WandbLog(args.wandb_project, folder, settings.to_dict())
 
@@ -306,7 +306,7 @@ def _finish(args, settings, trm, model: str, label: str, folder: Path, interrupt
         + f", batch {settings.global_batch_size}, seed {settings.seed}, {processes.describe()}"
     )
     artifacts = {"TRM checkpoint": f"`{trm}`", "data": f"`{args.data}`", "run": run, "model": model}
-    from etrm.h7_after_experiment1 import SCENARIO_C, h7_records, hint
+    from etrm.experiment1.h7_followup import SCENARIO_C, h7_records, hint
 
     scenario_c = result.passed and str(result.numbers["scenario"]).startswith(SCENARIO_C)
     h7 = h7_records(args, trm, head, label) if scenario_c and args.then_h7 and head is not None else []

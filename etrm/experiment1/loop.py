@@ -24,10 +24,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from etrm.distributed import Processes, from_master, gather_to_master, sum_gradients_hook
-from etrm.metrics_log import cut_log
-from etrm.run_config import RunSettings
-from etrm.run_state import (
+from etrm.experiment1.distributed import Processes, from_master, gather_to_master, sum_gradients_hook
+from etrm.experiment1.settings import RunSettings
+from etrm.experiment1.state import (
     RESUME_FILE,
     check_same_run,
     load_resume_state,
@@ -36,6 +35,7 @@ from etrm.run_state import (
     save_weights,
     set_rng_state,
 )
+from etrm.metrics_log import cut_log
 
 LOG_NAME = "metrics.jsonl"  # the run's metrics, in --out
 
@@ -306,7 +306,7 @@ def _checkpoint(
     out: Path, trainer, built: BuiltModel, batches: DataPosition, processes: Processes, config: dict[str, Any]
 ) -> None:
     """step_N (audit layout) and resume.pt on rank 0, with every rank's carry and RNG."""
-    from etrm.run_state import portable
+    from etrm.experiment1.state import portable
 
     carries = gather_to_master(portable(trainer.carry), processes)
     rngs = gather_to_master(rng_state(processes.device), processes)
