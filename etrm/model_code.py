@@ -24,7 +24,7 @@ origin ETRM trainer (pretrain_etrm.py `create_model_encoder`) build it, from the
 
 Without a checkpoint (`build_model_at_size`, the CI gate of `etrm/suite/test_model_code.py`),
 the config is an origin-style `config/arch/*.yaml` or an `all_config.yaml` at a CI size
-(`etrm.arch_config`), `batch_size` is the largest batch the checks feed, and the weights
+(`etrm.config.arch`), `batch_size` is the largest batch the checks feed, and the weights
 are the classes' own initialisation under a fixed seed.
 """
 
@@ -39,8 +39,8 @@ from typing import Any
 
 import torch
 
-from etrm.arch_config import ETRM, ORIGIN_MAX_DEMOS, ArchConfig, SizedArch
-from etrm.config_import import CONFIG_FILE
+from etrm.config.arch import ETRM, ORIGIN_MAX_DEMOS, ArchConfig, SizedArch
+from etrm.config.importer import CONFIG_FILE
 from etrm.interface import ENCODER_MODULE, TRMInterface, find_encoder
 
 WORLD_SIZE = 1  # the checks run in one process: the trainer's per-rank batch_size is the global one
@@ -101,7 +101,7 @@ def build_model_at_size(
     encoder_module: str = ENCODER_MODULE,
     seed: int = 0,
 ) -> ModelCode:
-    """The model of a config/arch file or an all_config.yaml (`etrm.arch_config`) at a CI size, built from the
+    """The model of a config/arch file or an all_config.yaml (`etrm.config.arch`) at a CI size, built from the
     code under `root` with a random initialisation (seeded), for the checks that need no trained weights.
     `batch_size`: the largest batch the checks feed (the trainers pass the per-rank batch size)."""
     if config.kind == ETRM:
@@ -224,7 +224,7 @@ def fit_problems(expected: dict[str, torch.Tensor], given: dict[str, torch.Tenso
 
 def _read_config(path: Path) -> dict[str, Any]:
     from etrm.config import ConfigError
-    from etrm.config_import import _read_yaml
+    from etrm.config.importer import _read_yaml
 
     try:
         saved = _read_yaml(path)

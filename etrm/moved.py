@@ -19,6 +19,11 @@ MOVED: dict[str, str] = {
     "etrm.distributed": "etrm.experiment1.distributed",
     "etrm.wandb_log": "etrm.experiment1.wandb_log",
     "etrm.h7_after_experiment1": "etrm.experiment1.h7_followup",
+    # the configuration readers: one package, etrm.config (its __init__ re-exports the model config)
+    "etrm.config_import": "etrm.config.importer",
+    "etrm.trainer_config_keys": "etrm.config.trainer_keys",
+    "etrm.arch_config": "etrm.config.arch",
+    "etrm.training_config": "etrm.config.training",
 }
 
 

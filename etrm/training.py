@@ -28,13 +28,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from etrm.config import ConfigError
+from etrm.config.training import OPTIMIZER_LAYOUTS, TrainingConfig, official_trm_recipe
 from etrm.diagnostics import DIAGNOSTIC_KEYS, encoder_diagnostics
 
-# The log's writer and reader live in etrm.metrics_log and the settings in etrm.training_config;
+# The log's writer and reader live in etrm.metrics_log and the settings in etrm.config.training;
 # re-exported here, where the trainer's users look.
 from etrm.metrics_log import MetricsLog, MetricsLogError, eval_record, read_metrics_log
 from etrm.optim import AdamATan2, SparseSignSGD, lr_schedule
-from etrm.training_config import OPTIMIZER_LAYOUTS, TrainingConfig, official_trm_recipe
 
 PARTS = ("encoder", "decoder")
 _PART_PREFIXES = {"model.encoder.": "encoder", "model.inner.": "decoder"}

@@ -58,7 +58,7 @@ def write_official_width(out: str | Path, seed: int = 7, etrm_l_cycles: int = WI
     trm_dir.mkdir(parents=True, exist_ok=True)
     (trm_dir / "all_config.yaml").write_text(yaml.safe_dump(trm_config, sort_keys=True))
     # Build through the importer, as a user's checkpoint is read, then draw the weights.
-    from etrm.config_import import import_training_config
+    from etrm.config.importer import import_training_config
     from etrm.models import build_model
 
     cfg = import_training_config(trm_dir / "all_config.yaml").model_config.replace(num_puzzle_identifiers=181)

@@ -33,7 +33,7 @@ from etrm.checkpoints import (
 )
 from etrm.cli import main
 from etrm.config import tiny_config
-from etrm.config_import import DECODER_SETTINGS, import_training_config, write_training_config
+from etrm.config.importer import DECODER_SETTINGS, import_training_config, write_training_config
 from etrm.models import build_model
 from etrm.suite.support import CompiledLayout
 

@@ -12,7 +12,7 @@ import pytest
 from etrm.checkpoints import ConfigMismatchError, find_saved_config, load_model, load_pretrained_decoder
 from etrm.checks import h4_training_dynamics as h4
 from etrm.checks.experiment1 import experiment_model_config
-from etrm.config_import import DECODER_SETTINGS
+from etrm.config.importer import DECODER_SETTINGS
 from etrm.models import build_model
 
 OFFICIAL = Path(__file__).resolve().parents[1] / "fixtures" / "interop" / "official" / "trm-fp32" / "step_100"

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from etrm.config import ConfigError, official_arc1_config, tiny_config
-from etrm.config_import import (
+from etrm.config.importer import (
     DECODER_SETTINGS,
     IGNORED_TOP_KEYS,
     import_training_config,

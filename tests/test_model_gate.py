@@ -1,6 +1,6 @@
 """The researcher's model code as a CI gate without checkpoints: the documented CI command
 (docs/model-code.md, and the README's copy), as written there, on tests/foreign_repo (configs laid out like the origin's config/arch/), and the
-config reading and CI sizing behind it (etrm.arch_config, etrm.model_code.build_model_at_size)."""
+config reading and CI sizing behind it (etrm.config.arch, etrm.model_code.build_model_at_size)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from etrm import cli
-from etrm.arch_config import ARCH, ETRM, TRAINER, ConfigError, at_size, config_files, read_arch_config
 from etrm.bundled import fixtures_root
 from etrm.config import tiny_config
+from etrm.config.arch import ARCH, ETRM, TRAINER, ConfigError, at_size, config_files, read_arch_config
 from etrm.model_code import ModelCodeError, build_model_at_size
 from etrm.testing.artifacts import BUNDLED, ArtifactError, Artifacts
 

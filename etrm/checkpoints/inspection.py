@@ -8,7 +8,7 @@ from pathlib import Path
 from etrm.checkpoints.layouts import PUZZLE_EMB_PREFIX, classify_key, key_layout
 from etrm.checkpoints.metadata import CheckpointMetadata, SavedConfig, find_saved_config, read_metadata
 from etrm.checkpoints.reading import _size, read_state_dict, tensor_stats
-from etrm.config_import import DECODER_SETTINGS
+from etrm.config.importer import DECODER_SETTINGS
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Any
 
 from etrm.checkpoints.errors import CheckpointError
 from etrm.config import ConfigError, ModelConfig
-from etrm.config_import import CONFIG_FILE, DECODER_SETTINGS, import_training_config
+from etrm.config.importer import CONFIG_FILE, DECODER_SETTINGS, import_training_config
 
 SIDECAR_SUFFIX = ".etrm.json"
 METADATA_FORMAT = "etrm-checkpoint-metadata/1"

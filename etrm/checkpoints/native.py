@@ -24,7 +24,7 @@ from etrm.checkpoints.metadata import (
 from etrm.checkpoints.pretrained import act_model_of
 from etrm.checkpoints.reading import count_nonfinite, read_state_dict
 from etrm.config import ModelConfig
-from etrm.config_import import CONFIG_FILE, normalize_training_hparams, training_config_text
+from etrm.config.importer import CONFIG_FILE, normalize_training_hparams, training_config_text
 from etrm.models import ACTModel, LossHead, build_model
 
 
@@ -44,7 +44,7 @@ def save_checkpoint(
     `_orig_mod.model.inner.*` / `_orig_mod.model.encoder.*`, or without `_orig_mod.` when
     `compiled_layout=False`), `<path>.etrm.json` (model config, step, whether the weights
     are an EMA copy and the rate, etrm version) and `all_config.yaml` in the same folder
-    (official layout; see `etrm.config_import.write_training_config` for
+    (official layout; see `etrm.config.importer.write_training_config` for
     `training_config`). The all_config.yaml describes the run, so an existing one with
     different content is an error rather than overwritten. Files are replaced atomically.
     """

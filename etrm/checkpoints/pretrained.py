@@ -13,7 +13,7 @@ from etrm.checkpoints.errors import CheckpointError, ConfigMismatchError
 from etrm.checkpoints.layouts import PUZZLE_EMB_PREFIX, classify_key, key_layout, unwrap_module
 from etrm.checkpoints.metadata import _mismatch_message, find_saved_config, recursion_mismatches
 from etrm.checkpoints.reading import count_nonfinite, read_state_dict
-from etrm.config_import import DECODER_SETTINGS
+from etrm.config.importer import DECODER_SETTINGS
 from etrm.models import LossHead
 
 

@@ -29,7 +29,7 @@ def relayout_checkpoint(src: Path, dst: Path, prefix: str) -> Path:
     import shutil
 
     from etrm.checkpoints import normalize_key, read_state_dict
-    from etrm.config_import import CONFIG_FILE
+    from etrm.config.importer import CONFIG_FILE
 
     dst.parent.mkdir(parents=True, exist_ok=True)
     state = {prefix + normalize_key(k): v for k, v in read_state_dict(src).items()}
@@ -95,7 +95,7 @@ def check_recursion_config(model: nn.Module, path: Path) -> CheckResult:
     """The model's recursion settings vs the checkpoint's saved config: verified (pass),
     differing (fail), or nothing saved to compare with (inconclusive)."""
     from etrm.checkpoints import act_model_of, find_saved_config
-    from etrm.config_import import DECODER_SETTINGS
+    from etrm.config.importer import DECODER_SETTINGS
 
     cfg = act_model_of(model).config
     saved = find_saved_config(path)
@@ -217,7 +217,7 @@ def decoder_frozen_in_run(etrm_path: Path) -> bool | None:
     the config does not say."""
     import yaml
 
-    from etrm.config_import import CONFIG_FILE
+    from etrm.config.importer import CONFIG_FILE
 
     path = Path(etrm_path).parent / CONFIG_FILE
     saved = yaml.safe_load(path.read_text()) if path.is_file() else None

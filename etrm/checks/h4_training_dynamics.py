@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from etrm.checks.result import CheckResult
-from etrm.config_import import DECODER_SETTINGS  # the settings an ETRM must share with its TRM
+from etrm.config.importer import DECODER_SETTINGS  # the settings an ETRM must share with its TRM
 
 H = "hypothesis4"
 # The official ARC-AGI-1 recipe under the trainer's all_config.yaml names (informational:

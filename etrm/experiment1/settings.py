@@ -14,7 +14,7 @@ investigation's run sets onto the settings:
   mean_puzzle_examples / global_batch_size)` from the train split's dataset.json;
   `eval_interval` (in epochs) -> an evaluation every `steps * eval_interval / epochs` steps;
 - `load_pretrained_decoder`: the TRM checkpoint, unless `--trm-checkpoint` names one;
-- the `arch` block and `max_demos`: the model (see `etrm.config_import`).
+- the `arch` block and `max_demos`: the model (see `etrm.config.importer`).
 
 Command-line flags override the file. Every other key is listed in `ignored` with the
 reason it changes nothing in this run (the CLI prints them as a warning): none is dropped
@@ -205,7 +205,7 @@ def model_overrides(composed: ComposedConfig, checkpoint_config) -> tuple[dict[s
     `halt_exploration_prob`, `loss.kl_weight` and `max_demos` apply; a decoder setting that
     differs from the checkpoint's is ignored with both values named (the weights were
     trained at the checkpoint's, and the origin loader would not say so)."""
-    from etrm.config_import import DECODER_SETTINGS, ENCODER_KEYS
+    from etrm.config.importer import DECODER_SETTINGS, ENCODER_KEYS
 
     arch = dict(composed.doc.get("arch") or {})
     overrides: dict[str, Any] = {k: arch.pop(k) for k in (*ENCODER_KEYS, "halt_exploration_prob") if k in arch}

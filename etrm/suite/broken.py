@@ -288,7 +288,7 @@ class ZeroGradFreezeTrainer(Trainer):
 def mislabelled_frozen_checkpoint(trained: Path, frozen_run: Path, out_dir: Path) -> Path:
     """Weights of a run whose decoder trained, saved with the config of a frozen-decoder run."""
     from etrm.checkpoints import sidecar_path
-    from etrm.config_import import CONFIG_FILE
+    from etrm.config.importer import CONFIG_FILE
 
     out_dir.mkdir(parents=True, exist_ok=True)
     dst = out_dir / frozen_run.name

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from etrm.arch_config import names_model_class
 from etrm.config import ModelConfig, tiny_config
+from etrm.config.arch import names_model_class
 from etrm.data.datasets import fewshot_batch
 from etrm.interface import TRMInterface
 from etrm.models import LossHead, build_model
@@ -209,7 +209,7 @@ def model_code_case(artifacts, config_file: Path | None) -> ModelCodeCase:
     imported and run) at --model-size; skips naming what to pass when either is not given."""
     import pytest
 
-    from etrm.arch_config import ETRM, at_size, read_arch_config
+    from etrm.config.arch import ETRM, at_size, read_arch_config
     from etrm.model_code import build_model_at_size
     from etrm.testing.verdict import NOT_RUN
 

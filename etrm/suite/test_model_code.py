@@ -2,7 +2,7 @@
 checkpoint, as a CI gate on every commit of their repository.
 
 Each --model-config file (one case per file of a folder) is built by the user's code at the CI
-size (`--model-size`, `etrm.arch_config`) with a seeded random initialisation, and gets batches
+size (`--model-size`, `etrm.config.arch`) with a seeded random initialisation, and gets batches
 of real ARC-AGI-1 tasks built at that canvas (or the user's --data). Only the checks that need
 no trained weights run here; those that do (decoder loading and drift, the context's scale
 against trained puzzle embeddings) are the `checkpoint` tests, which say "needs a checkpoint".

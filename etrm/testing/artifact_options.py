@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from etrm.arch_config import MODEL_SIZES
+from etrm.config.arch import MODEL_SIZES
 
 BUNDLED: dict[str, str] = {
     "trm_checkpoint": "checkpoints/trm/step_final",
@@ -35,7 +35,7 @@ OPTIONS: dict[str, tuple[str | None, str, bool | None, str]] = {
         "TRM dataset build (its identifiers.json maps tasks to the TRM's puzzle embeddings)",
     ),
     "metrics_log": ("metrics-log", "PATH", False, "metrics log"),
-    "model_config": ("model-config", "PATH", None, "model config"),  # etrm.arch_config: a file or a folder of them
+    "model_config": ("model-config", "PATH", None, "model config"),  # etrm.config.arch: a file or a folder of them
     "model_code": (
         "model-code",
         "ROOT",

@@ -25,7 +25,7 @@ exactly these):
 - metrics_log: `metrics/experiment1.jsonl`, the metrics of the frozen-decoder run;
 - model_config: none bundled (the user's: a `config/arch/*.yaml`, a folder of them, a
   trainer's `all_config.yaml`, or an etrm ModelConfig for a checkpoint saved without one;
-  see `etrm.arch_config`);
+  see `etrm.config.arch`);
 - model_code: none bundled (the user's repository, whose `models/` package builds the
   model of their ETRM checkpoint, or, with `--model-config` and no checkpoint, the model of
   each config at a CI size (`--model-size`): see `etrm.model_code`; it pairs with user
@@ -61,8 +61,8 @@ from pathlib import Path
 
 import pytest
 
-from etrm.arch_config import CONFIG_SUFFIXES, MODEL_SIZES, config_files
 from etrm.bundled import fixtures_root
+from etrm.config.arch import CONFIG_SUFFIXES, MODEL_SIZES, config_files
 from etrm.errors import UsageError
 from etrm.testing.artifact_options import (  # noqa: F401  (re-exported: the option declarations, as before)
     BUNDLED,
@@ -175,7 +175,7 @@ class Artifacts:
 
     @property
     def model_config_files(self) -> list[Path]:
-        """The config files of --model-config: the file, or the folder's, sorted (etrm.arch_config)."""
+        """The config files of --model-config: the file, or the folder's, sorted (etrm.config.arch)."""
         if self.model_config is None:
             return []
         return config_files(self.model_config)

@@ -27,14 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from etrm import __version__
-from etrm.arch_config import at_size, config_files, read_arch_config
+from etrm.config.arch import at_size, config_files, read_arch_config
 from etrm.testing.artifacts import OPTIONS, Artifacts
 
 CHECKPOINTS = ("trm_checkpoint", "etrm_checkpoint", "etrm_frozen_checkpoint")
 TEXT_SUFFIXES = (".json", ".yaml", ".yml", ".py", ".txt")
 TEXT_LIMIT = 1 << 20  # text files above 1 MiB count by size only
 SIDECAR = ".etrm.json"  # etrm.checkpoints.metadata.SIDECAR_SUFFIX (that package imports torch)
-TRAINER_CONFIG = "all_config.yaml"  # etrm.config_import.CONFIG_FILE
+TRAINER_CONFIG = "all_config.yaml"  # etrm.config.importer.CONFIG_FILE
 MODEL_PACKAGE = "models"  # the package of --model-code that etrm imports (etrm.model_code)
 
 

@@ -1,7 +1,7 @@
 """The keys of a trainer's `all_config.yaml` (official TRM and origin ETRM layouts) and what
 etrm makes of each: the model class names, the `ModelConfig` fields under `arch:`, the
 training hyper-parameters and their types, the keys ignored on purpose (each with its
-reason) and those accepted only at the value etrm implements. `etrm.config_import` reads
+reason) and those accepted only at the value etrm implements. `etrm.config.importer` reads
 and writes the file by these tables and re-exports them."""
 
 from __future__ import annotations

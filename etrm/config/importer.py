@@ -21,7 +21,7 @@ Any other key is an error naming it: validation is never loosened to read a file
 `write_training_config` writes the same layout (plus an `etrm:` section with the data
 shape the official file keeps elsewhere), so our checkpoints carry an `all_config.yaml`
 that this importer and the official tools read. The key tables live in
-`etrm.trainer_config_keys`; this module re-exports the ones its importers use (`__all__`).
+`etrm.config.trainer_keys`; this module re-exports the ones its importers use (`__all__`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import yaml
 
 from etrm import __version__
 from etrm.config import ENCODER_TYPES, ConfigError, ModelConfig
-from etrm.trainer_config_keys import (
+from etrm.config.trainer_keys import (
     ARCH_MODEL_KEYS,
     ARCH_NAMES,
     DECODER_SETTINGS,

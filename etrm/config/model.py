@@ -3,7 +3,7 @@
 A `ModelConfig` records everything needed to rebuild a model and round-trips
 through dicts, JSON and YAML. Unknown keys are errors; reading a trainer's
 `all_config.yaml` (which carries non-model keys) is the importer's job, with
-an explicit ignore list (see `etrm.config_import`).
+an explicit ignore list (see `etrm.config.importer`).
 """
 
 from __future__ import annotations

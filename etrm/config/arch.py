@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from etrm.config import ConfigError
-from etrm.config_import import _read_yaml, _resolve_interpolations
+from etrm.config.importer import _read_yaml, _resolve_interpolations
 
 CONFIG_SUFFIXES = (".yaml", ".yml")
 ARCH, TRAINER, ETRM = "arch", "trainer", "etrm"
