@@ -24,6 +24,8 @@ MOVED: dict[str, str] = {
     "etrm.trainer_config_keys": "etrm.config.trainer_keys",
     "etrm.arch_config": "etrm.config.arch",
     "etrm.training_config": "etrm.config.training",
+    # the report and its H7 section: one package, etrm.report (write_report re-exported)
+    "etrm.report_h7": "etrm.report.h7",
 }
 
 

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from etrm.metrics_log import context_search_block, context_search_evaluations
-from etrm.report_h7 import h7_section
+from etrm.report.h7 import h7_section
 from etrm.testing.verdict import VerdictTable
 
 TRAIN = {"step": 1, "train/lm_loss": 2.0}

@@ -41,12 +41,12 @@ def bundled_run(tmp_path_factory):
 def no_plots(monkeypatch):
     """Reports without PNGs (as without matplotlib): plots are the bundled run's and
     tests/test_report.py's subject, and cost seconds each on a busy CPU."""
-    import etrm.report
+    import etrm.report.markdown
 
     def unavailable(*args, **kwargs):
         raise ImportError("plots off in this test")
 
-    monkeypatch.setattr(etrm.report, "plot_metrics", unavailable)
+    monkeypatch.setattr(etrm.report.markdown, "plot_metrics", unavailable)
 
 
 def test_the_command_decides_a_scenario_from_its_own_log(bundled_run):

@@ -37,12 +37,12 @@ def experiment1(out, *extra, trm=TRM):
 
 @pytest.fixture
 def no_plots(monkeypatch):
-    import etrm.report
+    import etrm.report.markdown
 
     def unavailable(*args, **kwargs):
         raise ImportError("plots off in this test")
 
-    monkeypatch.setattr(etrm.report, "plot_metrics", unavailable)
+    monkeypatch.setattr(etrm.report.markdown, "plot_metrics", unavailable)
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +50,11 @@ def whole_run(tmp_path_factory):
     """One uninterrupted tiny run, the reference of the resume and multi-rank tests."""
     out = tmp_path_factory.mktemp("whole")
     with pytest.MonkeyPatch.context() as patch:
-        import etrm.report
+        import etrm.report.markdown
 
-        patch.setattr(etrm.report, "plot_metrics", lambda *a, **k: (_ for _ in ()).throw(ImportError("no plots")))
+        patch.setattr(
+            etrm.report.markdown, "plot_metrics", lambda *a, **k: (_ for _ in ()).throw(ImportError("no plots"))
+        )
         assert experiment1(out) == 0
     return out
 

@@ -53,7 +53,6 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     (
         "commands",
         (
-            "etrm.report_h7",
             "etrm.report",
             "etrm.evaluate_command",
             "etrm.bench",

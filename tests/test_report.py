@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from etrm.report import PLOTS_MISSING, ReportError, plot_metrics, read_metrics_log, summarise, write_report
+from etrm.report.markdown import PLOTS_MISSING, ReportError, plot_metrics, read_metrics_log, summarise, write_report
 from etrm.testing.verdict import HypothesisRow, VerdictTable
 
 
@@ -145,7 +145,7 @@ def test_figures_without_data_are_left_out_and_named(tmp_path):
 def test_zero_gradient_norms_stay_visible_on_a_symlog_axis():
     from matplotlib.figure import Figure
 
-    from etrm.report import _log_axis
+    from etrm.report.markdown import _log_axis
 
     ax_zero, ax_pos = Figure().subplots(1, 2)
     _log_axis(ax_zero, np.array([0.0, 0.5, 2.0]))
@@ -167,7 +167,7 @@ def test_report_without_log_points_to_the_option(tmp_path):
 
 def test_report_on_the_bundled_experiment_log(tmp_path):
     """The main job's report: the real log of the frozen-decoder fixture run, notes included."""
-    from etrm.report import write_report
+    from etrm.report.markdown import write_report
     from etrm.testing.artifacts import BUNDLED, fixtures_root
 
     md = write_report(tmp_path, None, fixtures_root() / BUNDLED["metrics_log"]).read_text()

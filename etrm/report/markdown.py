@@ -183,7 +183,7 @@ def write_report(
         md += ["No hypothesis or experiment checks ran.", ""]
     else:
         md += [verdict.format_markdown()]
-    from etrm.report_h7 import h7_section
+    from etrm.report.h7 import h7_section
 
     md += h7_section(verdict, out_dir, PLOTS_MISSING)
     md += ["## Training metrics", ""]
