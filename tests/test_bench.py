@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from etrm import bench
+from etrm.bench import command, timing
 from etrm.cli import main
 from etrm.config import tiny_config
 from etrm.layers import CastedLinear, onednn_linear_available
@@ -135,7 +136,7 @@ def test_kernel_floor_sums_one_block_and_counts_the_blocks(monkeypatch):
             call()  # each builds a real product at the config's shapes
         return {name: [0.001 * (i + 1)] for i, name in enumerate(calls)}  # 1, 2, 3, 4, 5 ms
 
-    monkeypatch.setattr(bench, "alternate", fake_alternate)
+    monkeypatch.setattr(timing, "alternate", fake_alternate)
     cfg = bench.SIZES["tiny"].config("trm")
     floor = bench.kernel_floor_ms(cfg, batch=2)
     assert timed == [["attention", "down", "gate_up", "o", "qkv"]]
@@ -166,7 +167,7 @@ def test_cli_no_onednn_flag_is_reported_and_not_left_off(capsys):
 
 def test_cli_text_reports_both_steps_and_the_matmul_share(capsys, monkeypatch):
     small = bench.matmul_gflops
-    monkeypatch.setattr(bench, "matmul_gflops", lambda device: small(device, n=64, repeat=1))  # fast, same code path
+    monkeypatch.setattr(command, "matmul_gflops", lambda device: small(device, n=64, repeat=1))  # fast, same code path
     threads = torch.get_num_threads()
     try:
         assert main(["bench", "recursion", "--size", "tiny", "--repeat", "1", "--threads", "1", "--matmul"]) == 0
@@ -181,7 +182,7 @@ def test_cli_text_reports_both_steps_and_the_matmul_share(capsys, monkeypatch):
 
 def test_cli_text_says_the_encoder_is_timed_but_not_counted(capsys):
     assert main(["bench", "recursion", "--size", "tiny", "--model", "etrm", "--repeat", "1"]) == 0
-    assert "the encoder's work is in the time, not in the count" in capsys.readouterr().out
+    assert "the encoder's work is in the ACT steps' time, not in the count" in capsys.readouterr().out
 
 
 def test_cli_rejects_bad_arguments(capsys):

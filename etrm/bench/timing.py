@@ -1,4 +1,4 @@
-"""Timing of the recursion step: benchmark sizes, the FLOP count, `etrm bench recursion`.
+"""Timing of the recursion step: benchmark sizes, the FLOP count, the steps timed, the kernel floor.
 
 A measurement is the median wall-clock time of a call after warm-up; calls of the things
 compared are interleaved (A B A B ...) so that load from other processes hits all of
@@ -9,8 +9,6 @@ them alike, and CUDA is synchronised before and after each call. The pytest benc
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -21,9 +19,8 @@ import torch
 from tqdm import tqdm
 
 from etrm.bfloat16 import attention
-from etrm.cli import UsageError
 from etrm.config import ModelConfig, tiny_config
-from etrm.layers import CastedLinear, onednn_linear_available, use_onednn_linear, weight_casts_shared
+from etrm.layers import CastedLinear, onednn_linear_available, weight_casts_shared
 from etrm.models import LossHead, build_model
 from etrm.synthetic import random_batch
 
@@ -236,14 +233,18 @@ def time_recursion(
     }
 
 
-def kernel_floor_ms(config: ModelConfig, batch: int, device: str | torch.device = "cpu", repeat: int = 5) -> float:
-    """What one inference step's big kernels alone cost: the four projections of a block
-    (through CastedLinear, so the oneDNN setting applies) and its attention, each timed in
-    isolation on warm inputs, summed and multiplied by the step's block count. No
-    implementation of the same recursion on the same kernels can be faster than this
-    (element-wise work, RoPE and the norms come on top), so it bounds what a speed target
-    against another implementation can ask. In the config's forward_dtype, on the routes the
-    model takes (bfloat16 emulation, attention), each weight cast once as in a step."""
+def step_blocks(config: ModelConfig) -> int:
+    """Applications of one block in an inference step: H_cycles x (L_cycles + 1) x L_layers."""
+    return config.H_cycles * (config.L_cycles + 1) * config.L_layers
+
+
+def floor_kernels(
+    config: ModelConfig, batch: int, device: str | torch.device = "cpu"
+) -> dict[str, Callable[[], torch.Tensor]]:
+    """A block's big kernels on warm inputs at the step's shapes: the four projections (through
+    CastedLinear, so the oneDNN setting applies) and the attention, in the config's forward_dtype
+    on the routes the model takes (bfloat16 emulation, attention). Run them under no_grad and
+    `weight_casts_shared`, as a step runs its layers."""
     device, dtype = torch.device(device), getattr(torch, config.forward_dtype)
     h, s, heads, inter = config.hidden_size, config.full_seq_len, config.num_heads, config.swiglu_width
     gen = torch.Generator().manual_seed(0)
@@ -258,10 +259,32 @@ def kernel_floor_ms(config: ModelConfig, batch: int, device: str | torch.device 
         name: (lambda layer=layer, inp=(hidden if name == "down" else x): layer(inp)) for name, layer in layers.items()
     }
     calls["attention"] = lambda: attention(q, k, v)
+    return calls
+
+
+def kernel_floor_ms(config: ModelConfig, batch: int, device: str | torch.device = "cpu", repeat: int = 5) -> float:
+    """What one inference step's big kernels alone cost: `floor_kernels` each timed in isolation,
+    summed and multiplied by the step's block count. No implementation of the same recursion on
+    the same kernels can be faster than this (element-wise work, RoPE and the norms come on top),
+    so it bounds what a speed target against another implementation can ask."""
     with torch.no_grad(), weight_casts_shared():
-        times = alternate(calls, repeat, device=device)
-    blocks = config.H_cycles * (config.L_cycles + 1) * config.L_layers
-    return blocks * sum(median_ms(t) for t in times.values())
+        times = alternate(floor_kernels(config, batch, device), repeat, device=device)
+    return step_blocks(config) * sum(median_ms(t) for t in times.values())
+
+
+def kernel_floor_step(config: ModelConfig, batch: int, device: str | torch.device = "cpu") -> Callable[[], None]:
+    """The kernel floor as one call: `floor_kernels` once per block of a step, in sequence, with
+    each weight cast once per call as a step casts it. A call as long as the step it bounds, so
+    the two can be timed interleaved and share the machine's load alike."""
+    kernels, blocks = list(floor_kernels(config, batch, device).values()), step_blocks(config)
+
+    def step() -> None:
+        with torch.no_grad(), weight_casts_shared():
+            for _ in range(blocks):
+                for kernel in kernels:
+                    kernel()
+
+    return step
 
 
 def onednn_linear_in_use() -> bool:
@@ -278,101 +301,3 @@ def matmul_gflops(device: str | torch.device = "cpu", n: int = 2048, repeat: int
     b = torch.randn(n, n, generator=gen).to(device)
     times = alternate({"matmul": lambda: torch.mm(a, b)}, repeat, device=device)["matmul"]
     return 2 * n**3 / statistics.median(times) / 1e9
-
-
-# --- command line ----------------------------------------------------------------------------
-
-
-def describe(result: Mapping[str, Any]) -> str:
-    c = result["config"]
-    lines = [
-        f"recursion step: size {result['size']} (hidden {c['hidden_size']}, heads {c['num_heads']}, "
-        f"seq {c['seq_len']}+{c['puzzle_emb_len']}, batch {result['batch']}, H {c['H_cycles']}, L {c['L_cycles']}, "
-        f"L_layers {c['L_layers']}, {c['forward_dtype']}), model {result['model']}, {result['device']}, "
-        f"{result['threads']} threads" + (", oneDNN linear" if result["onednn_linear"] else ""),
-        f"  inference step: {result['infer_ms']:10.2f} ms  (median of {result['repeat']})",
-        f"  training step:  {result['train_ms']:10.2f} ms  (median of {result['repeat']})",
-        f"  decoder: {result['flops'] / 1e9:.2f} GFLOP per step -> {result['gflops']:.1f} GFLOP/s"
-        + (" (the encoder's work is in the time, not in the count)" if c["model_type"] != "trm" else ""),
-    ]
-    if "matmul_gflops" in result:
-        lines.append(
-            f"  float32 matmul: {result['matmul_gflops']:.1f} GFLOP/s "
-            f"(the recursion reaches {100 * result['gflops'] / result['matmul_gflops']:.0f}% of it)"
-        )
-    return "\n".join(lines)
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "bench", help="time the recursion step", description="Timing for before/after checks of a model change."
-    )
-    commands = parser.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
-    rec = commands.add_parser(
-        "recursion",
-        help="median time of an inference ACT step and a training step",
-        description="Median time of one inference ACT step and one training step (forward + backward), "
-        "interleaved, after one warm-up round, and the decoder's achieved GFLOP/s.",
-    )
-    rec.add_argument("--size", choices=list(SIZES), default="tiny", help="benchmark size (default: %(default)s)")
-    rec.add_argument("--model", choices=BENCH_MODELS, default="trm", help="model (default: %(default)s)")
-    rec.add_argument("--device", choices=BENCH_DEVICES, default="cpu", help="device (default: %(default)s)")
-    rec.add_argument(
-        "--repeat", type=int, default=5, metavar="N", help="timed calls of each step (default: %(default)s)"
-    )
-    rec.add_argument(
-        "--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's own choice)"
-    )
-    rec.add_argument(
-        "--onednn",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="route large gradient-free float32 CPU products through oneDNN's linear kernel "
-        "(etrm.layers.use_onednn_linear; default: on where this torch build has it); "
-        "--no-onednn times torch's F.linear instead",
-    )
-    rec.add_argument(
-        "--matmul",
-        action="store_true",
-        help="also measure a large float32 matmul's GFLOP/s and the recursion's share of it",
-    )
-    rec.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    rec.set_defaults(func=_recursion_command)
-
-
-def _recursion_command(args: argparse.Namespace) -> int:
-    if args.repeat < 1 or (args.threads is not None and args.threads < 1):
-        raise UsageError("--repeat and --threads must be at least 1")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda but CUDA is not available on this machine")
-    if args.onednn and not onednn_linear_available():
-        raise UsageError("--onednn but oneDNN's linear kernel is not in this torch build")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    previous = use_onednn_linear(CastedLinear.onednn if args.onednn is None else args.onednn)
-    try:
-        result = time_recursion(args.size, args.model, args.device, args.repeat, progress=not args.json)
-    finally:
-        use_onednn_linear(previous)
-    if args.matmul:
-        result["matmul_gflops"] = matmul_gflops(args.device)
-    print(json.dumps(result, sort_keys=True) if args.json else describe(result))
-    return 0
-
-
-__all__ = [
-    "SIZES",
-    "BenchSize",
-    "alternate",
-    "get_size",
-    "inference_step",
-    "kernel_floor_ms",
-    "make_batch",
-    "make_head",
-    "matmul_gflops",
-    "median_ms",
-    "onednn_linear_in_use",
-    "step_flops",
-    "time_recursion",
-    "training_step",
-]
