@@ -11,7 +11,7 @@ untimed `setup`, so the two alternate A B A B and share the machine's load alike
 
 from __future__ import annotations
 
-import dataclasses
+import os
 import time
 
 import pytest
@@ -19,6 +19,9 @@ import torch
 from reference.official_style import OfficialStyleDecoder
 
 from etrm import bench
+from etrm.bench.compare import MODES, cxx_compiler, decoder_step, official_step
+from etrm.bench.official import OFFICIAL_ENV, OfficialCodeError, check_same_computation, import_official
+from etrm.bfloat16 import native_bfloat16_products
 from etrm.inference import run_episode
 from etrm.layers import onednn_linear_available, use_onednn_linear
 
@@ -81,12 +84,28 @@ def step(size: str, model: str, device: str, kind: str):
     return cfg, (bench.inference_step if kind == "infer" else bench.training_step)(head, batch)
 
 
+# Read by `injected_slowdown` alone: tests/test_bench_gate.py sets it to show the compare recipe failing.
+SLOWDOWN_ENV = "ETRM_BENCH_INJECT_SLOWDOWN"
+
+
+@pytest.fixture
+def injected_slowdown() -> int:
+    """How many times each timed call of test_recursion_step runs its step: 1, unless
+    $ETRM_BENCH_INJECT_SLOWDOWN asks for a deliberate slowdown."""
+    return int(os.environ.get(SLOWDOWN_ENV, "1"))
+
+
 @pytest.mark.parametrize("kind", ["infer", "train"])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("model", ["trm", "etrm"])
 @pytest.mark.parametrize("size", SIZES)
-def test_recursion_step(benchmark, size, model, device, kind):
-    cfg, call = step(size, model, device, kind)
+def test_recursion_step(benchmark, size, model, device, kind, injected_slowdown):
+    cfg, once = step(size, model, device, kind)
+
+    def call() -> None:
+        for _ in range(injected_slowdown):
+            once()
+
     flops = bench.step_flops(cfg, bench.SIZES[size].batch)
     benchmark.extra_info.update(
         size=size, model=model, device=device, kind=kind, threads=torch.get_num_threads(), decoder_flops=flops
@@ -229,76 +248,58 @@ def test_recursion_vs_official_style_reimpl(benchmark, size, device, linear_kern
     )
 
 
-OFFICIAL_CODE = "ETRM_OFFICIAL_TRM"  # a checkout of SamsungSAILMontreal/TinyRecursiveModels
-
-
-def official_decoder_class():
+def official_classes():
     """The official TRM's inner model class and its config class, imported from the checkout named
     by $ETRM_OFFICIAL_TRM (its code is not shipped with etrm); skips with the reason when it cannot
     be imported."""
-    import importlib
-    import os
-    import sys
-
-    root = os.environ.get(OFFICIAL_CODE)
+    root = os.environ.get(OFFICIAL_ENV)
     if not root:
         pytest.skip(
-            f"set {OFFICIAL_CODE} to a checkout of SamsungSAILMontreal/TinyRecursiveModels to time the "
-            "official code itself"
+            f"set {OFFICIAL_ENV} to a checkout of SamsungSAILMontreal/TinyRecursiveModels to time the official code"
         )
-    for name in [m for m in sys.modules if m == "models" or m.startswith("models.")]:
-        del sys.modules[name]  # another `models` package (a model-code test's) must not answer
-    sys.path.insert(0, root)
     try:
-        trm = importlib.import_module("models.recursive_reasoning.trm")
-        return trm.TinyRecursiveReasoningModel_ACTV1_Inner, trm.TinyRecursiveReasoningModel_ACTV1Config
-    except ImportError as err:  # its own requirements (pydantic, einops) are the user's to install
-        pytest.skip(f"{OFFICIAL_CODE}={root}: the official code does not import here: {err}")
-    finally:
-        sys.path.remove(root)
+        return import_official(root)
+    except OfficialCodeError as err:  # its own requirements (pydantic, einops) are the user's to install
+        pytest.skip(f"{OFFICIAL_ENV}={root}: {err}")
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("size", ["mid", "official"])
-def test_recursion_vs_the_official_code(benchmark, size, dtype):
+def test_recursion_vs_the_official_code(benchmark, size, dtype, mode):
     """Our inference recursion step (benchmarked) against the official TRM code's
-    (`TinyRecursiveReasoningModel_ACTV1_Inner.forward`, its own checkout) with the same weights,
-    timed alternately on the CPU: `extra_info` has ours_ms, official_ms and ours_over_official
-    (target: at most 0.7), and the step's kernel floor (bench.kernel_floor_ms, the projections and
-    attention alone) over the official time: the least ratio any implementation on the same
-    kernels can reach. The outputs are compared first, so the two do the same work."""
-    official_cls, official_config = official_decoder_class()
-    cfg = dataclasses.replace(bench.SIZES[size].config("trm"), forward_dtype=dtype)
-    batch_size = bench.SIZES[size].batch
-    ours = bench.make_head(cfg, "cpu").model.inner.eval()
-    theirs = official_cls(official_config(**dataclasses.asdict(cfg), batch_size=batch_size, H_layers=0)).eval()
-    theirs.load_state_dict(ours.state_dict())
+    (`TinyRecursiveReasoningModel_ACTV1_Inner.forward`, its own checkout) with the same weights and
+    the step's kernel floor (bench.kernel_floor_step: its projections and attention alone), the two
+    timed alternately in pytest's setup; eager, or both sides under torch.compile. `extra_info` has
+    the fields of `etrm bench recursion --json`. Targets: ours_over_floor at most 1.05 eager in
+    float32; compiled, ours_over_official at most 1. The logits are compared first, so the two do
+    the same work."""
+    classes = official_classes()
+    if mode == "compiled" and cxx_compiler() is None:
+        pytest.skip("--compile on CPU needs a C++ compiler for torch.compile")
+    cfg = bench.SIZES[size].config("trm").replace(forward_dtype=dtype)
+    head = bench.make_head(cfg, "cpu")
     batch = bench.make_batch(size, cfg, "cpu")
-    carry = ours.reset_carry(torch.ones(batch_size, dtype=torch.bool), ours.empty_carry(batch_size, "cpu"))
+    compiled = mode == "compiled"
+    ours_step, official = decoder_step(head, batch, compiled), official_step(classes, head, batch, compiled)
+    check_same_computation(ours_step(), official(), dtype)  # and compiles both
+    other, floor = Companion(official, "cpu"), Companion(bench.kernel_floor_step(cfg, bench.SIZES[size].batch), "cpu")
 
-    def ours_step():
-        with torch.no_grad():
-            return ours(carry, batch["inputs"], ours.puzzle_prefix(batch["puzzle_identifiers"]))
+    def companions() -> None:
+        other()
+        floor()
 
-    def official_step():
-        with torch.no_grad():
-            return theirs(carry, batch)
-
-    ours_logits, official_logits = ours_step()[1].float(), official_step()[1].float()
-    rounding = 1e-3 if dtype == "float32" else 0.05  # norm-wise: 30 layer applications of rounding
-    assert (ours_logits - official_logits).norm() <= rounding * official_logits.norm(), "not the same computation"
-    other = Companion(official_step, "cpu")
-    median = run(benchmark, ours_step, "cpu", size, setup=other)
+    median = run(benchmark, ours_step, "cpu", size, setup=companions)
     if median is not None:
-        floor = bench.kernel_floor_ms(cfg, batch_size)
         benchmark.extra_info.update(
             size=size,
+            mode=mode,
             dtype=dtype,
             threads=torch.get_num_threads(),
             ours_ms=median,
             official_ms=other.median_ms(),
+            floor_ms=floor.median_ms(),
+            ours_over_floor=median / floor.median_ms(),
             ours_over_official=median / other.median_ms(),
-            kernel_floor_ms=floor,
-            floor_over_official=floor / other.median_ms(),
-            native_bfloat16=__import__("etrm.bfloat16").bfloat16.native_bfloat16_products(),
+            native_bfloat16=native_bfloat16_products(),
         )

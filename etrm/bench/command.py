@@ -128,11 +128,6 @@ def _recursion_command(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     previous = use_onednn_linear(CastedLinear.onednn if args.onednn is None else args.onednn)
-    official = None
-    if args.against_official is not None:
-        from etrm.bench.official import import_official
-
-        official = import_official(args.against_official)  # once: every row uses the same classes
     try:
         for size in args.size or ["tiny"]:
             row = compare(
@@ -142,7 +137,7 @@ def _recursion_command(args: argparse.Namespace) -> int:
                 device=args.device,
                 repeat=args.repeat,
                 compiled=args.compile,
-                official=official,
+                official=args.against_official,  # imported afresh per row: --model-code's `models` replaces it
                 user=user,
                 progress=not args.json,
             )
